@@ -1,0 +1,1 @@
+"""Problems: objectives split across workers, with their data shards."""

@@ -1,0 +1,39 @@
+"""The problem interface: what a worker computes, and how the server's model is evaluated.
+
+A problem is the objective f(x) = (1/n) Σ_i f_i(x), where worker i samples stochastic gradients
+of its own f_i from its own data shard (so data can be heterogeneous across workers). Problems
+depend only on :mod:`asyncopt.tree`; they know nothing of rules, protocols or runtimes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from asyncopt.tree import Params
+
+
+class Problem(ABC):
+    """An objective split across ``num_workers`` workers."""
+
+    num_workers: int
+
+    @abstractmethod
+    def init_params(self, generator: torch.Generator) -> Params:
+        """The starting point x⁰, drawn with ``generator`` (same seed, same x⁰)."""
+
+    @abstractmethod
+    def loss_and_grad(
+        self, params: Params, worker: int, generator: torch.Generator
+    ) -> tuple[float, Params]:
+        """One stochastic gradient of f_worker at ``params``: a minibatch of the worker's shard
+        drawn with ``generator``. Must not modify ``params``; returns fresh, detached tensors."""
+
+    @abstractmethod
+    def evaluate(self, params: Params) -> dict[str, float]:
+        """Full-data metrics of the global objective at ``params``.
+
+        Always ``loss`` (f) and ``grad_norm_sq`` (‖∇f‖²); ``accuracy`` (held-out test accuracy)
+        and ``test_loss`` where the problem has a test set.
+        """

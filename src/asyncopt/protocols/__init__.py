@@ -1,0 +1,1 @@
+"""Protocols: when the server steps and what each worker does next."""

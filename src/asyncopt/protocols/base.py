@@ -1,0 +1,136 @@
+"""The protocol interface: arrivals in, replies out, and the server that owns the model.
+
+A **protocol** answers: *when* does the server step, with *which* aggregate, and what does each
+worker do next? Every runtime (simulator, processes, Ray) drives a protocol the same way:
+
+    reply = protocol.begin()                 # which workers start, at version 0
+    loop:  reply = protocol.handle(arrival)  # one gradient came back
+
+An :class:`Arrival` carries the model ``version`` the gradient was computed at; the protocol knows
+the server's current version, so every delay ``δ = server.version - arrival.version`` is measured,
+never assumed. A :class:`Reply` says what happened to that gradient (:class:`Action`), which
+workers start a new gradient at the server's *current* model, and which in-flight computations are
+cancelled. That is enough for every method of the Common framework in ``algorithms.md``: buffering
+(minibatch, Ringleader), per-worker tables (IA²SGD, Malenia, Ringleader), cancelling in-flight work
+(Ringmaster with calculation stops), and restarting all workers (Malenia, Rennala, minibatch).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+
+from asyncopt import tree
+from asyncopt.rules.base import Rule, apply_updates
+from asyncopt.tree import Params
+
+
+class Action(StrEnum):
+    """What the protocol did with one arrived gradient."""
+
+    STEP = "step"  # used in a server step taken on this arrival
+    BUFFER = "buffer"  # kept; used in a later step (minibatch, tables, Ringleader buffers)
+    DROP = "drop"  # discarded on purpose (too stale, or the rule refused it)
+    REJECT = "reject"  # not finite (NaN/Inf): counted, never applied
+    CANCEL = "cancel"  # in-flight work stopped before it arrived (recorded by the runtime)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One gradient, computed by ``worker`` at model ``version``."""
+
+    worker: int
+    version: int
+    grads: Params
+    loss: float
+    compute_time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The protocol's answer to one arrival (or to ``begin``).
+
+    ``start``: workers that start computing a new gradient at the server's current model.
+    ``cancel``: workers whose in-flight computation is abandoned (listed again in ``start`` to
+    restart them). A worker in neither list keeps doing what it does (or stays idle).
+    """
+
+    action: Action | None = None  # None only for ``begin``
+    start: tuple[int, ...] = ()
+    cancel: tuple[int, ...] = ()
+    delay: int = 0
+
+
+class Server:
+    """The model, the rule's state and the version counter: optimizer state exists once."""
+
+    def __init__(self, params: Params, rule: Rule) -> None:
+        self.params = params
+        self.rule = rule
+        self.state = rule.init(params)
+        self.version = 0
+
+    def step(self, grads: Params, *, delay: int, worker: int) -> bool:
+        """Apply one rule update; answer False (and keep the version) if the rule dropped it."""
+        updates, self.state = self.rule.update(
+            grads, self.state, self.params, delay=delay, worker=worker
+        )
+        if updates is None:
+            return False
+        apply_updates(self.params, updates)
+        self.version += 1
+        return True
+
+
+class Protocol(ABC):
+    """Base class: keeps the server, the worker count and which worker computes at which version.
+
+    Subclasses implement :meth:`receive` for finite gradients; :meth:`handle` rejects non-finite
+    ones first (the model is never touched by a NaN) and keeps ``in_flight`` up to date.
+    """
+
+    name: str = "protocol"
+
+    def __init__(self, server: Server, num_workers: int) -> None:
+        self.server = server
+        self.num_workers = num_workers
+        self.in_flight: dict[int, int] = {}  # worker -> version its current computation started at
+
+    @property
+    def version(self) -> int:
+        return self.server.version
+
+    def begin(self) -> Reply:
+        """Start every worker at the initial model. Override to start fewer (Rennala with S < n)."""
+        return self._track(Reply(start=tuple(range(self.num_workers))))
+
+    def handle(self, arrival: Arrival) -> Reply:
+        """Process one arrival; the worker that sent it is no longer in flight."""
+        self.in_flight.pop(arrival.worker, None)
+        delay = self.server.version - arrival.version
+        if not (tree.all_finite(arrival.grads) and _finite(arrival.loss)):
+            reply = Reply(Action.REJECT, start=(arrival.worker,), delay=delay)
+        else:
+            reply = self.receive(arrival, delay)
+        return self._track(reply)
+
+    @abstractmethod
+    def receive(self, arrival: Arrival, delay: int) -> Reply:
+        """The policy: step, buffer or drop this finite gradient, and say who computes next."""
+
+    def restart_all(self, action: Action, delay: int) -> Reply:
+        """Cancel every in-flight computation and start every worker at the current model."""
+        return Reply(action, start=tuple(range(self.num_workers)),
+                     cancel=tuple(sorted(self.in_flight)), delay=delay)
+
+    def _track(self, reply: Reply) -> Reply:
+        for worker in reply.cancel:
+            self.in_flight.pop(worker, None)
+        for worker in reply.start:
+            self.in_flight[worker] = self.server.version
+        return reply
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))

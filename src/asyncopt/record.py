@@ -1,0 +1,197 @@
+"""The one history format: an arrivals table, an evaluations table, a summary.
+
+A run directory holds
+
+* ``config.toml``      the resolved configuration (every default filled in);
+* ``arrivals.csv``     one row per arrival: ``now, worker, version, delay, loss, action, stepped,
+  compute_time`` (``version`` is the server's version *after* handling the arrival; ``action`` is
+  one of step, buffer, drop, reject, cancel; cancelled work has an empty loss);
+* ``evaluations.csv``  periodic rows: ``now, version, arrivals`` and the problem's metrics
+  (``loss``, ``grad_norm_sq``, ``accuracy``, ...);
+* ``summary.json``     written last, atomically: status (completed, interrupted, diverged, failed),
+  reason, counts, final metrics.
+
+Rows are streamed to disk and flushed regularly, so a run stopped by Ctrl-C, or even killed, leaves
+tables that :func:`load` reads. Floats are written with ``repr`` so that a history read back is
+bit-identical to the one recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+ARRIVAL_COLUMNS = ("now", "worker", "version", "delay", "loss", "action", "stepped",
+                   "compute_time")
+EVALUATION_HEAD = ("now", "version", "arrivals")
+
+
+@dataclass
+class History:
+    """A recorded run: column arrays for both tables, plus the summary and the config."""
+
+    arrivals: dict[str, np.ndarray]
+    evaluations: dict[str, np.ndarray]
+    summary: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_arrivals(self) -> int:
+        return len(self.arrivals["now"])
+
+    def final(self, metric: str) -> float:
+        """The last evaluated value of ``metric`` (NaN when there is none)."""
+        values = self.evaluations.get(metric)
+        return float(values[-1]) if values is not None and len(values) else math.nan
+
+
+class Recorder:
+    """Collects rows in memory and, when ``run_dir`` is given, streams them to CSV files."""
+
+    def __init__(self, run_dir: str | Path | None = None, flush_every: int = 2048) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.flush_every = flush_every
+        self._arrivals: list[tuple] = []
+        self._evaluations: list[tuple] = []
+        self._metric_names: tuple[str, ...] | None = None
+        self._pending: list[str] = []
+        self._arrivals_file: TextIO | None = None
+        self._evaluations_file: TextIO | None = None
+        self.summary: dict[str, Any] = {}
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._arrivals_file = open(self.run_dir / "arrivals.csv", "w", newline="")
+            self._arrivals_file.write(",".join(ARRIVAL_COLUMNS) + "\n")
+
+    def arrival(self, now: float, worker: int, version: int, delay: int, loss: float,
+                action: str, compute_time: float) -> None:
+        stepped = 1 if action == "step" else 0
+        self._arrivals.append((now, worker, version, delay, loss, action, stepped, compute_time))
+        if self._arrivals_file is not None:
+            loss_text = "" if math.isnan(loss) else repr(loss)
+            self._pending.append(f"{now!r},{worker},{version},{delay},{loss_text},{action},"
+                                 f"{stepped},{compute_time!r}\n")
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+
+    def evaluation(self, now: float, version: int, arrivals: int,
+                   metrics: dict[str, float]) -> None:
+        if self._metric_names is None:
+            self._metric_names = tuple(metrics)
+            if self.run_dir is not None:
+                self._evaluations_file = open(self.run_dir / "evaluations.csv", "w", newline="")
+                self._evaluations_file.write(
+                    ",".join(EVALUATION_HEAD + self._metric_names) + "\n")
+        row = (now, version, arrivals,
+               *(float(metrics.get(m, math.nan)) for m in self._metric_names))
+        self._evaluations.append(row)
+        if self._evaluations_file is not None:
+            self._evaluations_file.write(",".join(_text(v) for v in row) + "\n")
+            self.flush()
+
+    def flush(self) -> None:
+        if self._arrivals_file is not None:
+            self._arrivals_file.write("".join(self._pending))
+            self._pending.clear()
+            self._arrivals_file.flush()
+        if self._evaluations_file is not None:
+            self._evaluations_file.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Flush and close the tables, then write ``summary.json`` atomically."""
+        self.summary = summary
+        self.flush()
+        for handle in (self._arrivals_file, self._evaluations_file):
+            if handle is not None:
+                handle.close()
+        self._arrivals_file = self._evaluations_file = None
+        if self.run_dir is not None:
+            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2,
+                                                                   default=_json_default))
+
+    def history(self) -> History:
+        arrivals = _columns(self._arrivals, ARRIVAL_COLUMNS)
+        names = EVALUATION_HEAD + (self._metric_names or ())
+        return History(arrivals, _columns(self._evaluations, names), dict(self.summary))
+
+
+def load(run_dir: str | Path) -> History:
+    """Read a run directory back. A missing summary (killed run) or a cut last line is tolerated."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "arrivals.csv").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no arrivals.csv")
+    arrivals = _read_csv(run_dir / "arrivals.csv")
+    evaluations = _read_csv(run_dir / "evaluations.csv")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
+        "status": "unknown", "reason": "summary.json missing: the run did not finish cleanly"}
+    config: dict[str, Any] = {}
+    if (run_dir / "config.toml").exists():
+        import tomllib
+
+        config = tomllib.loads((run_dir / "config.toml").read_text())
+    return History(arrivals, evaluations, summary, config)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    if not rows:
+        return {name: np.array([]) for name in names}
+    return {name: np.array(values) for name, values in zip(names, zip(*rows, strict=True),
+                                                           strict=True)}
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    if text and not text.endswith("\n"):  # a killed run may leave a cut last line
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return {}
+    rows = [row for row in reader if len(row) == len(header)]
+    out: dict[str, np.ndarray] = {}
+    for index, name in enumerate(header):
+        values = [row[index] for row in rows]
+        out[name] = _parse_column(values)
+    return out
+
+
+def _parse_column(values: list[str]) -> np.ndarray:
+    try:
+        numbers = [float(v) if v != "" else math.nan for v in values]
+    except ValueError:
+        return np.array(values, dtype=object)
+    if all(v.lstrip("-").isdigit() for v in values):
+        return np.array(numbers, dtype=np.int64)
+    return np.array(numbers, dtype=np.float64)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

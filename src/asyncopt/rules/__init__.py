@@ -1,0 +1,1 @@
+"""Rules: how a gradient becomes a step (optax-style init/update pairs)."""

@@ -1,0 +1,125 @@
+"""The rule interface: an optax-style ``init``/``update`` pair, and ``chain`` to compose them.
+
+A **rule** answers one question: how does a (possibly stale) gradient become a step?
+
+    state            = rule.init(params)
+    updates, state   = rule.update(grads, state, params, delay=δ, worker=i)
+    params          += updates                       (apply_updates)
+
+``delay`` δ is the number of server versions applied since the gradient's model was read, and
+``worker`` is the index of the worker whose arrival triggered the step; both are keyword-only so
+that delay-aware blocks (``scale_by_delay``, ``drop_if_stale``) and per-worker blocks can use them
+while every other block ignores them.
+
+Conventions, shared by every block:
+
+* ``updates`` are *added* to the parameters (so sgd is ``scale_by_learning_rate(lr)``, which
+  multiplies by ``-lr``);
+* the state of a block is a ``NamedTuple`` of tensors. Blocks update their state tensors **in
+  place** and return the same object: this is what lets the shared-memory runtime keep one
+  optimizer state (one step counter) for all processes. Callers must treat the state they passed
+  in as consumed;
+* blocks never modify ``grads`` or ``params``; they return fresh update tensors;
+* a block may answer ``None`` instead of updates: the gradient is dropped, no step is taken, and
+  ``chain`` stops there, so the state of the blocks after it is untouched. Put gating blocks
+  (``drop_if_stale``) first in a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from asyncopt.tree import Params
+
+State = Any
+Schedule = Callable[[int], float]
+"""A step-size schedule: maps the step count k = 1, 2, ... to a step size."""
+
+
+class UpdateFn(Protocol):
+    def __call__(
+        self, grads: Params, state: State, params: Params, *, delay: int, worker: int
+    ) -> tuple[Params | None, State]: ...
+
+
+class Rule(NamedTuple):
+    """A gradient transformation: ``init(params) -> state`` and ``update(...)``."""
+
+    init: Callable[[Params], State]
+    update: UpdateFn
+
+
+class EmptyState(NamedTuple):
+    pass
+
+
+class ChainState(NamedTuple):
+    states: tuple[State, ...]
+
+
+def chain(*rules: Rule) -> Rule:
+    """Compose rules left to right: the updates of one are the gradients of the next.
+
+    If a block drops the gradient (answers ``None``), the chain answers ``None`` and the blocks
+    after it are not called.
+    """
+
+    def init(params: Params) -> ChainState:
+        return ChainState(tuple(rule.init(params) for rule in rules))
+
+    def update(
+        grads: Params, state: ChainState, params: Params, *, delay: int, worker: int
+    ) -> tuple[Params | None, ChainState]:
+        new_states = list(state.states)
+        updates: Params | None = grads
+        for index, rule in enumerate(rules):
+            updates, new_states[index] = rule.update(
+                updates, state.states[index], params, delay=delay, worker=worker
+            )
+            if updates is None:
+                break
+        return updates, ChainState(tuple(new_states))
+
+    return Rule(init, update)
+
+
+def stateless(fn: Callable[..., Params | None]) -> Rule:
+    """A rule without state from ``fn(grads, params, *, delay, worker) -> updates | None``."""
+
+    def init(params: Params) -> EmptyState:
+        return EmptyState()
+
+    def update(
+        grads: Params, state: EmptyState, params: Params, *, delay: int, worker: int
+    ) -> tuple[Params | None, EmptyState]:
+        return fn(grads, params, delay=delay, worker=worker), state
+
+    return Rule(init, update)
+
+
+def new_count() -> Tensor:
+    """A step counter that can live in shared memory (``share_memory_()``)."""
+    return torch.zeros((), dtype=torch.int64)
+
+
+def tick(count: Tensor) -> int:
+    """Increment a counter in place and return the new value k = 1, 2, ..."""
+    count.add_(1)
+    return int(count)
+
+
+def apply_updates(params: Params, updates: Params) -> None:
+    """In place: ``params += updates``."""
+    torch._foreach_add_(list(params.values()), list(updates.values()))
+
+
+def as_schedule(value: float | Schedule) -> Schedule:
+    """A float becomes a constant schedule; a schedule is returned unchanged."""
+    if callable(value):
+        return value
+    constant = float(value)
+    return lambda count: constant

@@ -1,0 +1,1 @@
+"""Runtimes: where gradients come from, and on what clock."""

@@ -1,0 +1,1 @@
+"""The discrete-event simulator of heterogeneous workers in virtual time."""
