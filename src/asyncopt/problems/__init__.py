@@ -1,1 +1,19 @@
 """Problems: objectives split across workers, with their data shards."""
+
+from asyncopt.problems.base import Problem
+from asyncopt.problems.datasets import (
+    DATASETS,
+    DataFileError,
+    Dataset,
+    load_dataset,
+    read_libsvm,
+    stratified_split,
+)
+from asyncopt.problems.partition import SCHEMES, partition
+from asyncopt.problems.quadratic import QuadraticProblem
+from asyncopt.problems.registry import make_problem, problem_names, resolve_problem_spec
+from asyncopt.problems.supervised import SupervisedProblem
+
+__all__ = ["DATASETS", "SCHEMES", "DataFileError", "Dataset", "Problem", "QuadraticProblem",
+           "SupervisedProblem", "load_dataset", "make_problem", "partition", "problem_names",
+           "read_libsvm", "resolve_problem_spec", "stratified_split"]

@@ -1,0 +1,31 @@
+"""Write one benchmark's figures into its own section of benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import platform
+import re
+from datetime import date
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADER = ("# Benchmark results\n\n"
+          "Every figure here was written by the script named in its section.\n")
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def write_section(name: str, command: str, body: str) -> None:
+    """Replace (or add) the section ``name`` of RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    section = (f"<!-- {name} -->\n## {name}\n\n`{command}` — {date.today()}, {machine()}\n\n"
+               f"{body.strip()}\n<!-- /{name} -->\n")
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->\n",
+                         re.DOTALL)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else (
+        text.rstrip("\n") + "\n\n" + section)
+    RESULTS.write_text(text)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, then run the test suite and the linter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,150 @@
+"""The Python API: ``run`` a configuration, or ``train`` with objects you built yourself.
+
+    import asyncopt
+    result = asyncopt.run("configs/quickstart.toml", overrides=["rule.lr=0.01"])
+    print(result.summary["final"])
+
+``run`` resolves a configuration (a TOML path or a dict) into a problem, a rule, a protocol and a
+speed model, then calls ``train``; ``train`` is the one place where a run is assembled, executed
+and recorded, whatever built its parts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asyncopt import config as configuration
+from asyncopt.problems.base import Problem
+from asyncopt.problems.registry import make_problem
+from asyncopt.protocols.base import Protocol, Server
+from asyncopt.protocols.registry import make_protocol
+from asyncopt.record import History, Recorder, write_atomic
+from asyncopt.rules.base import Rule
+from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.sim.loop import Simulator
+from asyncopt.runtimes.sim.speed import make_speed_model
+from asyncopt.tree import Params
+
+
+@dataclass
+class Result:
+    """What a run gives back: its history, the trained parameters, the summary, where it lies."""
+
+    history: History
+    params: Params
+    summary: dict[str, Any]
+    run_dir: Path | None
+
+
+def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
+        save: bool = True, run_dir: str | Path | None = None, progress: bool = False) -> Result:
+    """Run one experiment from a TOML file or a dict (validated and resolved first)."""
+    if isinstance(config, Mapping):
+        resolved = configuration.resolve(configuration.apply_overrides(config, overrides))
+    else:
+        resolved = configuration.load(config, overrides)
+    seed, workers = resolved["seed"], resolved["workers"]
+    problem = make_problem(resolved["problem"], workers, seed)
+    rule = make_rule(resolved["rule"], workers)
+    speed = make_speed_model(resolved["speed"], workers, seed)
+    if save and run_dir is None:
+        run_dir = new_run_dir(resolved)
+    return train(problem, rule, resolved["protocol"], speed=speed,
+                 budget=configuration.budget_of(resolved),
+                 evaluation=configuration.evaluation_of(resolved), seed=seed,
+                 run_dir=run_dir if save else None, progress=progress, config=resolved)
+
+
+def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asgd", *,
+          speed: Any = None, budget: Budget | Mapping[str, Any], evaluation: Evaluation | None
+          = None, seed: int = 0, run_dir: str | Path | None = None, progress: bool = False,
+          config: Mapping[str, Any] | None = None) -> Result:
+    """Train ``problem`` with ``rule`` under ``protocol`` in the simulator.
+
+    ``speed`` is a speed model or a ``[speed]`` spec (default: every worker takes 1 s);
+    ``budget`` a :class:`Budget` or its fields. A Ctrl-C stops the run cleanly: the history up
+    to that point is written and returned, with ``summary["status"] == "interrupted"``.
+    """
+    num_workers = problem.num_workers
+    budget = budget if isinstance(budget, Budget) else Budget(**budget)
+    evaluation = evaluation or Evaluation()
+    if speed is None or isinstance(speed, Mapping):
+        speed = make_speed_model(speed or {}, num_workers, seed)
+    generator = torch.Generator().manual_seed(seed)
+    server = Server(problem.init_params(generator), rule)
+    spec = {"name": protocol} if isinstance(protocol, str) else protocol
+    driver: Protocol = make_protocol(spec, server, num_workers)
+    run_path = Path(run_dir) if run_dir is not None else None
+    recorder = Recorder(run_path)
+    if run_path is not None and config is not None:
+        write_atomic(run_path / "config.toml", configuration.dumps(config))
+    bar = _Progress(budget) if progress else None
+    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
+    simulator = Simulator(problem, speed, seed)
+    try:
+        simulator.run(coordinator)
+        summary = coordinator.finish(simulator.now)
+    except KeyboardInterrupt:
+        summary = coordinator.finish(simulator.now, status="interrupted",
+                                     reason="interrupted by the user (Ctrl-C)")
+    except BaseException as error:
+        coordinator.finish(simulator.now, status="failed", reason=f"{type(error).__name__}: "
+                           f"{error}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if summary["status"] == "diverged":
+        warnings.warn(f"run diverged: {summary['reason']}", RuntimeWarning, stacklevel=2)
+    history = recorder.history()
+    history.config = dict(config or {})
+    return Result(history, server.params, summary, run_path)
+
+
+def new_run_dir(resolved: Mapping[str, Any]) -> Path:
+    """A fresh directory under ``output.dir``; an existing one is never reused or overwritten."""
+    output = resolved["output"]
+    name = output["name"] or (f"{resolved['problem']['name']}-{resolved['protocol']['name']}-"
+                              f"{resolved['rule']['name']}-seed{resolved['seed']}-"
+                              f"{datetime.now():%Y%m%d-%H%M%S}")
+    base = Path(output["dir"]) / name
+    path, suffix = base, 1
+    while path.exists():
+        path = base.with_name(f"{base.name}-{suffix}")
+        suffix += 1
+    path.mkdir(parents=True)
+    return path
+
+
+class _Progress:
+    """A tqdm bar over the budget's first limit, refreshed every 64 arrivals."""
+
+    def __init__(self, budget: Budget) -> None:
+        from tqdm import tqdm
+
+        if budget.steps is not None:
+            self.unit, total = "steps", budget.steps
+        elif budget.arrivals is not None:
+            self.unit, total = "arrivals", budget.arrivals
+        else:
+            self.unit, total = "time", budget.time
+        self.bar = tqdm(total=total, unit=self.unit if self.unit != "time" else "s",
+                        dynamic_ncols=True, leave=False)
+
+    def update(self, coordinator: Coordinator) -> None:
+        value = {"steps": coordinator.version, "arrivals": coordinator.arrivals,
+                 "time": coordinator.now}[self.unit]
+        self.bar.n = min(value, self.bar.total)
+        self.bar.set_postfix(version=coordinator.version, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,154 @@
+"""The command line: ``asyncopt run | compare | plot``.
+
+    asyncopt run configs/quickstart.toml --set rule.lr=0.01
+    asyncopt compare configs/quickstart.toml --vary protocol.name=asgd,minibatch --seeds 3
+    asyncopt plot runs/<run>
+
+Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from asyncopt import config as configuration
+from asyncopt.api import Result, run
+from asyncopt.errors import ConfigError, check
+from asyncopt.record import History, load
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"asyncopt: error: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.out:
+        overrides.append(f'output.dir="{args.out}"')
+    result = run(args.config, overrides=overrides, progress=not args.quiet)
+    print(format_summary(result))
+    if result.run_dir is not None:
+        from asyncopt.plots import plot_run
+
+        figures = plot_run(result.history, result.run_dir)
+        print("figures:  " + ", ".join(str(f) for f in figures))
+    return 0 if result.summary["status"] == "completed" else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from asyncopt.aggregate import compare_table, format_table
+    from asyncopt.plots import plot_compare
+
+    out = Path(args.out)
+    groups: dict[str, list[History]] = {}
+    for source in args.inputs:
+        if Path(source).is_dir():
+            history = load(source)
+            groups.setdefault(_label(history.config, source), []).append(history)
+            continue
+        for variation in _variations(args.vary):
+            for seed in range(args.seeds):
+                overrides = [*args.set, *variation, f"seed={args.seed + seed}"]
+                resolved = configuration.load(source, overrides)
+                name = _label(resolved, source) if not variation else " ".join(variation)
+                run_dir = out / _slug(Path(source).stem + "-" + name) / f"seed{args.seed + seed}"
+                check(not run_dir.exists(), "--out", str(out),
+                      f"a directory without {run_dir.relative_to(out)} (never overwritten)")
+                run_dir.mkdir(parents=True)
+                result = run(resolved, run_dir=run_dir, progress=not args.quiet)
+                print(f"{name:40s} seed {args.seed + seed}: {result.summary['status']}, "
+                      f"final loss {result.summary['final'].get('loss', float('nan')):.4g}")
+                groups.setdefault(name, []).append(result.history)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot_compare(groups, out / "compare.png", x=args.x)
+    table = format_table(compare_table(groups, metric="loss", target=args.target))
+    (out / "compare.md").write_text(table + "\n")
+    print(table)
+    print(f"figure:   {figure}\ntable:    {out / 'compare.md'}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from asyncopt.plots import plot_run
+
+    history = load(args.run_dir)
+    figures = plot_run(history, Path(args.out or args.run_dir))
+    print("figures:  " + ", ".join(str(f) for f in figures))
+    return 0
+
+
+def format_summary(result: Result) -> str:
+    """The printed summary of one run."""
+    s = result.summary
+    final = s.get("final", {})
+    lines = [
+        f"status:   {s['status']} ({s['reason']})",
+        f"steps:    {s['version']} server steps from {s['arrivals']} arrivals "
+        f"({', '.join(f'{k} {v}' for k, v in s['actions'].items() if v)})",
+        f"time:     {s['now']:.6g} s on the runtime's clock, {s['wall_seconds']:.2f} s wall "
+        f"({s['arrivals_per_second']:.0f} arrivals/s)",
+        f"delay:    mean {s['mean_delay']:.2f}, max {s['max_delay']}",
+        "final:    " + ", ".join(f"{k} {v:.5g}" for k, v in final.items()),
+    ]
+    if result.run_dir is not None:
+        lines.append(f"run dir:  {result.run_dir}")
+    return "\n".join(lines)
+
+
+def _variations(vary: Sequence[str]) -> list[list[str]]:
+    """``["rule.lr=0.1,0.01", "workers=2,4"]`` -> every combination as override lists."""
+    axes = []
+    for item in vary:
+        key, sep, values = item.partition("=")
+        check(bool(sep) and bool(values), "--vary", item, "KEY=V1,V2,... e.g. rule.lr=0.1,0.01")
+        axes.append([f"{key}={value}" for value in values.split(",")])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def _label(resolved: dict[str, Any], source: str) -> str:
+    return configuration.label(resolved) if resolved else Path(source).name
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asyncopt", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True)
+    p = commands.add_parser("run", help="run one experiment from a TOML file")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="parent directory of the run directory (output.dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(command=cmd_run)
+    c = commands.add_parser("compare", help="several configs or variations over seeds, one plot")
+    c.add_argument("inputs", nargs="+", help="TOML files to run, or run directories to load")
+    c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--seed", type=int, default=0, help="first seed")
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--x", choices=("now", "version"), default="now")
+    c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(command=cmd_compare)
+    q = commands.add_parser("plot", help="figures of a recorded run")
+    q.add_argument("run_dir")
+    q.add_argument("--out")
+    q.set_defaults(command=cmd_plot)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The experiment configuration: TOML in, validated once, resolved TOML out.
+
+An experiment file names one problem, one rule, one protocol and one runtime::
+
+    seed = 0
+    workers = 4
+    runtime = "sim"
+
+    [problem]                 # asyncopt.problems: quadratic, logistic, mlp, ...
+    name = "mlp"
+    [rule]                    # asyncopt.rules: sgd, momentum, adam, amsgrad, ...
+    name = "amsgrad"
+    lr = 0.001
+    [protocol]                # asyncopt.protocols: asgd, minibatch, ...
+    name = "asgd"
+    [speed]                   # simulator speed model (runtimes/sim/speed.py)
+    profile = "sqrt"
+    [budget]                  # stop at whichever comes first
+    steps = 2000
+    [eval]
+    every = 100
+    unit = "steps"            # or "time"
+    [output]
+    dir = "runs"
+
+``--set key=value`` overrides any entry (``--set rule.lr=0.01 --set protocol.name=minibatch``);
+the value is read as TOML, falling back to a plain string. :func:`resolve` fills in every default,
+and the resolved configuration is what a run directory stores.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from asyncopt.errors import ConfigError, check, check_choice, check_int, check_keys
+from asyncopt.problems.registry import resolve_problem_spec
+from asyncopt.protocols.registry import resolve_protocol_spec
+from asyncopt.rules.registry import resolve_rule_spec
+from asyncopt.runtimes.coordinator import Budget, Evaluation
+from asyncopt.runtimes.sim.speed import resolve_speed_spec
+
+RUNTIMES = ("sim",)
+"""Runtimes available now. ``processes`` and ``ray`` are planned (issues 3 and 4)."""
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "workers": 4,
+    "runtime": "sim",
+    "problem": {"name": "mlp"},
+    "rule": {"name": "sgd", "lr": 0.05},
+    "protocol": {"name": "asgd"},
+    "speed": {},
+    "budget": {"steps": 1000},
+    "eval": {"every": 100, "unit": "steps"},
+    "output": {"dir": "runs", "name": ""},
+}
+TABLES = ("problem", "rule", "protocol", "speed", "budget", "eval", "output")
+
+
+def load(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a TOML experiment file, apply ``key=value`` overrides, and resolve it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", str(path), "an existing TOML file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("config", str(path), f"valid TOML ({error})") from error
+    return resolve(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``["rule.lr=0.01", "workers=8"]`` applied to a copy of ``raw``."""
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        check(bool(sep) and bool(key.strip()), "--set", item, "KEY=VALUE, e.g. rule.lr=0.01")
+        *parents, leaf = key.strip().split(".")
+        table = out
+        for part in parents:
+            table = table.setdefault(part, {})
+            check(isinstance(table, dict), "--set", item, f"{part} to be a table")
+        table[leaf] = parse_value(text.strip())
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``0.01``, ``true``, ``[1, 2]``, ``"x"``), or the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate every field and fill in every default. Raises ConfigError on the first problem."""
+    check_keys("config", raw, DEFAULTS)
+    config = copy.deepcopy(DEFAULTS)
+    for key, value in raw.items():
+        if key in TABLES:
+            check(isinstance(value, Mapping), key, value, "a table, e.g. [" + key + "]")
+            config[key] = {**config[key], **value} if key in ("eval", "output") else dict(value)
+        else:
+            config[key] = value
+    config["seed"] = check_int("seed", config["seed"], 0)
+    config["workers"] = check_int("workers", config["workers"], 1)
+    config["runtime"] = check_choice("runtime", config["runtime"], RUNTIMES)
+    config["problem"] = resolve_problem_spec(config["problem"])
+    config["rule"] = resolve_rule_spec(config["rule"])
+    config["protocol"] = resolve_protocol_spec(config["protocol"])
+    config["speed"] = resolve_speed_spec(config["speed"])
+    check_keys("budget", config["budget"], ("steps", "arrivals", "time", "target_loss"))
+    Budget(**config["budget"])
+    check_keys("eval", config["eval"], ("every", "unit"))
+    Evaluation(**config["eval"])
+    check_keys("output", config["output"], ("dir", "name"))
+    check(isinstance(config["output"]["dir"], str), "output.dir", config["output"]["dir"],
+          "a directory path")
+    return config
+
+
+def budget_of(config: Mapping[str, Any]) -> Budget:
+    return Budget(**config["budget"])
+
+
+def evaluation_of(config: Mapping[str, Any]) -> Evaluation:
+    return Evaluation(**config["eval"])
+
+
+def dumps(config: Mapping[str, Any]) -> str:
+    """The resolved configuration as TOML (``None`` values, meaning "default", are left out)."""
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config))
+
+
+def label(config: Mapping[str, Any]) -> str:
+    """A short name for a configuration: protocol + rule (+ lr)."""
+    rule = config["rule"]
+    return f"{config['protocol']['name']}+{rule['name']}(lr={rule.get('lr')})"
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value]
+    return value

@@ -1,0 +1,223 @@
+"""Datasets that need no network: scikit-learn's bundled sets, synthetic data, LIBSVM files.
+
+``load_dataset(name, seed=...)`` returns a :class:`Dataset` split into train and test sets by a
+seeded *stratified* split (each class keeps its share of samples in the test set, rounded).
+Features are float32, labels int64 in ``0..C-1``. Scaling, by source:
+
+* ``"digits"`` (8×8 images, 10 classes, 1797 samples): pixel intensities 0..16 divided by 16, so
+  features lie in [0, 1];
+* ``"breast_cancer"`` (2 classes), ``"iris"`` (3), ``"wine"`` (3): standardized to zero mean and
+  unit variance with the *training* statistics (constant features are only centred);
+* ``"synthetic"``: X ~ N(0, I) (already standard), a true weight matrix W* ~ N(0, I) of shape
+  (d, C), labels y = argmax(x W*), then a fraction ``label_noise`` of labels replaced by a
+  uniformly drawn class (which may coincide with the true one);
+* ``"libsvm"``: a user file read by :func:`read_libsvm`, left unscaled (LIBSVM sets usually come
+  prescaled). It is stored dense, so very wide sparse sets (rcv1: 47k features) do not fit.
+
+Random streams: the split uses ``default_rng([seed, 1])`` and synthetic data ``[seed, 2]``, so
+they are independent of each other and of the partition, which uses ``default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
+
+DATASETS = ("breast_cancer", "digits", "iris", "libsvm", "synthetic", "wine")
+OPTIONS: dict[str, dict[str, Any]] = {
+    "synthetic": {"num_samples": 1000, "num_features": 20, "num_classes": 2, "label_noise": 0.05},
+    "libsvm": {"path": None, "num_features": None},
+}
+"""Extra keyword options per dataset, with their defaults (``path`` has none: it is required)."""
+MAX_DENSE_BYTES = 2 << 30
+
+
+@dataclass
+class Dataset:
+    """A classification dataset, split into train and test (the test tensors may be empty)."""
+
+    name: str
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    feature_names: tuple[str, ...] | None = None
+    true_weights: Tensor | None = None  # the synthetic set's W*, shape (d, C)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.X_train.shape[1])
+
+
+class DataFileError(ConfigError):
+    """A data file has a bad line: the message gives the file, the line number and the fault."""
+
+    def __init__(self, path: str | Path, line: int, what: str) -> None:
+        super().__init__("path", str(path), f"line {line}: {what}")
+        self.line = line
+        self.args = (f"{path}, line {line}: {what}",)
+
+
+def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options: Any) -> Dataset:
+    """Load ``name`` (one of :data:`DATASETS`) and split it; ``options`` as in :data:`OPTIONS`."""
+    name = check_choice("dataset", name, DATASETS)
+    test_fraction = check_float("test_fraction", test_fraction, 0.0, 1.0)
+    check(test_fraction < 1.0, "test_fraction", test_fraction, "a number in [0, 1)")
+    check_keys("dataset options", options, OPTIONS.get(name, {}))
+    options = {**OPTIONS.get(name, {}), **options}
+    true_weights, names = None, None
+    if name == "synthetic":
+        X, y, true_weights = _synthetic(seed, **options)
+    elif name == "libsvm":
+        check(options["path"] is not None, "path", None, "the path of a LIBSVM file")
+        X, y, _ = read_libsvm(options["path"], options["num_features"])
+    else:
+        X, y, names = _sklearn(name)
+    train, test = stratified_split(y, test_fraction, seed)
+    X_train, X_test = X[train], X[test]
+    if name in ("breast_cancer", "iris", "wine"):
+        mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+        std[std < 1e-12] = 1.0
+        X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+    num_classes = options["num_classes"] if name == "synthetic" else int(y.max()) + 1
+    return Dataset(name, _floats(X_train), torch.from_numpy(y[train]), _floats(X_test),
+                   torch.from_numpy(y[test]), num_classes, names,
+                   None if true_weights is None else _floats(true_weights))
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) index arrays; round(test_fraction · n_c) of each class c to test."""
+    rng = np.random.default_rng([seed, 1])
+    test = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        test.append(members[:round(test_fraction * len(members))])
+    test_idx = np.sort(np.concatenate(test)).astype(np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[test_idx] = False
+    check(bool(mask.any()), "test_fraction", test_fraction, "a fraction leaving training data")
+    return np.flatnonzero(mask), test_idx
+
+
+def read_libsvm(path: str | Path, num_features: int | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a LIBSVM/SVMlight classification file into dense ``(X, y, classes)``.
+
+    Each non-blank line is ``label idx:val idx:val ...``; anything after ``#`` is a comment.
+    Indices are 1-based and must be strictly increasing within a line (the format says so, and a
+    repeated index would be ambiguous); missing entries are zeros. Labels must be integers
+    (``+1``, ``-1``, ``0``, ``2``, ``3.0``); the distinct labels, sorted, are mapped to
+    ``0..C-1`` and returned as ``classes`` (``classes[y]`` gives the file's labels back).
+    ``num_features`` fixes the width (an index above it is an error); by default it is the
+    largest index seen. Raises :class:`DataFileError` naming the line on a malformed line.
+    """
+    path = Path(path)
+    if num_features is not None:
+        num_features = check_int("num_features", num_features, 1)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+        raise ConfigError("path", str(path), "an existing LIBSVM file") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError("path", str(path), "a text (UTF-8) LIBSVM file") from error
+    labels: list[float] = []
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        labels.append(_label(tokens[0], path, number))
+        previous = 0
+        for token in tokens[1:]:
+            index, value = _entry(token, path, number)
+            if index <= previous:
+                raise DataFileError(path, number, f"index {index} after index {previous}: "
+                                    "indices must be strictly increasing")
+            if num_features is not None and index > num_features:
+                raise DataFileError(path, number, f"index {index} is above num_features = "
+                                    f"{num_features}")
+            previous = index
+            rows.append(len(labels) - 1)
+            cols.append(index - 1)
+            vals.append(value)
+    if not labels:
+        raise ConfigError("path", str(path), "a LIBSVM file with at least one sample")
+    width = num_features or max(cols, default=0) + 1
+    check(len(labels) * width * 4 <= MAX_DENSE_BYTES, "path", str(path),
+          f"a file that fits densely in {MAX_DENSE_BYTES >> 30} GiB ({len(labels)} samples × "
+          f"{width} features does not)")
+    X = np.zeros((len(labels), width), dtype=np.float32)
+    X[rows, cols] = vals
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    return X, y.astype(np.int64), classes
+
+
+def _label(token: str, path: Path, line: int) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value == int(value)):
+        raise DataFileError(path, line, f"bad label {token!r}: expected an integer class label "
+                            "such as +1, -1, 0, 1, 2")
+    return value
+
+
+def _entry(token: str, path: Path, line: int) -> tuple[int, float]:
+    index_text, sep, value_text = token.partition(":")
+    try:
+        index, value = int(index_text), float(value_text)
+    except ValueError:
+        index, value = 0, math.nan
+    if not sep or not math.isfinite(value):
+        raise DataFileError(path, line, f"bad entry {token!r}: expected index:value, e.g. 3:0.5")
+    if index < 1:
+        raise DataFileError(path, line, f"bad index in {token!r}: indices start at 1")
+    return index, value
+
+
+def _synthetic(seed: int, num_samples: int, num_features: int, num_classes: int,
+               label_noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    num_samples = check_int("num_samples", num_samples, 2)
+    num_features = check_int("num_features", num_features, 1)
+    num_classes = check_int("num_classes", num_classes, 2)
+    label_noise = check_float("label_noise", label_noise, 0.0, 1.0)
+    rng = np.random.default_rng([seed, 2])
+    X = rng.standard_normal((num_samples, num_features))
+    weights = rng.standard_normal((num_features, num_classes))
+    y = np.argmax(X @ weights, axis=1)
+    flip = rng.random(num_samples) < label_noise
+    y[flip] = rng.integers(num_classes, size=int(flip.sum()))
+    return X, y.astype(np.int64), weights
+
+
+@functools.cache
+def _sklearn_cached(name: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    X = bunch.data / 16.0 if name == "digits" else bunch.data
+    names = getattr(bunch, "feature_names", None)
+    return X, bunch.target.astype(np.int64), None if names is None else tuple(names)
+
+
+def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    X, y, names = _sklearn_cached(name)
+    return X.copy(), y.copy(), names
+
+
+def _floats(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -1,0 +1,110 @@
+"""Problems by name: ``make_problem({"name": "mlp", "dataset": "digits"}, num_workers, seed)``.
+
+A spec is the ``[problem]`` table of an experiment file: ``name`` plus that problem's keys
+(:data:`asyncopt.problems.builtin.DEFAULTS`, and the chosen dataset's options). This module is the
+boundary: :func:`resolve_problem_spec` refuses unknown names and keys and checks every value,
+and errors raised while building (a missing file, more workers than samples) are reported with
+their ``problem.`` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from asyncopt.errors import (
+    ConfigError,
+    check,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+)
+from asyncopt.problems.base import Problem
+from asyncopt.problems.builtin import BUILDERS, DEFAULTS
+from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
+
+
+def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
+    return lambda field, value: None if value is None else check_int(field, value, minimum)
+
+
+def _path(field: str, value: Any) -> str:
+    check(isinstance(value, str) and bool(value), field, value, "the path of a LIBSVM file")
+    return str(value)
+
+
+def _fraction(field: str, value: Any) -> float:
+    value = check_float(field, value, 0.0, 1.0)
+    check(value < 1.0, field, value, "a number in [0, 1)")
+    return value
+
+
+CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "dim": lambda f, v: check_int(f, v, 1),
+    "condition": lambda f, v: check_float(f, v, 1.0),
+    "heterogeneity": lambda f, v: check_float(f, v, 0.0),
+    "noise": lambda f, v: check_float(f, v, 0.0),
+    "dataset": lambda f, v: check_choice(f, v, DATASETS),
+    "batch_size": lambda f, v: check_int(f, v, 1),
+    "partition": lambda f, v: check_choice(f, v, ("iid", "dirichlet", "sorted")),
+    "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
+    "test_fraction": _fraction,
+    "l2": lambda f, v: check_float(f, v, 0.0),
+    "hidden": lambda f, v: check_int(f, v, 1),
+    "num_samples": lambda f, v: check_int(f, v, 2),
+    "num_features": _optional_int(1),
+    "num_classes": lambda f, v: check_int(f, v, 2),
+    "label_noise": lambda f, v: check_float(f, v, 0.0, 1.0),
+    "path": _path,
+}
+
+
+def problem_names() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def resolve_problem_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` validated, with every default filled in (``name`` first, then the keys in
+    their documented order). A LIBSVM ``path`` has no default and must be given."""
+    check(isinstance(spec, Mapping), "problem", spec, "a table with a name, e.g. {name = 'mlp'}")
+    name = check_choice("problem.name", spec.get("name"), BUILDERS)
+    defaults = dict(DEFAULTS[name])
+    if "dataset" in defaults:
+        dataset = CHECKS["dataset"]("problem.dataset", spec.get("dataset", defaults["dataset"]))
+        defaults.update(OPTIONS.get(dataset, {}))
+    check_keys("problem", spec, ["name", *defaults])
+    resolved: dict[str, Any] = {"name": name}
+    for key, default in defaults.items():
+        value = spec.get(key, default)
+        if key == "path" and value is None:
+            raise ConfigError("problem.path", None, "the path of a LIBSVM file (dataset = "
+                              "'libsvm' reads one)")
+        resolved[key] = CHECKS[key](f"problem.{key}", value)
+    return resolved
+
+
+def make_problem(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
+    """Build the problem ``spec`` names, split across ``num_workers`` workers, seeded."""
+    resolved = resolve_problem_spec(spec)
+    num_workers = check_int("workers", num_workers, 1)
+    seed = check_int("seed", seed, 0)
+    with _as_problem_fields(resolved):
+        return BUILDERS[resolved["name"]](resolved, num_workers, seed)
+
+
+@contextmanager
+def _as_problem_fields(resolved: Mapping[str, Any]) -> Iterator[None]:
+    """Re-raise a builder's ConfigError on a spec key (``path``) as ``problem.<key>``, and one
+    on the worker count as ``workers``, the names the user wrote."""
+    try:
+        yield
+    except DataFileError:
+        raise
+    except ConfigError as error:
+        if error.field in resolved:
+            raise ConfigError(f"problem.{error.field}", error.value, error.allowed) from error
+        if error.field == "num_workers":
+            raise ConfigError("workers", error.value, error.allowed) from error
+        raise

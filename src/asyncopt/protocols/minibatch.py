@@ -1,0 +1,40 @@
+"""Synchronous minibatch SGD, and its m-synchronous variant.
+
+Every worker computes one gradient at the current model x_k; once ``wait_for`` = m of them have
+arrived (m = n: all workers), the server averages them and steps, then every worker restarts at
+x_{k+1} (the slowest n − m computations are cancelled):
+
+    x_{k+1} = x_k + rule( (1/m) Σ_{j ∈ first m arrivals} g_j(x_k) )
+
+Time per step is the m-th order statistic of the workers' compute times (max_i τ_i for m = n),
+which is what asynchronous methods are measured against (algorithms.md, "Standard baselines").
+No gradient is ever stale: every delay is 0.
+"""
+
+from __future__ import annotations
+
+from asyncopt import tree
+from asyncopt.errors import check_int
+from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
+from asyncopt.tree import Params
+
+
+class Minibatch(Protocol):
+    """Average one gradient from each of the first ``wait_for`` workers, step, restart all."""
+
+    name = "minibatch"
+
+    def __init__(self, server: Server, num_workers: int, wait_for: int | None = None) -> None:
+        super().__init__(server, num_workers)
+        self.wait_for = num_workers if wait_for is None else check_int(
+            "protocol.wait_for", wait_for, 1, num_workers)
+        self.batch: list[Params] = []
+
+    def receive(self, arrival: Arrival, delay: int) -> Reply:
+        self.batch.append(arrival.grads)
+        if len(self.batch) < self.wait_for:
+            return Reply(Action.BUFFER, delay=delay)
+        average = tree.mean(self.batch)
+        self.batch.clear()
+        stepped = self.server.step(average, delay=delay, worker=arrival.worker)
+        return self.restart_all(Action.STEP if stepped else Action.DROP, delay)

@@ -1,0 +1,199 @@
+"""The server side of a run, the same in every runtime: protocol, history, evaluation, budget.
+
+A runtime only decides *where gradients come from and on what clock*. Everything that happens
+when one arrives is here, written once:
+
+    coordinator.begin(now)                -> Reply (who starts)
+    coordinator.advance(now) -> bool      (time-based evaluations; False once the time budget ends)
+    coordinator.arrive(now, arrival)      -> Reply (protocol.handle + one history row + evaluation)
+    coordinator.cancelled(now, worker, version)   (a cancelled computation, one history row)
+    coordinator.finish(now, status)       -> summary (final evaluation, summary.json)
+
+``stop_reason`` becomes a string as soon as the run must stop (budget reached, target loss
+reached, divergence); the runtime checks it after every event.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asyncopt import tree
+from asyncopt.errors import check, check_choice, check_float, check_int
+from asyncopt.problems.base import Problem
+from asyncopt.protocols.base import Action, Arrival, Protocol, Reply
+from asyncopt.record import Recorder
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a run stops: whichever limit comes first. At least one of steps/arrivals/time."""
+
+    steps: int | None = None
+    arrivals: int | None = None
+    time: float | None = None
+    target_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        check(any(v is not None for v in (self.steps, self.arrivals, self.time)), "budget",
+              "{}", "at least one of budget.steps, budget.arrivals, budget.time")
+        if self.steps is not None:
+            check_int("budget.steps", self.steps, 1)
+        if self.arrivals is not None:
+            check_int("budget.arrivals", self.arrivals, 1)
+        if self.time is not None:
+            check_float("budget.time", self.time, 0.0, strict_minimum=True)
+        if self.target_loss is not None:
+            check_float("budget.target_loss", self.target_loss)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluate the server's model every ``every`` server steps (``unit = "steps"``) or every
+    ``every`` seconds of the runtime's clock (``unit = "time"``), and once at the start and end."""
+
+    every: float = 100
+    unit: str = "steps"
+
+    def __post_init__(self) -> None:
+        check_choice("eval.unit", self.unit, ("steps", "time"))
+        check_float("eval.every", self.every, 0.0, strict_minimum=True)
+
+
+class Coordinator:
+    """Drives a protocol, records every arrival, evaluates on schedule, enforces the budget."""
+
+    def __init__(self, problem: Problem, protocol: Protocol, recorder: Recorder, budget: Budget,
+                 evaluation: Evaluation, *, progress: Any = None,
+                 divergence_factor: float = 1e6) -> None:
+        self.problem, self.protocol, self.recorder = problem, protocol, recorder
+        self.budget, self.evaluation = budget, evaluation
+        self.progress = progress
+        self.divergence_factor = divergence_factor
+        self.stop_reason: str | None = None
+        self.status = "completed"
+        self.arrivals = 0
+        self.counts = {action.value: 0 for action in Action}
+        self.delay_sum = 0
+        self.delay_max = 0
+        self._consecutive_rejects = 0
+        self._next_eval = evaluation.every
+        self._last_eval_key: tuple[int, int] | None = None
+        self._initial_loss = math.nan
+        self._last_metrics: dict[str, float] = {}
+        self._wall_start = time.perf_counter()
+        self.now = 0.0
+
+    @property
+    def version(self) -> int:
+        return self.protocol.version
+
+    def begin(self, now: float = 0.0) -> Reply:
+        self._evaluate(now)
+        self._initial_loss = self._last_metrics.get("loss", math.nan)
+        return self.protocol.begin()
+
+    def advance(self, now: float) -> bool:
+        """Move the clock to ``now`` (before the event at ``now`` is handled): run time-based
+        evaluations that fall due, and stop at the time budget. Answers whether to go on."""
+        limit = self.budget.time if self.budget.time is not None else math.inf
+        if self.evaluation.unit == "time":
+            # strict: the evaluation at time b sees every event at time <= b
+            while (self._next_eval < now and self._next_eval <= limit
+                   and self.stop_reason is None):
+                self._evaluate(self._next_eval)
+                self._next_eval += self.evaluation.every
+        if now > limit and self.stop_reason is None:
+            self.now = limit
+            self.stop_reason = f"time budget reached ({limit:g} s)"
+        return self.stop_reason is None
+
+    def arrive(self, now: float, arrival: Arrival) -> Reply:
+        self.now = now
+        reply = self.protocol.handle(arrival)
+        action = reply.action.value if reply.action is not None else Action.STEP.value
+        self.arrivals += 1
+        self.counts[action] += 1
+        if action in ("step", "buffer"):
+            self.delay_sum += reply.delay
+            self.delay_max = max(self.delay_max, reply.delay)
+        self.recorder.arrival(now, arrival.worker, self.version, reply.delay, arrival.loss, action,
+                              arrival.compute_time)
+        self._consecutive_rejects = self._consecutive_rejects + 1 if action == "reject" else 0
+        if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
+            self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
+        if self.progress is not None and self.arrivals % 64 == 0:
+            self.progress.update(self)
+        if self.evaluation.unit == "steps" and self.version >= self._next_eval:
+            self._evaluate(now)
+            while self._next_eval <= self.version:
+                self._next_eval += self.evaluation.every
+        self._check_budget()
+        return reply
+
+    def cancelled(self, now: float, worker: int, version: int) -> None:
+        """Record a computation that was stopped before it arrived (computed at ``version``)."""
+        self.counts[Action.CANCEL.value] += 1
+        self.recorder.arrival(now, worker, self.version, self.version - version, math.nan,
+                              Action.CANCEL.value, 0.0)
+
+    def stop(self, reason: str, status: str = "completed") -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.status = reason, status
+
+    def finish(self, now: float | None = None, status: str | None = None,
+               reason: str | None = None) -> dict[str, Any]:
+        """Evaluate the final model (unless just done or diverged) and write the summary."""
+        if status is not None:
+            self.status = status
+        if reason is not None:
+            self.stop_reason = reason
+        now = self.now if now is None else now
+        if self.status not in ("diverged", "failed") and tree.all_finite(
+                self.protocol.server.params):
+            self._evaluate(now)
+        wall = time.perf_counter() - self._wall_start
+        used = self.counts["step"] + self.counts["buffer"]
+        summary = {
+            "status": self.status,
+            "reason": self.stop_reason or "stopped",
+            "now": now,
+            "version": self.version,
+            "arrivals": self.arrivals,
+            "actions": dict(self.counts),
+            "mean_delay": self.delay_sum / used if used else 0.0,
+            "max_delay": self.delay_max,
+            "wall_seconds": wall,
+            "arrivals_per_second": self.arrivals / wall if wall > 0 else math.nan,
+            "final": dict(self._last_metrics),
+        }
+        self.recorder.finish(summary)
+        return summary
+
+    def _evaluate(self, now: float) -> None:
+        key = (self.version, self.arrivals)
+        if key == self._last_eval_key:
+            return
+        self._last_eval_key = key
+        metrics = self.problem.evaluate(self.protocol.server.params)
+        self._last_metrics = metrics
+        self.recorder.evaluation(now, self.version, self.arrivals, metrics)
+        loss = metrics.get("loss", math.nan)
+        if not math.isfinite(loss):
+            self._diverge(f"the loss became {loss} at version {self.version}")
+        elif loss > self.divergence_factor * max(abs(self._initial_loss), 1e-12):
+            self._diverge(f"the loss grew to {loss:.4g}, more than {self.divergence_factor:g}×"
+                          f" its initial value {self._initial_loss:.4g}")
+        elif self.budget.target_loss is not None and loss <= self.budget.target_loss:
+            self.stop(f"target loss {self.budget.target_loss:g} reached (loss {loss:.4g})")
+
+    def _diverge(self, why: str) -> None:
+        self.stop(f"diverged: {why}; lower the step size (rule.lr)", status="diverged")
+
+    def _check_budget(self) -> None:
+        if self.budget.steps is not None and self.version >= self.budget.steps:
+            self.stop(f"step budget reached ({self.budget.steps} steps)")
+        elif self.budget.arrivals is not None and self.arrivals >= self.budget.arrivals:
+            self.stop(f"arrival budget reached ({self.budget.arrivals} arrivals)")

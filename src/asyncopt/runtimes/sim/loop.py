@@ -1,0 +1,105 @@
+"""The discrete-event simulator: heterogeneous workers on a virtual clock.
+
+The one event loop of asyncopt (in the spirit of SimPy, reduced to what asynchronous optimization
+needs). Each busy worker has one pending event, its *finish time*, on a min-heap ordered by
+``(finish time, schedule order)``: ties are broken by the order in which computations were
+started, so the same seed always gives the same sequence of events, bit for bit.
+
+When a worker starts at virtual time ``now`` it is handed the server's model *as it is then*
+(version v), and its finish time is ``now + compute_time`` from the speed model. Its gradient is
+evaluated at that snapshot when the event fires, so the delay δ = server version − v that the
+protocol measures is the real staleness of that gradient. Snapshots are shared by all workers that
+start at the same version and freed when the last of them finishes. Cancelled computations (a
+protocol's ``Reply.cancel``) are dropped lazily: their heap entries no longer match the worker's
+current job and are skipped. No gradient is computed for them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from asyncopt import tree
+from asyncopt.problems.base import Problem
+from asyncopt.protocols.base import Arrival, Reply
+from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.sim.speed import SpeedModel
+from asyncopt.tree import Params
+
+
+@dataclass(slots=True)
+class _Job:
+    order: int
+    version: int
+    params: Params
+    started: float
+
+
+def worker_generators(seed: int, num_workers: int) -> list[torch.Generator]:
+    """One torch generator per worker (minibatch sampling), seeded from (seed, worker)."""
+    generators = []
+    for worker in range(num_workers):
+        generator = torch.Generator()
+        state = np.random.SeedSequence([seed, worker]).generate_state(2, dtype=np.uint32)
+        generator.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+        generators.append(generator)
+    return generators
+
+
+class Simulator:
+    """Runs a coordinator's protocol in virtual time with gradients from ``problem``."""
+
+    name = "sim"
+
+    def __init__(self, problem: Problem, speed: SpeedModel, seed: int) -> None:
+        self.problem = problem
+        self.speed = speed
+        self.generators = worker_generators(seed, problem.num_workers)
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int]] = []
+        self._jobs: dict[int, _Job] = {}
+        self._order = 0
+        self._snapshot: Params | None = None
+        self._snapshot_version = -1
+
+    def run(self, coordinator: Coordinator) -> None:
+        """Simulate until the coordinator says stop or no worker is computing."""
+        self._apply(coordinator, coordinator.begin(self.now))
+        heap, jobs = self._heap, self._jobs
+        while coordinator.stop_reason is None:
+            if not heap:
+                coordinator.stop("no worker is computing: the protocol left every worker idle",
+                                 status="stalled")
+                break
+            finish, order, worker = heap[0]
+            if not coordinator.advance(finish):
+                break
+            heapq.heappop(heap)
+            job = jobs.get(worker)
+            if job is None or job.order != order:
+                continue  # this computation was cancelled
+            del jobs[worker]
+            self.now = finish
+            loss, grads = self.problem.loss_and_grad(job.params, worker, self.generators[worker])
+            arrival = Arrival(worker, job.version, grads, loss, finish - job.started)
+            self._apply(coordinator, coordinator.arrive(finish, arrival))
+
+    def _apply(self, coordinator: Coordinator, reply: Reply) -> None:
+        for worker in reply.cancel:
+            job = self._jobs.pop(worker, None)
+            if job is not None:
+                coordinator.cancelled(self.now, worker, job.version)
+        for worker in reply.start:
+            self._start(worker, coordinator.version, coordinator.protocol.server.params)
+
+    def _start(self, worker: int, version: int, params: Params) -> None:
+        if self._snapshot_version != version or self._snapshot is None:
+            self._snapshot = tree.clone(params)
+            self._snapshot_version = version
+        finish = self.now + self.speed.compute_time(worker, self.now)
+        self._order += 1
+        self._jobs[worker] = _Job(self._order, version, self._snapshot, self.now)
+        heapq.heappush(self._heap, (finish, self._order, worker))

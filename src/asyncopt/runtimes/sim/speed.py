@@ -1,0 +1,246 @@
+"""Worker speed models: how long one stochastic gradient takes on each worker.
+
+The fixed computation model of Ringleader ASGD (Maranjyan & Richtárik 2026) and Ringmaster ASGD
+(Maranjyan, Tyurin & Richtárik 2025) gives worker i a time τ_i per gradient; their experiments
+add random noise per call. This module builds that model, and the time-varying one of
+:mod:`asyncopt.runtimes.sim.slowdown`, from the ``[speed]`` table of a configuration::
+
+    τ = (τ_i + ε) · c_i · s · m_i(now) ,
+
+* τ_i, the **base time**: ``times`` (one per worker) or ``profile`` with ``scale`` = a:
+  ``constant`` τ_i = a; ``linear`` τ_i = a·(i + 1), the Ringleader paper's 1..n; ``sqrt``
+  τ_i = a·(1 + √i), the Ringmaster paper's. ``permute = true`` shuffles them with a seeded
+  permutation π: worker w gets τ_{π(w)} (the papers permute per seed);
+* ε ≥ 0, the **noise**, drawn afresh for every gradient with spread σ_w = ``noise_scale``, or
+  σ·√(π(w) + 1) when ``noise_grows`` (the Ringleader paper's |N(0, i + 1)|). The index is the
+  *profile* index π(w), the one before permutation, so a worker keeps the spread that belongs
+  with its base time: permuting moves whole (τ_i, σ_i) pairs between workers.
+  ``half_normal``: |N(0, σ_w²)| (mean σ_w·√(2/π)); ``exponential``: Exp with mean σ_w;
+  ``lognormal``: σ_w·exp(N(0, 1)) (median σ_w, mean σ_w·e^{1/2});
+* c_i, the persistent per-worker ``factors`` (``[3, 1, 1, 1]``: worker 0 three times slower),
+  which the real-process runtime uses to emulate slow machines;
+* s, the **straggler** factor: ``straggler_factor`` with probability ``straggler_probability``,
+  independently per gradient, else 1;
+* m_i(now), the product of the active slowdowns and periodic waves of
+  :mod:`~asyncopt.runtimes.sim.slowdown`, at the virtual time ``now`` the gradient starts.
+
+Randomness: worker w draws from its own generator, ``SeedSequence(seed).spawn(n + 1)[w]`` (built
+lazily as ``SeedSequence(seed, spawn_key=(w,))``, the same stream), and the permutation from child
+n. A worker's sequence of times therefore depends only on (spec, n, seed) and on how many gradients
+*it* started, never on how calls to other workers interleave. The stationary part (τ_i + ε)·c_i·s
+is pre-drawn in blocks per worker so that a call is a few list look-ups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
+from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
+
+PROFILES = ("constant", "linear", "sqrt")
+NOISES = ("none", "half_normal", "exponential", "lognormal")
+DEFAULTS: dict[str, Any] = {
+    "profile": "constant", "scale": 1.0, "permute": False, "noise": "none", "noise_scale": 1.0,
+    "noise_grows": False, "straggler_probability": 0.0, "straggler_factor": 10.0,
+    "slowdowns": [], "periodic": [],
+}
+"""Every key with its default; ``times`` and ``factors`` (one value per worker) have none."""
+KEYS = (*DEFAULTS, "times", "factors")
+_FIRST_BLOCK, _MAX_BLOCK = 8, 128  # blocks grow, so 6000 rarely used workers cost little memory
+
+
+def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[speed]`` spec validated, with every default filled in (idempotent).
+
+    Lengths of ``times`` and ``factors`` are checked against the worker count by
+    :func:`make_speed_model`, which knows it.
+    """
+    check(isinstance(spec, Mapping), "speed", spec, "a table, e.g. [speed]")
+    check_keys("speed", spec, KEYS)
+    out: dict[str, Any] = {}
+    if "times" in spec:
+        for key in ("profile", "scale"):
+            check(key not in spec, f"speed.{key}", spec.get(key),
+                  "left out when speed.times is given (times are the base times)")
+        out["times"] = _positive_list("speed.times", spec["times"])
+    else:
+        out["profile"] = check_choice("speed.profile", spec.get("profile", "constant"), PROFILES)
+        out["scale"] = check_float("speed.scale", spec.get("scale", 1.0), 0.0,
+                                   strict_minimum=True)
+    out["permute"] = _bool("speed.permute", spec.get("permute", False))
+    out["noise"] = check_choice("speed.noise", spec.get("noise", "none"), NOISES)
+    out["noise_scale"] = check_float("speed.noise_scale", spec.get("noise_scale", 1.0), 0.0)
+    out["noise_grows"] = _bool("speed.noise_grows", spec.get("noise_grows", False))
+    if "factors" in spec:
+        out["factors"] = _positive_list("speed.factors", spec["factors"])
+    out["straggler_probability"] = check_float(
+        "speed.straggler_probability", spec.get("straggler_probability", 0.0), 0.0, 1.0)
+    out["straggler_factor"] = check_float("speed.straggler_factor",
+                                          spec.get("straggler_factor", 10.0), 1.0)
+    out["slowdowns"] = resolve_slowdowns(spec.get("slowdowns", []))
+    out["periodic"] = resolve_periodic(spec.get("periodic", []))
+    return out
+
+
+def make_speed_model(spec: Mapping[str, Any], num_workers: int, seed: int) -> SpeedModel:
+    """The speed model of a ``[speed]`` spec for ``num_workers`` workers and ``seed``."""
+    return SpeedModel(resolve_speed_spec(spec), check_int("workers", num_workers, 1),
+                      check_int("seed", seed, 0))
+
+
+def profile_times(profile: str, scale: float, num_workers: int) -> list[float]:
+    """τ_i for i = 0..n−1: ``a``, ``a·(i + 1)`` or ``a·(1 + √i)``."""
+    i = np.arange(num_workers, dtype=np.float64)
+    values = {"constant": np.ones_like(i), "linear": i + 1.0, "sqrt": 1.0 + np.sqrt(i)}[profile]
+    return (scale * values).tolist()
+
+
+class SpeedModel:
+    """Seconds (virtual) per gradient for each worker; see the module docstring for the model."""
+
+    def __init__(self, spec: Mapping[str, Any], num_workers: int, seed: int) -> None:
+        n = num_workers
+        self.num_workers, self.seed, self.spec = n, seed, dict(spec)
+        if "times" in spec:
+            profile = _per_worker("speed.times", spec["times"], n)
+        else:
+            profile = profile_times(spec["profile"], spec["scale"], n)
+        index = list(range(n))
+        if spec["permute"]:
+            permuter = np.random.Generator(np.random.PCG64(_child(seed, n)))
+            index = permuter.permutation(n).tolist()
+        self._index = index  # worker w has the profile's entry index[w]
+        self._base = [profile[j] for j in index]
+        self._factors = _per_worker("speed.factors", spec["factors"], n) if "factors" in spec \
+            else [1.0] * n
+        grows = spec["noise_grows"]
+        sigma = spec["noise_scale"]
+        self._sigma = [sigma * math.sqrt(j + 1.0) if grows else sigma for j in index]
+        self._noise = spec["noise"] if spec["noise"] != "none" and sigma > 0 else None
+        self._p, self._straggle = spec["straggler_probability"], spec["straggler_factor"]
+        self._random = self._noise is not None or (self._p > 0 and self._straggle > 1)
+        self._varying: list[Varying | None] = per_worker(spec["slowdowns"], spec["periodic"], n)
+        self._check_bounds()
+        self._fixed = [b * c for b, c in zip(self._base, self._factors, strict=True)]
+        self._blocks: list[list[float]] = [[] for _ in range(n)]
+        self._pos = [0] * n
+        self._rngs: list[np.random.Generator | None] = [None] * n
+
+    def compute_time(self, worker: int, now: float) -> float:
+        """Seconds that ``worker`` needs for one gradient started at virtual time ``now``."""
+        if self._random:
+            pos = self._pos[worker]
+            block = self._blocks[worker]
+            if pos == len(block):
+                block, pos = self._refill(worker), 0
+            self._pos[worker] = pos + 1
+            time = block[pos]
+        else:
+            time = self._fixed[worker]
+        varying = self._varying[worker]
+        if varying is not None:
+            time *= varying.factor(now)
+        if not 0.0 < time < math.inf:  # also false for NaN
+            raise ConfigError(f"speed (worker {worker} at now = {now!r})", time,
+                              "a finite compute time > 0; the product of the base time, "
+                              "factors, slowdowns and periodic waves left that range")
+        return time
+
+    def base_times(self) -> list[float]:
+        """The base τ_w of each worker, after the permutation (without noise or factors)."""
+        return list(self._base)
+
+    def describe(self) -> str:
+        """The model in words, e.g. for a run's log."""
+        spec, n = self.spec, self.num_workers
+        if "times" in spec:
+            words = f"{n} workers with base times {_short(spec['times'])}"
+        else:
+            formula = {"constant": "a", "linear": "a·(i+1)", "sqrt": "a·(1+√i)"}[spec["profile"]]
+            words = f"{n} workers with base times τ_i = {formula}, a = {spec['scale']:g}"
+        words += ", randomly permuted" if spec["permute"] else ""
+        if self._noise is not None:
+            spread = "σ·√(i+1)" if spec["noise_grows"] else "σ"
+            words += f"; {self._noise.replace('_', '-')} noise with spread {spread}, " \
+                     f"σ = {spec['noise_scale']:g}"
+        if "factors" in spec:
+            words += f"; per-worker factors {_short(spec['factors'])}"
+        if self._p > 0:
+            words += f"; stragglers: ×{self._straggle:g} with probability {self._p:g}"
+        if spec["slowdowns"] or spec["periodic"]:
+            words += f"; {len(spec['slowdowns'])} slowdown window(s) and " \
+                     f"{len(spec['periodic'])} periodic wave(s)"
+        return words
+
+    def __repr__(self) -> str:
+        return f"SpeedModel({self.describe()}; seed = {self.seed})"
+
+    def _refill(self, worker: int) -> list[float]:
+        rng = self._rngs[worker]
+        if rng is None:
+            rng = self._rngs[worker] = np.random.Generator(np.random.PCG64(
+                _child(self.seed, worker)))
+        size = min(max(2 * len(self._blocks[worker]), _FIRST_BLOCK), _MAX_BLOCK)
+        times = np.full(size, self._base[worker])
+        if self._noise is not None:
+            times += self._sigma[worker] * _draw(rng, self._noise, size)
+        times *= self._factors[worker]
+        if self._p > 0:
+            times[rng.random(size) < self._p] *= self._straggle
+        block = times.tolist()
+        self._blocks[worker] = block
+        return block
+
+    def _check_bounds(self) -> None:
+        # The noise is unbounded, so only the deterministic part can be checked here; compute_time
+        # still refuses a non-finite time at run time.
+        for worker in range(self.num_workers):
+            varying = self._varying[worker]
+            low, high = varying.bounds() if varying is not None else (1.0, 1.0)
+            time = self._base[worker] * self._factors[worker]
+            high *= self._straggle if self._p > 0 else 1.0
+            if not (time * low > 0.0 and time * high < math.inf):
+                raise ConfigError("speed", f"worker {worker}: base {self._base[worker]!r} × "
+                                  f"factors between {low!r} and {high!r}",
+                                  "finite compute times > 0 (factors, slowdowns and periodic "
+                                  "amplitudes too large or too small)")
+
+
+def _draw(rng: np.random.Generator, noise: str, size: int) -> np.ndarray:
+    if noise == "half_normal":
+        return np.abs(rng.standard_normal(size))
+    if noise == "exponential":
+        return rng.standard_exponential(size)
+    return np.exp(rng.standard_normal(size))  # lognormal
+
+
+def _child(seed: int, index: int) -> np.random.SeedSequence:
+    """``SeedSequence(seed).spawn(index + 1)[index]``, without spawning the others."""
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def _positive_list(field: str, value: Any) -> list[float]:
+    check(isinstance(value, (list, tuple)) and len(value) > 0, field, value,
+          "a non-empty list of numbers > 0, one per worker")
+    return [check_float(f"{field}[{k}]", v, 0.0, strict_minimum=True) for k, v in enumerate(value)]
+
+
+def _per_worker(field: str, values: list[float], num_workers: int) -> list[float]:
+    check(len(values) == num_workers, field, values,
+          f"a list of {num_workers} numbers, one per worker (workers = {num_workers})")
+    return list(values)
+
+
+def _bool(field: str, value: Any) -> bool:
+    check(isinstance(value, bool), field, value, "true or false")
+    return value
+
+
+def _short(values: list[float]) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:6])
+    return f"[{shown}{', …' if len(values) > 6 else ''}]"

@@ -1,0 +1,25 @@
+"""Shared builders for the simulator-level tests (real components, small sizes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from asyncopt.api import Result, train
+from asyncopt.problems.registry import make_problem
+from asyncopt.rules.registry import make_rule
+
+
+def simulate(problem: dict[str, Any], rule: dict[str, Any], protocol: Any = "asgd", *,
+             workers: int = 4, speed: dict[str, Any] | None = None, seed: int = 0,
+             run_dir: Any = None, **budget: Any) -> Result:
+    """One simulated run from specs, the way the API assembles it."""
+    built = make_problem(problem, workers, seed)
+    return train(built, make_rule(rule, workers), protocol, speed=speed or {}, seed=seed,
+                 budget=budget or {"steps": 50}, run_dir=run_dir)
+
+
+@pytest.fixture
+def quadratic() -> dict[str, Any]:
+    return {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}

@@ -1,0 +1,69 @@
+"""The command line end to end, on small budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from asyncopt.cli import main
+from asyncopt.record import load
+
+CONFIG = """
+seed = 0
+workers = 3
+[problem]
+name = "quadratic"
+dim = 5
+[rule]
+name = "sgd"
+lr = 0.1
+[speed]
+profile = "linear"
+[budget]
+steps = 40
+[eval]
+every = 10
+"""
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_run_writes_a_complete_run_directory(tmp_path, capsys):
+    code = main(["run", str(_config(tmp_path)), "--out", str(tmp_path / "runs"), "--quiet",
+                 "--set", "rule.lr=0.05"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "status:   completed" in printed and "final:" in printed
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.toml", "arrivals.csv", "evaluations.csv", "summary.json",
+            "curves.png", "delays.png"} <= names
+    assert "lr = 0.05" in (run_dir / "config.toml").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["version"] == 40
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "curves.png").stat().st_size > 1000
+
+
+def test_compare_runs_variations_over_seeds(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", str(_config(tmp_path)), "--vary", "protocol.name=asgd,minibatch",
+                 "--seeds", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert (out / "compare.png").stat().st_size > 1000
+    table = (out / "compare.md").read_text()
+    assert "protocol.name=asgd" in table and "protocol.name=minibatch" in table
+    runs = sorted(out.glob("*/seed*"))
+    assert len(runs) == 4 and all(load(r).summary["status"] == "completed" for r in runs)
+    # recorded runs can be compared again without re-running them
+    assert main(["compare", *map(str, runs[:2]), "--out", str(tmp_path / "again")]) == 0
+
+
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
+    assert main(["run", str(_config(tmp_path)), "--set", "rule.name=sgdd", "--quiet"]) == 2
+    assert "rule.name = 'sgdd'" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
