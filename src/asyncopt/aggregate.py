@@ -117,10 +117,11 @@ def delay_stats(history: History) -> dict[str, Any]:
 
 
 def compare_table(groups: Mapping[str, Sequence[History]], metric: str = "loss",
-                  target: float | None = None, mode: Mode = "min") -> list[dict[str, Any]]:
+                  target: float | None = None, mode: Mode = "min",
+                  x: XAxis = "now") -> list[dict[str, Any]]:
     """One row per label: seeds, median and IQR of the final ``metric`` over seeds, median time
-    to ``target`` with how many seeds reached it, median mean delay, and median arrivals per wall
-    second when the summaries record it."""
+    (or version, by ``x``) to ``target`` with how many seeds reached it, median mean delay, and
+    median arrivals per wall second when the summaries record it."""
     rows = []
     for label, histories in groups.items():
         finals = np.array([final_value(h, metric) for h in histories])
@@ -128,7 +129,7 @@ def compare_table(groups: Mapping[str, Sequence[History]], metric: str = "loss",
         row: dict[str, Any] = {"label": label, "seeds": len(histories), "metric": metric,
                                "final_median": median, "final_q25": q25, "final_q75": q75}
         if target is not None:
-            times = np.array([time_to_target(h, metric, target, mode=mode) for h in histories])
+            times = np.array([time_to_target(h, metric, target, x, mode) for h in histories])
             row["time_to_target"] = float(np.median(times)) if len(times) else math.nan
             row["reached"] = f"{int(np.isfinite(times).sum())}/{len(times)}"
         means = [delay_stats(h)["overall"]["mean"] for h in histories]
@@ -170,7 +171,7 @@ def _nanmedian(values: Sequence[float]) -> float:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float | np.floating):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if 1e4 <= abs(value) < 1e9 else f"{value:.4g}"
     return str(value).replace("|", "\\|")  # a "|" in a label would split the Markdown cell
 
 

@@ -71,7 +71,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 groups.setdefault(name, []).append(result.history)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_compare(groups, out / "compare.png", x=args.x)
-    table = format_table(compare_table(groups, metric="loss", target=args.target))
+    table = format_table(compare_table(groups, metric="loss", target=args.target, x=args.x))
     (out / "compare.md").write_text(table + "\n")
     print(table)
     print(f"figure:   {figure}\ntable:    {out / 'compare.md'}")

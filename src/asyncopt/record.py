@@ -48,9 +48,10 @@ class History:
         return len(self.arrivals["now"])
 
     def final(self, metric: str) -> float:
-        """The last evaluated value of ``metric`` (NaN when there is none)."""
+        """The last evaluated, non-NaN value of ``metric`` (NaN when there is none)."""
         values = self.evaluations.get(metric)
-        return float(values[-1]) if values is not None and len(values) else math.nan
+        measured = [] if values is None else [v for v in values if not math.isnan(v)]
+        return float(measured[-1]) if measured else math.nan
 
 
 class Recorder:

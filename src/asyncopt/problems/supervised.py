@@ -57,7 +57,6 @@ class SupervisedProblem(Problem):
         self.X_test, self.y_test = X_test, y_test
         self.module = _build(model)
         _refuse_running_buffers(self.module)
-        self.names = [name for name, _ in self.module.named_parameters()]
         self.shards = [self._shard(worker, shard) for worker, shard in enumerate(shards)]
         # per-shard copies make a minibatch one gather instead of two
         self._shard_data = [(X_train[s], y_train[s]) for s in self.shards]
