@@ -45,9 +45,11 @@ def measure(problem_spec: dict, workers: int, rule: dict, arrivals: int, speed: 
     for _ in range(repeats):
         problem = Timed(make_problem(problem_spec, workers, 0))
         start = time.perf_counter()
-        train(problem, make_rule(rule, workers), "asgd", speed=speed,
-              budget={"arrivals": arrivals}, evaluation=Evaluation(arrivals, "steps"))
+        result = train(problem, make_rule(rule, workers), "asgd", speed=speed,
+                       budget={"arrivals": arrivals}, evaluation=Evaluation(arrivals, "steps"))
         wall = time.perf_counter() - start
+        if result.summary["arrivals"] != arrivals:  # a diverged run would measure nothing
+            raise RuntimeError(f"benchmark run stopped early: {result.summary['reason']}")
         if arrivals / wall > best[0]:
             best = (arrivals / wall, 1.0 - problem.seconds / wall)
     return best
@@ -55,7 +57,7 @@ def measure(problem_spec: dict, workers: int, rule: dict, arrivals: int, speed: 
 
 def main() -> None:
     speed = {"profile": "sqrt", "permute": True, "noise": "half_normal", "noise_scale": 1.0}
-    rate, outside = measure({"name": "quadratic", "dim": 10}, 1000, {"name": "sgd", "lr": 0.01},
+    rate, outside = measure({"name": "quadratic", "dim": 10}, 1000, {"name": "sgd", "lr": 5e-4},
                             50_000, speed)
     mlp_rate, mlp_outside = measure({"name": "mlp", "dataset": "digits", "batch_size": 32},
                                     8, {"name": "sgd", "lr": 0.05}, 5_000, speed)

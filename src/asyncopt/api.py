@@ -91,7 +91,7 @@ def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asg
     simulator = Simulator(problem, speed, seed)
     try:
         simulator.run(coordinator)
-        summary = coordinator.finish(simulator.now)
+        summary = coordinator.finish()
     except KeyboardInterrupt:
         summary = coordinator.finish(simulator.now, status="interrupted",
                                      reason="interrupted by the user (Ctrl-C)")
@@ -137,7 +137,9 @@ class _Progress:
         else:
             self.unit, total = "time", budget.time
         self.bar = tqdm(total=total, unit=self.unit if self.unit != "time" else "s",
-                        dynamic_ncols=True, leave=False)
+                        dynamic_ncols=True, leave=False,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} "
+                                   "[{elapsed}<{remaining}{postfix}]")
 
     def update(self, coordinator: Coordinator) -> None:
         value = {"steps": coordinator.version, "arrivals": coordinator.arrivals,

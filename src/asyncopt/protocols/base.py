@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from asyncopt import tree
-from asyncopt.rules.base import Rule, apply_updates
+from asyncopt.rules.base import Rule
 from asyncopt.tree import Params
 
 
@@ -63,7 +63,12 @@ class Reply:
 
 
 class Server:
-    """The model, the rule's state and the version counter: optimizer state exists once."""
+    """The model, the rule's state and the version counter: optimizer state exists once.
+
+    Steps are out of place: each version's ``params`` is a fresh dict of fresh tensors that is
+    never modified afterwards, so a reference to ``server.params`` taken at version v *is* the
+    model of version v. Runtimes hand that reference to a worker instead of copying the model.
+    """
 
     def __init__(self, params: Params, rule: Rule) -> None:
         self.params = params
@@ -78,7 +83,7 @@ class Server:
         )
         if updates is None:
             return False
-        apply_updates(self.params, updates)
+        self.params = tree.add(self.params, updates)
         self.version += 1
         return True
 

@@ -9,7 +9,8 @@ When a worker starts at virtual time ``now`` it is handed the server's model *as
 (version v), and its finish time is ``now + compute_time`` from the speed model. Its gradient is
 evaluated at that snapshot when the event fires, so the delay δ = server version − v that the
 protocol measures is the real staleness of that gradient. Snapshots are shared by all workers that
-start at the same version and freed when the last of them finishes. Cancelled computations (a
+start at the same version (the server steps out of place, so a version's parameters are never
+modified) and freed when the last of them finishes. Cancelled computations (a
 protocol's ``Reply.cancel``) are dropped lazily: their heap entries no longer match the worker's
 current job and are skipped. No gradient is computed for them.
 """
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from asyncopt import tree
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
@@ -62,8 +62,6 @@ class Simulator:
         self._heap: list[tuple[float, int, int]] = []
         self._jobs: dict[int, _Job] = {}
         self._order = 0
-        self._snapshot: Params | None = None
-        self._snapshot_version = -1
 
     def run(self, coordinator: Coordinator) -> None:
         """Simulate until the coordinator says stop or no worker is computing."""
@@ -96,10 +94,8 @@ class Simulator:
             self._start(worker, coordinator.version, coordinator.protocol.server.params)
 
     def _start(self, worker: int, version: int, params: Params) -> None:
-        if self._snapshot_version != version or self._snapshot is None:
-            self._snapshot = tree.clone(params)
-            self._snapshot_version = version
         finish = self.now + self.speed.compute_time(worker, self.now)
         self._order += 1
-        self._jobs[worker] = _Job(self._order, version, self._snapshot, self.now)
+        # the server never changes a version's params in place: the reference is the snapshot
+        self._jobs[worker] = _Job(self._order, version, params, self.now)
         heapq.heappush(self._heap, (finish, self._order, worker))
