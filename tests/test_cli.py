@@ -67,3 +67,31 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
     assert "rule.name = 'sgdd'" in capsys.readouterr().err
     assert main(["plot", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_on_the_command_line_leaves_a_readable_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = _config(tmp_path)
+    command = [sys.executable, "-m", "asyncopt.cli", "run", str(config), "--quiet",
+               "--out", str(tmp_path / "runs"), "--set", "budget.steps=100000000",
+               "--set", "eval.every=1000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "runs").glob("*/arrivals.csv")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    report = out.decode() + err.decode()
+    assert process.returncode == 1, report
+    assert "interrupted" in out.decode(), report
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    history = load(run_dir)
+    assert history.summary["status"] == "interrupted"
+    assert history.num_arrivals > 0 and history.num_arrivals == history.summary["arrivals"]

@@ -1,0 +1,57 @@
+"""Rennala SGD: the first S gradients at x_k, from any workers, make one step.
+
+Tyurin & Richtárik, *Optimal time complexities of parallel stochastic optimization methods under
+a fixed computation model*, NeurIPS 2023 (algorithms.md, paper 4, "Baselines"). Every worker
+computes at x_k; a worker that finishes restarts at the same x_k, so fast workers contribute
+several gradients. Once ``batch_size`` = S gradients have arrived:
+
+    x_{k+1} = x_k + rule( (1/S) Σ_{j=1}^{S} g_j(x_k) ),        then every worker restarts at x_{k+1}
+
+and the computations still in flight are cancelled, so every gradient used has delay δ = 0 and
+the rule always sees ``delay = 0``. A gradient computed at an older model can only come from a
+computation that a runtime failed to cancel; it is dropped, never applied. With homogeneous data
+and S = max{⌈σ²/ε⌉, 1}, Rennala reaches the optimal homogeneous time T_homog; with heterogeneous
+data its estimator is biased towards the fast workers' functions.
+
+Which workers compute: all n, always. The authors' simulator launches only the S fastest when
+S < n, which needs the speeds; a protocol does not know them (and under time-varying speeds
+"the fastest" changes). Launching everyone and keeping the first S arrivals is never slower,
+since the S fastest are among those launched; the price is the cancelled work of the others.
+"""
+
+from __future__ import annotations
+
+from asyncopt import tree
+from asyncopt.errors import check_int
+from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
+from asyncopt.tree import Params
+
+
+class Rennala(Protocol):
+    """Average the first ``batch_size`` gradients at x_k (default n), step, restart all."""
+
+    name = "rennala"
+
+    def __init__(self, server: Server, num_workers: int, batch_size: int | None = None) -> None:
+        super().__init__(server, num_workers)
+        self.batch_size = num_workers if batch_size is None else check_int(
+            "protocol.batch_size", batch_size, 1)
+        self._sum: Params | None = None
+        self._count = 0
+
+    def receive(self, arrival: Arrival, delay: int) -> Reply:
+        if delay:
+            return Reply(Action.DROP, start=(arrival.worker,), delay=delay)
+        if self._sum is None:
+            self._sum = tree.clone(arrival.grads)
+        elif self._count == 0:
+            tree.copy_(self._sum, arrival.grads)
+        else:
+            tree.add_(self._sum, arrival.grads)
+        self._count += 1
+        if self._count < self.batch_size:
+            return Reply(Action.BUFFER, start=(arrival.worker,), delay=0)
+        self._count = 0
+        average = tree.scale(self._sum, 1.0 / self.batch_size)
+        stepped = self.server.step(average, delay=0, worker=arrival.worker)
+        return self.restart_all(Action.STEP if stepped else Action.DROP, 0)
