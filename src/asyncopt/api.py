@@ -29,7 +29,7 @@ from asyncopt.record import History, Recorder, write_atomic
 from asyncopt.rules.base import Rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
-from asyncopt.runtimes.sim.loop import Simulator
+from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 from asyncopt.tree import Params
 
@@ -57,7 +57,8 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     speed = make_speed_model(resolved["speed"], workers, seed)
     if save and run_dir is None:
         run_dir = new_run_dir(resolved)
-    return train(problem, rule, resolved["protocol"], speed=speed,
+    return train(problem, rule, resolved["protocol"], speed=speed, runtime=resolved["runtime"],
+                 runtime_options=resolved["runtime_options"],
                  budget=configuration.budget_of(resolved),
                  evaluation=configuration.evaluation_of(resolved), seed=seed,
                  run_dir=run_dir if save else None, progress=progress, config=resolved)
@@ -66,8 +67,9 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
 def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asgd", *,
           speed: Any = None, budget: Budget | Mapping[str, Any], evaluation: Evaluation | None
           = None, seed: int = 0, run_dir: str | Path | None = None, progress: bool = False,
-          config: Mapping[str, Any] | None = None) -> Result:
-    """Train ``problem`` with ``rule`` under ``protocol`` in the simulator.
+          config: Mapping[str, Any] | None = None, runtime: str = "sim",
+          runtime_options: Mapping[str, Any] | None = None) -> Result:
+    """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
     ``speed`` is a speed model or a ``[speed]`` spec (default: every worker takes 1 s);
     ``budget`` a :class:`Budget` or its fields. A Ctrl-C stops the run cleanly: the history up
@@ -88,15 +90,15 @@ def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asg
         write_atomic(run_path / "config.toml", configuration.dumps(config))
     bar = _Progress(budget) if progress else None
     coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
-    simulator = Simulator(problem, speed, seed)
+    engine = make_runtime(runtime, problem, speed, seed, runtime_options)
     try:
-        simulator.run(coordinator)
+        engine.run(coordinator)
         summary = coordinator.finish()
     except KeyboardInterrupt:
-        summary = coordinator.finish(simulator.now, status="interrupted",
+        summary = coordinator.finish(engine.now, status="interrupted",
                                      reason="interrupted by the user (Ctrl-C)")
     except BaseException as error:
-        coordinator.finish(simulator.now, status="failed", reason=f"{type(error).__name__}: "
+        coordinator.finish(engine.now, status="failed", reason=f"{type(error).__name__}: "
                            f"{error}")
         raise
     finally:

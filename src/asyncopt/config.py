@@ -22,6 +22,7 @@ An experiment file names one problem, one rule, one protocol and one runtime::
     unit = "steps"            # or "time"
     [output]
     dir = "runs"
+    [runtime_options]         # options of the chosen runtime (none for "sim")
 
 ``--set key=value`` overrides any entry (``--set rule.lr=0.01 --set protocol.name=minibatch``);
 the value is read as TOML, falling back to a plain string. :func:`resolve` fills in every default,
@@ -41,15 +42,14 @@ from asyncopt.problems.registry import resolve_problem_spec
 from asyncopt.protocols.registry import resolve_protocol_spec
 from asyncopt.rules.registry import resolve_rule_spec
 from asyncopt.runtimes.coordinator import Budget, Evaluation
+from asyncopt.runtimes.registry import resolve_runtime_options, runtime_names
 from asyncopt.runtimes.sim.speed import resolve_speed_spec
-
-RUNTIMES = ("sim",)
-"""Runtimes available now. ``processes`` and ``ray`` are planned (issues 3 and 4)."""
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "workers": 4,
     "runtime": "sim",
+    "runtime_options": {},
     "problem": {"name": "mlp"},
     "rule": {"name": "sgd", "lr": 0.05},
     "protocol": {"name": "asgd"},
@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"every": 100, "unit": "steps"},
     "output": {"dir": "runs", "name": ""},
 }
-TABLES = ("problem", "rule", "protocol", "speed", "budget", "eval", "output")
+TABLES = ("problem", "rule", "protocol", "speed", "budget", "eval", "output", "runtime_options")
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -108,7 +108,9 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
             config[key] = value
     config["seed"] = check_int("seed", config["seed"], 0)
     config["workers"] = check_int("workers", config["workers"], 1)
-    config["runtime"] = check_choice("runtime", config["runtime"], RUNTIMES)
+    config["runtime"] = check_choice("runtime", config["runtime"], runtime_names())
+    config["runtime_options"] = resolve_runtime_options(config["runtime"],
+                                                        config["runtime_options"])
     config["problem"] = resolve_problem_spec(config["problem"])
     config["rule"] = resolve_rule_spec(config["rule"])
     config["protocol"] = resolve_protocol_spec(config["protocol"])

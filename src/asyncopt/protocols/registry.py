@@ -1,4 +1,14 @@
-"""Protocols by name, for configuration files and the command line."""
+"""Protocols by name, for configuration files and the command line.
+
+Two methods of algorithms.md need no protocol of their own:
+
+* **delay-adaptive ASGD** (Mishchenko et al. 2022; Koloskova et al. 2022) is ``asgd`` with the
+  rule option ``delay_adaptive = true`` (step scaled by n / max(n, δ));
+* **m-synchronous minibatch SGD** is ``minibatch`` with ``wait_for = m`` (the n − m slowest
+  computations of each step are cancelled).
+
+Any protocol composes with any rule: the server always steps through ``rule.update``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +18,25 @@ from typing import Any
 from asyncopt.errors import check_choice, check_keys
 from asyncopt.protocols.asgd import ASGD
 from asyncopt.protocols.base import Protocol, Server
+from asyncopt.protocols.ia2sgd import IA2SGD
+from asyncopt.protocols.malenia import Malenia
 from asyncopt.protocols.minibatch import Minibatch
+from asyncopt.protocols.rennala import Rennala
+from asyncopt.protocols.ringleader import Ringleader
+from asyncopt.protocols.ringmaster import Ringmaster
 
 PROTOCOLS: dict[str, tuple[Callable[..., Protocol], dict[str, Any]]] = {
     "asgd": (ASGD, {}),
     "minibatch": (Minibatch, {"wait_for": None}),
+    "rennala": (Rennala, {"batch_size": None}),
+    "malenia": (Malenia, {"batch_size": None}),
+    "ia2sgd": (IA2SGD, {}),
+    "ringmaster": (Ringmaster, {"max_delay": None, "stops": True}),
+    "ringleader": (Ringleader, {}),
 }
-"""name -> (class, its options with their defaults)."""
+"""name -> (class, its options with their defaults; ``None`` = the class's own default:
+``wait_for`` = n, Rennala's ``batch_size`` = n, Malenia's = the every-worker rule, ``max_delay``
+= n)."""
 
 
 def protocol_names() -> list[str]:

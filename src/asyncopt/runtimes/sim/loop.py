@@ -99,3 +99,8 @@ class Simulator:
         # the server never changes a version's params in place: the reference is the snapshot
         self._jobs[worker] = _Job(self._order, version, params, self.now)
         heapq.heappush(self._heap, (finish, self._order, worker))
+
+
+def build(problem: Problem, speed: SpeedModel, seed: int) -> Simulator:
+    """The runtime registry's constructor for ``runtime = "sim"``."""
+    return Simulator(problem, speed, seed)

@@ -1,0 +1,40 @@
+"""IA²SGD: a table of every worker's latest gradient, one step per arrival along its mean.
+
+The incremental-aggregated asynchronous SGD baseline as cited and implemented by Maranjyan &
+Richtárik, *Ringleader ASGD*, ICLR 2026 (algorithms.md, paper 4, "Baselines"; its original
+reference is not verified). Slot i holds g_i, worker i's most recent gradient, computed at
+x_{k−δ_i}. Once every slot is filled, each arrival from worker i replaces slot i and steps:
+
+    g_i ← g_i(x_{k−δ});    x_{k+1} = x_k + rule( (1/n) Σ_j g_j ),    worker i restarts at x_{k+1}
+
+``delay`` (seen by the rule and recorded) is the arriving gradient's δ; the other slots can be
+far staler: a slow worker's slot ages by one version for every arrival of the others, which is
+why the method is not optimal and what Ringleader's rounds bound (δ ≤ 2n − 2).
+
+Warm-up: until every worker has sent a gradient, arrivals only fill (or refresh) their slot,
+recorded as ``buffer``, and the sender restarts at the unchanged x_0. The arrival that fills the
+last slot steps at once, as in Ringleader's first round: waiting for one more arrival would only
+replace a slot and delay the first step.
+"""
+
+from __future__ import annotations
+
+from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
+from asyncopt.protocols.table import GradientTable
+
+
+class IA2SGD(Protocol):
+    """Replace the sender's slot; once the table is full, step with its mean on every arrival."""
+
+    name = "ia2sgd"
+
+    def __init__(self, server: Server, num_workers: int) -> None:
+        super().__init__(server, num_workers)
+        self.table = GradientTable(num_workers)
+
+    def receive(self, arrival: Arrival, delay: int) -> Reply:
+        self.table.replace(arrival.worker, arrival.grads)
+        if not self.table.full:
+            return Reply(Action.BUFFER, start=(arrival.worker,), delay=delay)
+        stepped = self.server.step(self.table.average, delay=delay, worker=arrival.worker)
+        return Reply(Action.STEP if stepped else Action.DROP, start=(arrival.worker,), delay=delay)

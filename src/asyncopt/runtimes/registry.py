@@ -1,0 +1,54 @@
+"""Runtimes by name: where gradients come from, and on what clock.
+
+A runtime is built by ``make_runtime(name, problem, speed, seed, options)`` and exposes
+
+    runtime.run(coordinator)   # drive the coordinator until it says stop
+    runtime.now                # the runtime's clock (virtual seconds, or wall seconds)
+
+Everything else (protocol, history, evaluation, budget) is the coordinator's, so a method written
+once runs in every runtime. A runtime module registers itself here with :func:`register`; only
+the registry imports runtime modules, and only when asked for one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from asyncopt.errors import check_choice, check_keys
+from asyncopt.problems.base import Problem
+from asyncopt.runtimes.coordinator import Coordinator
+
+
+class Runtime(Protocol):
+    name: str
+    now: float
+
+    def run(self, coordinator: Coordinator) -> None: ...
+
+
+RuntimeFactory = Callable[..., Runtime]
+
+RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
+    "sim": ("asyncopt.runtimes.sim.loop", {}),
+}
+"""name -> (module that defines ``build(problem, speed, seed, **options)``, option defaults)."""
+
+
+def runtime_names() -> list[str]:
+    return sorted(RUNTIMES)
+
+
+def resolve_runtime_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    name = check_choice("runtime", name, RUNTIMES)
+    defaults = RUNTIMES[name][1]
+    check_keys(f"runtime_options ({name})", options, defaults)
+    return {**defaults, **options}
+
+
+def make_runtime(name: str, problem: Problem, speed: Any, seed: int,
+                 options: Mapping[str, Any] | None = None) -> Runtime:
+    resolved = resolve_runtime_options(name, options or {})
+    module = importlib.import_module(RUNTIMES[name][0])
+    return module.build(problem, speed, seed, **resolved)
