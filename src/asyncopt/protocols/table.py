@@ -58,15 +58,11 @@ class GradientTable:
     def add(self, worker: int, grads: Params) -> None:
         """Accumulate: worker i's entry becomes the mean of its b_i + 1 gradients."""
         count = self.counts[worker] + 1
-        self._update(worker, grads, 1.0 / count)
-        self.counts[worker] = count
-        self.total += 1
+        self._update(worker, grads, 1.0 / count, count)
 
     def replace(self, worker: int, grads: Params) -> None:
         """Overwrite: worker i's entry becomes its latest gradient alone (b_i = 1)."""
-        self._update(worker, grads, 1.0)
-        self.total += 1 - self.counts[worker]
-        self.counts[worker] = 1
+        self._update(worker, grads, 1.0, 1)
 
     def clear(self) -> None:
         """Empty every entry (the tensors are kept for reuse)."""
@@ -92,8 +88,8 @@ class GradientTable:
                 tree.add_(out, mean, alpha=1.0 / self.num_workers)
         return out
 
-    def _update(self, worker: int, grads: Params, weight: float) -> None:
-        """m_i ← m_i + weight·(g − m_i) and ḡ ← ḡ + weight·(g − m_i)/n (an empty m_i is 0)."""
+    def _update(self, worker: int, grads: Params, weight: float, count: int) -> None:
+        """m_i ← m_i + w·(g − m_i), ḡ ← ḡ + w·(g − m_i)/n (an empty m_i is 0), b_i ← count."""
         n = self.num_workers
         if self._average is None:
             self._average = tree.zeros_like(grads)
@@ -113,6 +109,8 @@ class GradientTable:
             else:
                 tree.add_(mean, difference, alpha=weight)
             tree.add_(self._average, difference, alpha=weight / n)
+        self.total += count - self.counts[worker]
+        self.counts[worker] = count
         self._since_exact += 1
         if self._since_exact >= n:
             self._average = self.exact_average()

@@ -31,7 +31,7 @@ class Runtime(Protocol):
 RuntimeFactory = Callable[..., Runtime]
 
 RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sim": ("asyncopt.runtimes.sim.loop", {}),
+    "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1}),
 }
 """name -> (module that defines ``build(problem, speed, seed, **options)``, option defaults)."""
 
