@@ -84,22 +84,21 @@ def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asg
     server = Server(problem.init_params(generator), rule)
     spec = {"name": protocol} if isinstance(protocol, str) else protocol
     driver: Protocol = make_protocol(spec, server, num_workers)
-    run_path = Path(run_dir) if run_dir is not None else None
-    recorder = Recorder(run_path)
-    if run_path is not None and config is not None:
-        write_atomic(run_path / "config.toml", configuration.dumps(config))
-    bar = _Progress(budget) if progress else None
-    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
     engine = make_runtime(runtime, problem, speed, seed, runtime_options)
-    try:
+    run_path = Path(run_dir) if run_dir is not None else None
+    bar = _Progress(budget) if progress else None
+    recorder = Recorder(run_path)
+    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
+    try:  # from here on, whatever happens, the run directory ends with a summary
+        if run_path is not None and config is not None:
+            write_atomic(run_path / "config.toml", configuration.dumps(config))
         engine.run(coordinator)
         summary = coordinator.finish()
     except KeyboardInterrupt:
-        summary = coordinator.finish(engine.now, status="interrupted",
+        summary = coordinator.finish(status="interrupted",
                                      reason="interrupted by the user (Ctrl-C)")
     except BaseException as error:
-        coordinator.finish(engine.now, status="failed", reason=f"{type(error).__name__}: "
-                           f"{error}")
+        coordinator.finish(status="failed", reason=f"{type(error).__name__}: {error}")
         raise
     finally:
         if bar is not None:

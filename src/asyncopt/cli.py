@@ -4,7 +4,8 @@
     asyncopt compare configs/quickstart.toml --vary protocol.name=asgd,minibatch --seeds 3
     asyncopt plot runs/<run>
 
-Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input.
+Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input;
+130 interrupted outside a run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"asyncopt: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a run (a run records its own interruption)
+        print("asyncopt: interrupted", file=sys.stderr)
+        return 130
 
 
 def cmd_run(args: argparse.Namespace) -> int:
