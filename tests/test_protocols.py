@@ -73,7 +73,8 @@ def test_restart_all_cancels_exactly_the_workers_in_flight():
 
 def test_protocol_registry_errors_name_the_field():
     server = Server({"x": torch.zeros(2)}, make_rule({"name": "sgd", "lr": 0.1}, 2))
-    with pytest.raises(ConfigError, match=r"protocol\.name.*asgd, minibatch"):
+    with pytest.raises(ConfigError,
+                       match=r"protocol\.name = 'hogwash'.*asgd, ia2sgd, malenia, minibatch"):
         make_protocol({"name": "hogwash"}, server, 2)
     with pytest.raises(ConfigError, match=r"protocol\.wait_for = 5.*\[1, 2\]"):
         make_protocol({"name": "minibatch", "wait_for": 5}, server, 2)

@@ -136,3 +136,12 @@ def test_every_gradient_is_computed_at_the_version_it_was_given():
         iterates.append({k: v - 0.1 * grads[k] for k, v in iterates[-1].items()})
     for name, value in result.params.items():
         assert torch.allclose(value, iterates[-1][name], atol=1e-6)
+
+
+def test_a_worker_that_only_sends_nan_stops_a_run_that_waits_for_it(quadratic):
+    problem = _Faulty(make_problem(quadratic, 3, 0))
+    with pytest.warns(RuntimeWarning, match="worker 1 sent 100 NaN/Inf gradients in a row"):
+        result = train(problem, make_rule({"name": "sgd", "lr": 0.1}, 3), "malenia",
+                       budget={"steps": 10})
+    assert result.summary["status"] == "diverged"
+    assert result.summary["version"] == 0  # Malenia never got worker 1's gradient

@@ -15,9 +15,9 @@ data its estimator is biased towards the fast workers' functions.
 
 Which workers compute: all n, always. The authors' simulator launches only the S fastest when
 S < n, which needs the speeds; a protocol does not know them (and under time-varying speeds
-"the fastest" changes). In the fixed computation model, launching everyone and keeping the first S arrivals is never
-slower, since the S fastest are among those launched; the price is the cancelled work of the
-others.
+"the fastest" changes). In the fixed computation model, launching everyone and keeping the
+first S arrivals is never slower, since the S fastest are among those launched; the price is the
+cancelled work of the others.
 """
 
 from __future__ import annotations

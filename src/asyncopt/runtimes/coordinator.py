@@ -79,6 +79,7 @@ class Coordinator:
         self.delay_sum = 0
         self.delay_max = 0
         self._consecutive_rejects = 0
+        self._reject_streaks: dict[int, int] = {}
         self._next_eval = evaluation.every
         self._last_eval_key: tuple[int, int] | None = None
         self._initial_loss = math.nan
@@ -121,9 +122,7 @@ class Coordinator:
             self.delay_max = max(self.delay_max, reply.delay)
         self.recorder.arrival(now, arrival.worker, self.version, reply.delay, arrival.loss, action,
                               arrival.compute_time)
-        self._consecutive_rejects = self._consecutive_rejects + 1 if action == "reject" else 0
-        if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
-            self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
+        self._check_rejects(arrival.worker, action == "reject")
         if self.progress is not None and self.arrivals % 64 == 0:
             self.progress.update(self)
         if self.evaluation.unit == "steps" and self.version >= self._next_eval:
@@ -188,6 +187,18 @@ class Coordinator:
                           f" its initial value {self._initial_loss:.4g}")
         elif self.budget.target_loss is not None and loss <= self.budget.target_loss:
             self.stop(f"target loss {self.budget.target_loss:g} reached (loss {loss:.4g})")
+
+    def _check_rejects(self, worker: int, rejected: bool) -> None:
+        """Stop when gradients keep coming back non-finite: from everyone (the model diverged),
+        or from one worker (its data or its computation is broken, and protocols that wait for
+        every worker, like Malenia or Ringleader, would wait forever)."""
+        streaks = self._reject_streaks
+        streaks[worker] = streaks.get(worker, 0) + 1 if rejected else 0
+        self._consecutive_rejects = self._consecutive_rejects + 1 if rejected else 0
+        if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
+            self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
+        elif streaks[worker] >= 100:
+            self._diverge(f"worker {worker} sent {streaks[worker]} NaN/Inf gradients in a row")
 
     def _diverge(self, why: str) -> None:
         self.stop(f"diverged: {why}; lower the step size (rule.lr)", status="diverged")
