@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 from asyncopt.cli import main
@@ -95,3 +96,36 @@ def test_ctrl_c_on_the_command_line_leaves_a_readable_run(tmp_path):
     history = load(run_dir)
     assert history.summary["status"] == "interrupted"
     assert history.num_arrivals > 0 and history.num_arrivals == history.summary["arrivals"]
+
+
+METHODS = CONFIG + """
+[[methods]]
+label = "fast"
+rule = { name = "sgd", lr = 0.1 }
+
+[[methods]]
+label = "sync"
+protocol = { name = "minibatch" }
+"""
+
+
+def test_methods_tune_and_compare(tmp_path, capsys):
+    path = tmp_path / "methods.toml"
+    path.write_text(METHODS)
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "--method" in capsys.readouterr().err
+    assert main(["run", str(path), "--method", "sync", "--quiet", "--out", str(tmp_path)]) == 0
+    assert "minibatch" in next(tmp_path.glob("*/config.toml")).read_text()
+
+    assert main(["tune", str(path), "--grid", "rule.lr=0.001,0.2", "--out",
+                 str(tmp_path / "tune"), "--quiet"]) == 0
+    tuned = tomllib.loads((tmp_path / "tune" / "tuned.toml").read_text())
+    by_label = {m["label"]: m for m in tuned["methods"]}
+    assert by_label["fast"]["rule"]["lr"] == 0.2  # a larger step wins on this quadratic
+    assert by_label["sync"]["rule"] == {"name": "sgd", "lr": 0.2}  # base rule copied, then set
+    assert tuned["problem"]["dim"] == 5
+
+    assert main(["compare", str(tmp_path / "tune" / "tuned.toml"), "--seeds", "2", "--out",
+                 str(tmp_path / "cmp"), "--quiet"]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| fast" in table and "| sync" in table

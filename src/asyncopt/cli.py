@@ -1,7 +1,8 @@
-"""The command line: ``asyncopt run | compare | plot``.
+"""The command line: ``asyncopt run | compare | tune | plot``.
 
     asyncopt run configs/quickstart.toml --set rule.lr=0.01
     asyncopt compare configs/quickstart.toml --vary protocol.name=asgd,minibatch --seeds 3
+    asyncopt tune configs/ringleader.toml --grid rule.lr=0.001,0.01,0.1
     asyncopt plot runs/<run>
 
 Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input;
@@ -39,7 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.out:
         overrides.append(f'output.dir="{args.out}"')
-    result = run(args.config, overrides=overrides, progress=not args.quiet)
+    resolved = configuration.load(args.config, overrides, method=args.method)
+    result = run(resolved, progress=not args.quiet)
     print(format_summary(result))
     if result.run_dir is not None:
         from asyncopt.plots import plot_run
@@ -60,11 +62,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             history = load(source)
             groups.setdefault(_label(history.config, source), []).append(history)
             continue
-        for variation in _variations(args.vary):
-            for seed in range(args.seeds):
+        for method, raw in configuration.methods(configuration.read(source)):
+            for variation, seed in itertools.product(_variations(args.vary), range(args.seeds)):
                 overrides = [*args.set, *variation, f"seed={args.seed + seed}"]
-                resolved = configuration.load(source, overrides)
-                name = _label(resolved, source) if not variation else " ".join(variation)
+                resolved = configuration.resolve(configuration.apply_overrides(raw, overrides))
+                name = " ".join([method, *variation]).strip() or _label(resolved, source)
                 run_dir = out / _slug(Path(source).stem + "-" + name) / f"seed{args.seed + seed}"
                 check(not run_dir.exists(), "--out", str(out),
                       f"a directory without {run_dir.relative_to(out)} (never overwritten)")
@@ -79,6 +81,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     (out / "compare.md").write_text(table + "\n")
     print(table)
     print(f"figure:   {figure}\ntable:    {out / 'compare.md'}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Each method's best value of one key (e.g. the step size) on one seed, by final metric."""
+    from asyncopt.aggregate import format_table
+
+    key, sep, values = args.grid.partition("=")
+    check(bool(sep) and bool(values), "--grid", args.grid, "KEY=V1,V2,... e.g. rule.lr=0.1,0.01")
+    grid = [configuration.parse_value(v) for v in values.split(",")]
+    raw = configuration.read(args.config)
+    out = Path(args.out)
+    check(not (out / "tuned.toml").exists(), "--out", str(out), "a directory without tuned.toml")
+    rows = []
+    for method, method_raw in configuration.methods(raw):
+        scores = {}
+        for value in grid:
+            resolved = configuration.resolve(configuration.apply_overrides(
+                method_raw, [*args.set, f"seed={args.seed}"]))
+            configuration.set_in_method(resolved, "", key, value)
+            result = run(configuration.resolve(resolved), save=False, progress=not args.quiet)
+            final = result.history.final(args.metric)
+            scores[value] = final if result.summary["status"] == "completed" else float("inf")
+            print(f"{method or 'config'} {key}={value}: {result.summary['status']}, "
+                  f"final {args.metric} {final:.4g}")
+        best = min(scores, key=lambda v: scores[v])
+        configuration.set_in_method(raw, method, key, best)
+        rows.append({"method": method or _label(configuration.resolve(method_raw), args.config),
+                     key: best, f"final {args.metric}": scores[best],
+                     **{f"{value}": scores[value] for value in grid}})
+    out.mkdir(parents=True, exist_ok=True)
+    import tomli_w
+
+    (out / "tuned.toml").write_text(f"# tuned by: asyncopt tune {args.config} --grid "
+                                    f"{args.grid} --seed {args.seed}\n" + tomli_w.dumps(raw))
+    print(format_table(rows))
+    print(f"tuned config: {out / 'tuned.toml'}  (run them all: asyncopt compare "
+          f"{out / 'tuned.toml'})")
     return 0
 
 
@@ -135,7 +175,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="parent directory of the run directory (output.dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--method", help="the [[methods]] entry to run, by label")
     p.set_defaults(command=cmd_run)
+    t = commands.add_parser("tune", help="pick each method's value of one key on one seed")
+    t.add_argument("config")
+    t.add_argument("--grid", required=True, metavar="KEY=V1,V2,...")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--metric", default="loss", help="minimized final metric (default: loss)")
+    t.add_argument("--out", default="runs/tune")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(command=cmd_tune)
     c = commands.add_parser("compare", help="several configs or variations over seeds, one plot")
     c.add_argument("inputs", nargs="+", help="TOML files to run, or run directories to load")
     c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2")

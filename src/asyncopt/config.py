@@ -61,16 +61,71 @@ DEFAULTS: dict[str, Any] = {
 TABLES = ("problem", "rule", "protocol", "speed", "budget", "eval", "output", "runtime_options")
 
 
-def load(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a TOML experiment file, apply ``key=value`` overrides, and resolve it."""
+def read(path: str | Path) -> dict[str, Any]:
+    """The raw contents of a TOML experiment file (not yet validated)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config", str(path), "an existing TOML file")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("config", str(path), f"valid TOML ({error})") from error
-    return resolve(apply_overrides(raw, overrides))
+
+
+def load(path: str | Path, overrides: Iterable[str] = (), method: str | None = None
+         ) -> dict[str, Any]:
+    """Read a TOML experiment file, apply ``key=value`` overrides, and resolve it.
+
+    A file with ``[[methods]]`` needs ``method`` = one of their labels."""
+    variants = dict(methods(read(path)))
+    if method is None:
+        check(len(variants) == 1, "--method", None,
+              f"one of {', '.join(variants)} (this file defines several methods; "
+              "`asyncopt compare` runs them all)")
+        method = next(iter(variants))
+    check_choice("--method", method, variants)
+    return resolve(apply_overrides(variants[method], overrides))
+
+
+def methods(raw: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, raw config)`` for each ``[[methods]]`` entry of a file, or ``("", file)``.
+
+    Each entry has a ``label`` and any top-level keys or tables of a config; they replace the
+    base file's (a method's ``[methods.rule]`` is its whole rule)::
+
+        [[methods]]
+        label = "Ringleader"
+        protocol = { name = "ringleader" }
+        rule = { name = "sgd", lr = 0.005 }
+    """
+    base = {k: v for k, v in raw.items() if k != "methods"}
+    entries = raw.get("methods")
+    if entries is None:
+        return [("", base)]  # no label of its own: callers name it after its resolved config
+    check(isinstance(entries, list) and bool(entries), "methods", entries,
+          "a non-empty array of tables ([[methods]])")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for index, entry in enumerate(entries):
+        check(isinstance(entry, Mapping) and isinstance(entry.get("label"), str),
+              f"methods[{index}]", entry, "a table with a string label")
+        name = entry["label"]
+        check(name not in dict(out), f"methods[{index}].label", name, "a label used once")
+        out.append((name, {**base, **{k: v for k, v in entry.items() if k != "label"}}))
+    return out
+
+
+def set_in_method(raw: dict[str, Any], label_: str, key: str, value: Any) -> None:
+    """In place: set dotted ``key`` to ``value`` for the method ``label_`` of a raw file (or for
+    the file itself when it has no methods), copying the base table first so that the rest of it
+    is kept (a method's table replaces the base's whole)."""
+    entries = raw.get("methods")
+    target = raw if entries is None else next(e for e in entries if e["label"] == label_)
+    *parents, leaf = key.split(".")
+    if target is not raw and parents and parents[0] not in target:
+        target[parents[0]] = copy.deepcopy(raw.get(parents[0], {}))
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
