@@ -11,18 +11,25 @@ and recorded, whatever built its parts.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from asyncopt import config as configuration
+from asyncopt import tree
+from asyncopt.checkpoint import save_model
+from asyncopt.errors import check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
+from asyncopt.problems.supervised import LossFn, Metric
+from asyncopt.problems.user import Model, PartitionSpec, as_problem
 from asyncopt.protocols.base import Protocol, Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import History, Recorder, write_atomic
@@ -36,12 +43,14 @@ from asyncopt.tree import Params
 
 @dataclass
 class Result:
-    """What a run gives back: its history, the trained parameters, the summary, where it lies."""
+    """What a run gives back: its history, the trained parameters (and module), the summary,
+    where it lies."""
 
     history: History
     params: Params
     summary: dict[str, Any]
     run_dir: Path | None
+    model: nn.Module | None = None  # the trained module (evaluation mode), when there is one
 
 
 def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
@@ -64,17 +73,37 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
                  run_dir=run_dir if save else None, progress=progress, config=resolved)
 
 
-def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asgd", *,
-          speed: Any = None, budget: Budget | Mapping[str, Any], evaluation: Evaluation | None
-          = None, seed: int = 0, run_dir: str | Path | None = None, progress: bool = False,
+def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
+          protocol: str | Mapping[str, Any] = "asgd", *, speed: Any = None,
+          budget: Budget | Mapping[str, Any], evaluation: Evaluation | Mapping[str, Any] | None
+          = None, seed: int = 0, run_dir: str | Path | None = None, progress: bool | None = None,
           config: Mapping[str, Any] | None = None, runtime: str = "sim",
-          runtime_options: Mapping[str, Any] | None = None) -> Result:
+          runtime_options: Mapping[str, Any] | None = None, loss: LossFn | None = None,
+          data: Any = None, eval_data: Any = None, metrics: Mapping[str, Metric] | None = None,
+          workers: int | None = None, batch_size: int | None = None,
+          partition: PartitionSpec | None = None) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
-    ``speed`` is a speed model or a ``[speed]`` spec (default: every worker takes 1 s);
-    ``budget`` a :class:`Budget` or its fields. A Ctrl-C stops the run cleanly: the history up
-    to that point is written and returned, with ``summary["status"] == "interrupted"``.
+    ``problem`` is a :class:`Problem`, or a model (an ``nn.Module`` or a factory of one) trained
+    on ``loss``, ``data``, ``workers`` and the other problem keywords of
+    :func:`asyncopt.problems.user_problem`. ``rule`` is a :class:`Rule` or a spec such as
+    ``{"name": "adam", "lr": 1e-3}``. ``speed`` is a speed model or a ``[speed]`` spec (default:
+    every worker takes 1 s); ``budget`` a :class:`Budget` or its fields; ``evaluation`` an
+    :class:`Evaluation` or its fields. ``progress`` shows a bar (default: when stderr is a
+    terminal). A Ctrl-C stops the run cleanly: the history up to that point is written and
+    returned, with ``summary["status"] == "interrupted"``. The trained model comes back as
+    ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``.
     """
+    problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
+                         metrics=metrics, workers=workers, batch_size=batch_size,
+                         partition=partition)
+    if isinstance(rule, Mapping):
+        rule = make_rule(rule, problem.num_workers)
+    if isinstance(evaluation, Mapping):
+        check_keys("evaluation", evaluation, [f.name for f in fields(Evaluation)])
+        evaluation = Evaluation(**evaluation)
+    if progress is None:
+        progress = sys.stderr.isatty()
     num_workers = problem.num_workers
     budget = budget if isinstance(budget, Budget) else Budget(**budget)
     evaluation = evaluation or Evaluation()
@@ -107,7 +136,10 @@ def train(problem: Problem, rule: Rule, protocol: str | Mapping[str, Any] = "asg
         warnings.warn(f"run diverged: {summary['reason']}", RuntimeWarning, stacklevel=2)
     history = recorder.history()
     history.config = dict(config or {})
-    return Result(history, server.params, summary, run_path)
+    model = problem.to_module(server.params) if tree.all_finite(server.params) else None
+    if model is not None and run_path is not None:
+        save_model(model, run_path / "model.pt")
+    return Result(history, server.params, summary, run_path, model)
 
 
 def new_run_dir(resolved: Mapping[str, Any]) -> Path:

@@ -13,7 +13,9 @@ from asyncopt.problems.partition import SCHEMES, partition
 from asyncopt.problems.quadratic import QuadraticProblem
 from asyncopt.problems.registry import make_problem, problem_names, resolve_problem_spec
 from asyncopt.problems.supervised import SupervisedProblem
+from asyncopt.problems.user import ModuleCopy, check_portable, to_tensors, user_problem
 
-__all__ = ["DATASETS", "SCHEMES", "DataFileError", "Dataset", "Problem", "QuadraticProblem",
-           "SupervisedProblem", "load_dataset", "make_problem", "partition", "problem_names",
-           "read_libsvm", "resolve_problem_spec", "stratified_split"]
+__all__ = ["DATASETS", "SCHEMES", "DataFileError", "Dataset", "ModuleCopy", "Problem",
+           "QuadraticProblem", "SupervisedProblem", "check_portable", "load_dataset",
+           "make_problem", "partition", "problem_names", "read_libsvm", "resolve_problem_spec",
+           "stratified_split", "to_tensors", "user_problem"]

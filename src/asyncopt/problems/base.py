@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
 
 from asyncopt.tree import Params
 
@@ -37,3 +38,8 @@ class Problem(ABC):
         Always ``loss`` (f) and ``grad_norm_sq`` (‖∇f‖²); ``accuracy`` (held-out test accuracy)
         and ``test_loss`` where the problem has a test set.
         """
+
+    def to_module(self, params: Params) -> nn.Module | None:
+        """``params`` loaded into the problem's ``nn.Module`` (with its buffers), or None for a
+        problem that has no module (the quadratic)."""
+        return None

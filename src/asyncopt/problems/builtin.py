@@ -18,6 +18,7 @@ Specs reach the builders already resolved and validated by :mod:`asyncopt.proble
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
@@ -44,13 +45,18 @@ def build_quadratic(spec: Mapping[str, Any], num_workers: int, seed: int) -> Pro
 
 
 def build_logistic(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
-    return _classifier(spec, num_workers, seed, lambda d, c: (lambda: nn.Linear(d, c)))
+    return _classifier(spec, num_workers, seed, lambda d, c: partial(nn.Linear, d, c))
 
 
 def build_mlp(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
-    hidden = spec["hidden"]
-    return _classifier(spec, num_workers, seed, lambda d, c: (
-        lambda: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, c))))
+    return _classifier(spec, num_workers, seed,
+                       lambda d, c: partial(mlp, d, spec["hidden"], c))
+
+
+def mlp(inputs: int, hidden: int, classes: int) -> nn.Module:
+    """Linear(inputs, hidden) – ReLU – Linear(hidden, classes). A module-level factory (wrapped
+    in ``functools.partial``) so that worker processes can rebuild the model."""
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
 BUILDERS: dict[str, Callable[[Mapping[str, Any], int, int], Problem]] = {

@@ -7,19 +7,28 @@ Maranjyan & Richtárik 2026); with equal iid shards f is the full training-set m
 stochastic gradient averages ``batch_size`` samples drawn uniformly *with replacement* from its
 shard, an unbiased estimate of ∇f_i that works for any shard size (a shard smaller than the
 batch is fine). The model is evaluated functionally, ``torch.func.functional_call(module,
-params, (x,))``, on one cached module, so the server's Params are never touched.
+params, (x,))``, on cached modules (one in training mode for gradients, one in evaluation mode
+for metrics), so the server's Params are never touched.
 
-``loss_fn(outputs, targets, reduction=...)`` is a ``torch.nn.functional``-style loss such as
-``F.cross_entropy`` or ``F.mse_loss``: minibatches use ``reduction="mean"`` (the fused kernel is
-the fastest), and :meth:`SupervisedProblem.evaluate` uses ``reduction="none"`` to form the
-equal-worker-weight objective as one weighted sum over samples, in one pass over the data.
-Modules with running-statistics buffers (BatchNorm) are refused for now: their buffers would be
-shared and updated by every worker (support is a later issue).
+``loss_fn(outputs, targets)`` returns the *mean* loss of a batch as a scalar tensor (``F.mse_loss``,
+``nn.CrossEntropyLoss()``, any function of that shape). f = Σ_j w_j ℓ_j is then evaluated over
+chunks of samples that share one weight w; a loss that also takes ``reduction="none"`` (the
+``torch.nn.functional`` losses) is evaluated in fewer, larger chunks with per-sample weights.
+Held-out ``metrics`` are functions ``metric(outputs, targets) -> number`` on the whole test set.
+
+Buffers: BatchNorm running statistics are recomputed from the training data whenever the model
+is evaluated or exported (:mod:`asyncopt.problems.running_stats`); other buffers are constants,
+as the model factory builds them. Dropout draws from a seed taken from the worker's generator,
+so simulated runs stay deterministic. Construction ends with a dry run (forward, loss, backward,
+metrics on a few samples), so a bad model, loss or metric is reported before any worker starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,40 +37,66 @@ from torch.func import functional_call
 
 from asyncopt import tree
 from asyncopt.errors import ConfigError, check, check_float, check_int
+from asyncopt.problems import running_stats
 from asyncopt.problems.base import Problem
+from asyncopt.problems.dry_run import dry_run
 from asyncopt.tree import Params
 
 LossFn = Callable[..., Tensor]
+Metric = Callable[[Tensor, Tensor], Any]
+RESERVED = ("loss", "grad_norm_sq", "test_loss")
 
 
 class SupervisedProblem(Problem):
     """An ``nn.Module`` trained on ``(X_train, y_train)`` split into ``shards`` (one per worker).
 
     ``model`` builds the module; Params are its ``named_parameters()``. ``X_test``/``y_test``
-    (optional) give ``accuracy`` (when the targets are class indices) and ``test_loss``.
-    ``eval_batch`` bounds how many samples one evaluation forward pass holds.
+    (optional) give ``test_loss``, ``accuracy`` (class-index targets and one score per class)
+    and each of ``metrics``. ``eval_batch`` bounds how many samples one evaluation pass holds.
+    Pickling keeps the factory, the loss and the tensors; a worker process rebuilds the module.
     """
 
     def __init__(self, model: Callable[[], nn.Module], loss_fn: LossFn, X_train: Tensor,
                  y_train: Tensor, shards: Sequence[np.ndarray], *, batch_size: int,
                  X_test: Tensor | None = None, y_test: Tensor | None = None,
-                 l2: float = 0.0, eval_batch: int = 8192) -> None:
+                 metrics: Mapping[str, Metric] | None = None, l2: float = 0.0,
+                 eval_batch: int = 8192) -> None:
         check(len(X_train) == len(y_train) > 0, "y_train", f"{len(y_train)} targets",
               f"one target per training sample ({len(X_train)})")
+        if X_test is not None and y_test is not None:
+            check(len(X_test) == len(y_test), "y_test", f"{len(y_test)} targets",
+                  f"one target per test sample ({len(X_test)})")
         self.num_workers = check_int("num_workers", len(shards), 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.eval_batch = check_int("eval_batch", eval_batch, 1)
         self.l2 = check_float("l2", l2, 0.0)
         self.model_factory, self.loss_fn = model, loss_fn
+        self.metrics = dict(metrics or {})
+        for name in self.metrics:
+            check(isinstance(name, str) and name not in RESERVED, "metrics", name,
+                  "metric names other than " + ", ".join(RESERVED))
         self.X_train, self.y_train = X_train, y_train
         self.X_test, self.y_test = X_test, y_test
-        self.module = _build(model)
-        _refuse_running_buffers(self.module)
         self.shards = [self._shard(worker, shard) for worker, shard in enumerate(shards)]
+        self._setup()
+        self.per_sample_loss = dry_run(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("num_workers", "batch_size", "eval_batch", "l2", "model_factory", "loss_fn",
+                "metrics", "X_train", "y_train", "X_test", "y_test", "shards", "per_sample_loss")
+        return {key: self.__dict__[key] for key in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def _setup(self) -> None:
+        """The cached modules and per-shard data (rebuilt, not pickled, in a worker process)."""
+        self.module = _build(self.model_factory)
+        self._eval_module = _build(self.model_factory).eval()
+        self._random = running_stats.has_dropout(self.module)
         # per-shard copies make a minibatch one gather instead of two
-        self._shard_data = [(X_train[s], y_train[s]) for s in self.shards]
-        self._eval_chunks = self._objective_chunks()
-        self._check_loss_fn()
+        self._shard_data = [(self.X_train[s], self.y_train[s]) for s in self.shards]
 
     def init_params(self, generator: torch.Generator) -> Params:
         """A fresh module's own default initialization (e.g. kaiming-uniform bounds for
@@ -77,7 +112,8 @@ class SupervisedProblem(Problem):
         X, y = self._shard_data[worker]
         picks = torch.randint(len(y), (self.batch_size,), generator=generator)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        outputs = functional_call(self.module, leaves, (X.index_select(0, picks),))
+        with running_stats.seeded(generator) if self._random else nullcontext():
+            outputs = functional_call(self.module, leaves, (X.index_select(0, picks),))
         loss = self.loss_fn(outputs, y.index_select(0, picks))
         grads = torch.autograd.grad(loss, list(leaves.values()))
         value = loss.item()
@@ -88,13 +124,18 @@ class SupervisedProblem(Problem):
 
     def evaluate(self, params: Params) -> dict[str, float]:
         """``loss`` f(x) and ``grad_norm_sq`` ‖∇f(x)‖² over every shard with equal worker
-        weights; ``test_loss`` and (for class targets) ``accuracy`` on the test set."""
+        weights; ``test_loss``, ``accuracy`` and the user's metrics on the test set. The model
+        is in evaluation mode, with running statistics recomputed at ``params``."""
+        buffers = self.buffers(params)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         total = 0.0
         grad = tree.zeros_like(params)
         for X, y, weight in self._eval_chunks:
-            outputs = functional_call(self.module, leaves, (X,))
-            loss = (self.loss_fn(outputs, y, reduction="none") * weight).sum()
+            outputs = functional_call(self._eval_module, {**leaves, **buffers}, (X,))
+            if self.per_sample_loss:
+                loss = (self.loss_fn(outputs, y, reduction="none") * weight).sum()
+            else:  # every sample of the chunk has the same weight
+                loss = self.loss_fn(outputs, y) * (weight[0] * len(y))
             tree.add_(grad, dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())),
                                      strict=True)))
             total += loss.item()
@@ -103,22 +144,39 @@ class SupervisedProblem(Problem):
             tree.add_(grad, params, alpha=self.l2)
         metrics = {"loss": total, "grad_norm_sq": tree.sq_norm(grad)}
         if self.X_test is not None and self.y_test is not None and len(self.X_test) > 0:
-            metrics.update(self._test_metrics(params, self.X_test, self.y_test))
+            metrics.update(self.test_metrics({**params, **buffers}, self.X_test, self.y_test))
         return metrics
 
+    def buffers(self, params: Params) -> Params:
+        """The running statistics at ``params`` (empty for a model without BatchNorm)."""
+        if not running_stats.norm_layers(self._eval_module):
+            return {}
+        return running_stats.recompute(self._eval_module, params, self._stat_batches)
+
+    def state_dict(self, params: Params) -> dict[str, Tensor]:
+        """The module's ``state_dict`` at ``params``: parameters, recomputed running statistics
+        and the factory's other buffers, in the module's own order."""
+        state = _build(self.model_factory).state_dict()
+        state.update({k: v.detach().clone() for k, v in params.items()})
+        state.update(self.buffers(params))
+        return state
+
+    def to_module(self, params: Params) -> nn.Module:
+        """A fresh module holding ``params`` (and its running statistics), in evaluation mode."""
+        module = _build(self.model_factory)
+        module.load_state_dict(self.state_dict(params))
+        return module.eval()
+
     @torch.no_grad()
-    def _test_metrics(self, params: Params, X_test: Tensor, y_test: Tensor) -> dict[str, float]:
-        loss_sum, correct = 0.0, 0
-        classes = not torch.is_floating_point(y_test)
-        for start in range(0, len(X_test), self.eval_batch):
-            X, y = X_test[start:start + self.eval_batch], y_test[start:start + self.eval_batch]
-            outputs = functional_call(self.module, params, (X,))
-            loss_sum += float(self.loss_fn(outputs, y, reduction="sum"))
-            if classes:
-                correct += int((outputs.argmax(dim=-1) == y).sum())
-        metrics = {"test_loss": loss_sum / len(X_test)}
-        if classes:
-            metrics["accuracy"] = correct / len(X_test)
+    def test_metrics(self, state: Params, X_test: Tensor, y_test: Tensor) -> dict[str, float]:
+        """Evaluation-mode outputs on the whole test set, then the loss and every metric."""
+        outputs = torch.cat([functional_call(self._eval_module, state, (X,))
+                             for X in X_test.split(self.eval_batch)])
+        metrics = {"test_loss": float(self.loss_fn(outputs, y_test))}
+        if not torch.is_floating_point(y_test) and outputs.ndim == y_test.ndim + 1:
+            metrics["accuracy"] = float((outputs.argmax(dim=-1) == y_test).double().mean())
+        for name, metric in self.metrics.items():
+            metrics[name] = float(metric(outputs, y_test))
         return metrics
 
     def _shard(self, worker: int, shard: np.ndarray) -> Tensor:
@@ -130,41 +188,43 @@ class SupervisedProblem(Problem):
               f"indices in [0, {len(self.X_train) - 1}]")
         return index
 
-    def _objective_chunks(self) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """f = Σ_j w_j ℓ_j with w_j = Σ_{i: j∈S_i} 1 / (n |S_i|), over the samples with w_j > 0,
-        as (X, y, w) chunks of at most ``eval_batch`` samples."""
+    def _weights(self) -> np.ndarray:
+        """w_j = Σ_{i: j∈S_i} 1 / (n |S_i|): sample j's weight in f."""
         weights = np.zeros(len(self.X_train))
         for shard in self.shards:
             np.add.at(weights, shard.numpy(), 1.0 / (self.num_workers * len(shard)))
-        index = torch.from_numpy(np.flatnonzero(weights))
-        w = torch.from_numpy(weights).to(self.X_train.dtype)
-        return [(self.X_train[i], self.y_train[i], w[i]) for i in index.split(self.eval_batch)]
+        return weights
 
-    def _check_loss_fn(self) -> None:
-        allowed = "a loss taking reduction='mean' | 'none' | 'sum', e.g. F.cross_entropy"
-        with torch.no_grad():
-            outputs = self.module(self.X_train[:2])
-            try:
-                losses = self.loss_fn(outputs, self.y_train[:2], reduction="none")
-            except TypeError as error:
-                raise ConfigError("loss_fn", self.loss_fn, allowed) from error
-        check(tuple(losses.shape) == (len(outputs),), "loss_fn", self.loss_fn,
-              f"{allowed}; with reduction='none' it gave shape {tuple(losses.shape)}, not one "
-              "loss per sample")
+    @functools.cached_property
+    def _eval_chunks(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """(X, y, w) chunks of at most ``eval_batch`` samples with w > 0; each chunk of one
+        weight unless the loss gives per-sample values."""
+        weights = self._weights()
+        w = torch.from_numpy(weights).to(self.X_train.dtype if torch.is_floating_point(
+            self.X_train) else torch.get_default_dtype())
+        if self.per_sample_loss:
+            groups = [np.flatnonzero(weights)]
+        else:
+            groups = [np.flatnonzero(weights == value) for value in np.unique(weights[weights > 0])]
+        return [(self.X_train[i], self.y_train[i], w[i]) for group in groups
+                for i in torch.from_numpy(group).split(self.eval_batch)]
+
+    @functools.cached_property
+    def _stat_batches(self) -> list[Tensor]:
+        """The training samples of f in a fixed random order, cut into near-equal batches."""
+        index = np.random.default_rng(0).permutation(np.flatnonzero(self._weights()))
+        count = -(-len(index) // self.eval_batch)
+        return [self.X_train[torch.from_numpy(i)] for i in np.array_split(index, count)]
 
 
 def _build(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        module = factory()
+        try:
+            module = factory()
+        except Exception as error:
+            raise ConfigError("model", factory, "a callable that builds an nn.Module; calling "
+                              f"it failed with {type(error).__name__}: {error}") from error
     check(isinstance(module, nn.Module), "model", type(module).__name__,
           "a callable returning an nn.Module")
     return module
-
-
-def _refuse_running_buffers(module: nn.Module) -> None:
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
-            raise ConfigError("model", f"{name or 'the model'} ({type(sub).__name__})",
-                              "a module without running-statistics buffers; BatchNorm-style "
-                              "buffers are not supported yet (a later issue)")

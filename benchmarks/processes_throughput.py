@@ -1,0 +1,113 @@
+"""Throughput of the server-mode process runtime: gradients per second with 1 and 2 workers.
+
+    .venv/bin/python benchmarks/processes_throughput.py
+
+An MLP of 200,650 parameters, Linear(64, 512)-ReLU-Linear(512, 320)-ReLU-Linear(320, 10), on
+digits (ASGD + SGD, so the server does one step and one model publication per gradient). The
+rate is measured between the 50th and the last arrival of each run (start-up excluded), best of
+``REPEATS``, and compared with one worker's rate: the goal (issue 3) is 2 workers ≥ 85 % of twice
+one worker. The reference row is the same gradient computed in a plain loop in this process with
+one torch thread (no runtime at all).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from results import write_section
+from torch import nn
+
+from asyncopt.api import train
+from asyncopt.problems.datasets import load_dataset
+from asyncopt.problems.partition import partition
+from asyncopt.problems.supervised import SupervisedProblem
+from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.sim.loop import worker_generators
+
+ARRIVALS, SKIP, REPEATS = 1500, 50, 3
+BATCHES = (32, 128)
+
+
+def mlp() -> nn.Module:
+    """Module level, so that the worker processes can unpickle the factory."""
+    return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 320), nn.ReLU(),
+                         nn.Linear(320, 10))
+
+
+def problem(workers: int, batch_size: int) -> SupervisedProblem:
+    data = load_dataset("digits", seed=0)
+    shards = partition(data.y_train.numpy(), len(data.y_train), workers, "iid", seed=0)
+    return SupervisedProblem(mlp, F.cross_entropy, data.X_train, data.y_train, shards,
+                             batch_size=batch_size)
+
+
+def serial_rate(batch_size: int, seconds: float = 2.0) -> float:
+    """Gradients per second of a plain single-threaded loop in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        built = problem(1, batch_size)
+        params = built.init_params(torch.Generator().manual_seed(0))
+        generator = worker_generators(0, 1)[0]
+        for _ in range(20):
+            built.loss_and_grad(params, 0, generator)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            built.loss_and_grad(params, 0, generator)
+            count += 1
+        return count / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def runtime_rate(workers: int, batch_size: int) -> tuple[float, float, float]:
+    """Best of REPEATS: (gradients/s, median compute time per gradient in ms, mean delay)."""
+    best = (0.0, 0.0, 0.0)
+    for _ in range(REPEATS):
+        result = train(problem(workers, batch_size), make_rule({"name": "sgd", "lr": 0.01},
+                                                               workers), "asgd",
+                       budget={"arrivals": ARRIVALS}, evaluation=Evaluation(10**9),
+                       runtime="processes")
+        if result.summary["arrivals"] != ARRIVALS:
+            raise RuntimeError(f"benchmark run stopped early: {result.summary['reason']}")
+        now = result.history.arrivals["now"]
+        rate = (len(now) - 1 - SKIP) / (now[-1] - now[SKIP])
+        if rate > best[0]:
+            compute = float(np.median(result.history.arrivals["compute_time"])) * 1e3
+            best = (rate, compute, result.summary["mean_delay"])
+    return best
+
+
+def main() -> None:
+    rows = ["| batch | serial loop (grad/s) | 1 worker (grad/s) | 2 workers (grad/s) | "
+            "2 workers / (2 × 1 worker) | compute ms/grad (1 w → 2 w) | mean delay (2 w) |",
+            "|---|---|---|---|---|---|---|"]
+    for batch in BATCHES:
+        serial = serial_rate(batch)
+        one, one_ms, _ = runtime_rate(1, batch)
+        two, two_ms, delay = runtime_rate(2, batch)
+        ratio = two / (2 * one)
+        rows.append(f"| {batch} | {serial:.0f} | {one:.0f} | {two:.0f} | {ratio:.0%} | "
+                    f"{one_ms:.2f} → {two_ms:.2f} | {delay:.2f} |")
+        print(rows[-1], file=sys.stderr)
+    body = "\n".join(rows) + f"""
+
+ASGD + SGD, MLP 64-512-320-10 (200,650 parameters) on digits, {ARRIVALS} arrivals per run, rate
+between arrival {SKIP} and the last, best of {REPEATS} runs; one torch thread per worker. The
+machine has **{torch.get_num_threads()} cores** (shared with other work), and the main process
+(server: copy the gradient out of its slot, SGD step, publish the model) needs CPU too: with 2
+workers, three busy processes share 2 cores, so the 2-worker row measures contention as much as
+the runtime. "compute ms/grad" is the workers' own wall time per gradient (model read included);
+its growth from 1 to 2 workers is the slowdown each worker suffers from sharing the cores."""
+    write_section("Process runtime throughput (server mode)",
+                  ".venv/bin/python benchmarks/processes_throughput.py", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``runtime = "processes"``: real worker processes on one machine, sharing memory.
+
+Server mode (APAM's master–worker design, Xu et al.): the main process runs the coordinator and
+publishes the model into shared memory; worker processes compute gradients (:mod:`.runtime`).
+"""

@@ -1,0 +1,111 @@
+"""Shared-memory buffers of the server-mode runtime: the published model and the gradient slots.
+
+**The model** lives in one flat ``share_memory_()`` tensor holding two copies (a double buffer)
+plus a small int64 header, written only by the main process and read by every worker without a
+lock. Version v is written into slot ``v mod 2`` under that slot's *sequence counter* (a seqlock):
+
+    writer (main):   seq[s] += 1 (odd) ; copy params into slot s ; seq[s] += 1 (even) ; latest = v
+    reader (worker): v = latest ; s = v mod 2 ; a = seq[s] ; copy slot s ; b = seq[s]
+                     the copy is whole iff a is even and a == b, else read again
+
+The writer never waits and a reader retries only when the writer lapped it, i.e. published two
+versions while it copied one; the double buffer makes that rare (the slot being read is the one
+*not* being written next). Unlike the lock-free reads of APAM's OpenMP code (Xu et al.), a worker
+therefore never computes at a torn model, so the version an arrival carries is exact and every
+delay the coordinator records is a real staleness. The check relies on stores becoming visible in
+program order and loads not being reordered (x86-TSO, where this runs; a weakly ordered CPU
+would need fences that Python cannot issue). ``tests/test_processes.py`` checks it under load.
+
+**Gradients** travel through one shared flat slot per worker plus a tiny notification on the
+worker's pipe, as in APAM's OpenMP code (which keeps two slots per worker because its workers
+run ahead; here a worker waits for its next command, so one slot suffices): the main process
+reads a slot only for the worker's *current* job, and the worker overwrites it only after it was
+given a newer one, by which time the old job is stale and its slot is never read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from asyncopt import tree
+from asyncopt.tree import Params
+
+_LATEST, _SEQ, _VERSION = 0, 1, 3  # header: latest version, seq[0..1], version held by slot[0..1]
+
+
+def template(params: Params) -> Params:
+    """Zero tensors shaped like ``params``: the layout that flat buffers are cut into."""
+    dtypes = {v.dtype for v in params.values()}
+    if len(dtypes) != 1:
+        raise TypeError(f"the processes runtime needs parameters of one dtype, got {dtypes}")
+    return tree.zeros_like(params)
+
+
+class SharedModel:
+    """The server's model in shared memory: one writer (:meth:`publish`), readers (:meth:`read`).
+
+    Pickles to its shared tensors, so a worker process receives the same memory.
+    """
+
+    def __init__(self, like: Params) -> None:
+        size = tree.numel(like)
+        dtype = next(iter(like.values())).dtype
+        self.like = like
+        self.slots = torch.zeros(2, size, dtype=dtype).share_memory_()
+        self.header = torch.zeros(5, dtype=torch.int64).share_memory_()
+        self.header[_LATEST] = -1  # nothing published yet
+        self._bind()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"like": self.like, "slots": self.slots, "header": self.header}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._bind()
+
+    def _bind(self) -> None:
+        # numpy views: scalar reads and writes on them cost ~0.1 µs instead of a torch kernel call
+        self._head = self.header.numpy()
+        self._views = [tree.unflatten(slot, self.like) for slot in self.slots]
+
+    def publish(self, params: Params, version: int) -> None:
+        """Write ``params`` as ``version`` (main process only; versions must increase)."""
+        slot, head = version & 1, self._head
+        head[_SEQ + slot] += 1
+        tree.copy_(self._views[slot], params)
+        head[_VERSION + slot] = version
+        head[_SEQ + slot] += 1
+        head[_LATEST] = version
+
+    def read(self, out: Tensor) -> tuple[int, int]:
+        """Copy the latest whole model into the flat tensor ``out``; answer (version, retries)."""
+        head, retries = self._head, 0
+        while True:
+            latest = int(head[_LATEST])
+            if latest < 0:
+                raise RuntimeError("read before the first publish")
+            slot = latest & 1
+            before = int(head[_SEQ + slot])
+            version = int(head[_VERSION + slot])
+            out.copy_(self.slots[slot])
+            if before % 2 == 0 and int(head[_SEQ + slot]) == before:
+                return version, retries
+            retries += 1
+
+
+class GradientSlots:
+    """One flat shared gradient buffer per worker (see the module docstring for who writes when)."""
+
+    def __init__(self, like: Params, num_workers: int) -> None:
+        dtype = next(iter(like.values())).dtype
+        self.like = like
+        self.buffers = torch.zeros(num_workers, tree.numel(like), dtype=dtype).share_memory_()
+
+    def write(self, worker: int, grads: Params) -> None:
+        """Worker side: store ``grads`` in the worker's slot."""
+        tree.copy_(tree.unflatten(self.buffers[worker], self.like), grads)
+
+    def take(self, worker: int) -> Params:
+        """Main side: a private copy of the worker's slot (protocols may keep gradients)."""
+        return tree.unflatten(self.buffers[worker].clone(), self.like)

@@ -1,0 +1,96 @@
+"""The worker process of the server-mode runtime: wait for a job, read the model, send a gradient.
+
+Each worker (APAM's worker, Xu et al.) owns its data shard (worker ``i`` of the problem, which
+was pickled to it once at start-up), its minibatch generator (the simulator's
+:func:`~asyncopt.runtimes.sim.loop.worker_generators`, so worker i draws the same minibatch
+stream as in the simulator) and one torch thread. It loops:
+
+    job = next command ; v = read the latest model from shared memory ;
+    g = ∇f_i(x_v; minibatch) ; pad to time_scale × τ_i(now) ; write g into its slot ; notify
+
+Commands on the worker's pipe are ``(job, now)``: ``job > 0`` computes (``now``, the main
+process's clock, is where the speed model is sampled, as the simulator does at a start),
+``CANCEL`` abandons the current job and idles, ``STOP`` exits. Heterogeneity is emulated by
+*padding*: a gradient takes ``max(measured, time_scale × speed.compute_time(i, now))`` wall
+seconds, so with a time scale larger than the real compute time the workers keep the speed
+model's ratios exactly (``factors = [3, 1]``: worker 0 is three times slower). The padding is a
+wait on the pipe, so a newer command (cancel, restart, stop) ends it at once.
+
+Messages back are ``("ready",)``, ``("grad", job, version, loss, compute_time, retries)`` and
+``("error", traceback)``. SIGINT is ignored: Ctrl-C is the main process's to handle, and it stops
+the workers itself. A worker whose main process dies sees its pipe close and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from asyncopt import tree
+from asyncopt.problems.base import Problem
+from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel
+from asyncopt.runtimes.sim.loop import worker_generators
+
+CANCEL, STOP = 0, -1
+_PARENT_CHECK = 1.0  # seconds between checks that the main process is still there
+
+
+def worker_main(worker: int, conn: Connection, problem: Problem, model: SharedModel,
+                slots: GradientSlots, speed: Any, seed: int, time_scale: float) -> None:
+    """Entry point of worker process ``worker`` (runs until STOP, a closed pipe or an error)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    try:
+        _Worker(worker, conn, problem, model, slots, speed, seed, time_scale).loop()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the main process is gone: nothing to report to
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class _Worker:
+    def __init__(self, worker: int, conn: Connection, problem: Problem, model: SharedModel,
+                 slots: GradientSlots, speed: Any, seed: int, time_scale: float) -> None:
+        self.worker, self.conn, self.problem = worker, conn, problem
+        self.model, self.slots, self.speed, self.time_scale = model, slots, speed, time_scale
+        self.generator = worker_generators(seed, problem.num_workers)[worker]
+        self.flat = torch.empty_like(model.slots[0])
+        self.params = tree.unflatten(self.flat, model.like)  # views into ``flat``
+        self.parent = os.getppid()
+
+    def loop(self) -> None:
+        self.conn.send(("ready",))
+        command = self._next_command()
+        while command[0] != STOP:
+            job, now = command
+            command = self._compute(job, now) if job > 0 else self._next_command()
+
+    def _next_command(self) -> tuple[int, float]:
+        while not self.conn.poll(_PARENT_CHECK):
+            if os.getppid() != self.parent:  # re-parented: the main process died
+                return STOP, 0.0
+        return self.conn.recv()
+
+    def _compute(self, job: int, now: float) -> tuple[int, float]:
+        """Run one job; answer the next command (received early if it superseded this job)."""
+        start = time.perf_counter()
+        version, retries = self.model.read(self.flat)
+        loss, grads = self.problem.loss_and_grad(self.params, self.worker, self.generator)
+        if self.time_scale > 0.0:
+            target = self.time_scale * self.speed.compute_time(self.worker, now)
+            rest = target - (time.perf_counter() - start)
+            if rest > 0.0 and self.conn.poll(rest):
+                return self.conn.recv()  # cancelled, restarted or stopped while padding
+        self.slots.write(self.worker, grads)
+        self.conn.send(("grad", job, version, float(loss), time.perf_counter() - start, retries))
+        return self._next_command()

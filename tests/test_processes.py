@@ -1,0 +1,191 @@
+"""The server-mode process runtime: real worker processes, shared-memory model, lifecycle.
+
+Every run here starts real processes (about 2 s of start-up each), so the runs are few and tiny.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from asyncopt.api import Result, train
+from asyncopt.errors import ConfigError
+from asyncopt.problems.base import Problem
+from asyncopt.problems.registry import make_problem
+from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.processes.shared import SharedModel
+
+QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
+
+
+class _Sabotaged(Problem):
+    """The quadratic, except that worker ``victim`` kills itself with SIGKILL (or raises) on its
+    ``at``-th gradient, and the ``interrupt_at``-th evaluation (main process) raises Ctrl-C."""
+
+    def __init__(self, inner: Problem, victims: tuple[int, ...] = (), at: int = 0,
+                 how: str = "kill", interrupt_at: int | None = None) -> None:
+        self.inner, self.num_workers = inner, inner.num_workers
+        self.victims, self.at, self.how, self.interrupt_at = victims, at, how, interrupt_at
+        self.calls = self.evaluations = 0
+
+    def init_params(self, generator):
+        return self.inner.init_params(generator)
+
+    def loss_and_grad(self, params, worker, generator):
+        self.calls += 1
+        if worker in self.victims and self.calls == self.at:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError(f"broken gradient on worker {worker}")
+        return self.inner.loss_and_grad(params, worker, generator)
+
+    def evaluate(self, params):
+        self.evaluations += 1
+        if self.evaluations == self.interrupt_at:
+            raise KeyboardInterrupt
+        return self.inner.evaluate(params)
+
+
+def _train(problem: Problem, protocol: str = "asgd", *, speed: dict | None = None,
+           options: dict | None = None, every: float = 50, **budget) -> Result:
+    return train(problem, make_rule({"name": "sgd", "lr": 0.1}, problem.num_workers), protocol,
+                 speed=speed or {}, budget=budget, evaluation=Evaluation(every),
+                 runtime="processes", runtime_options=options or {})
+
+
+def _workers_left() -> list[multiprocessing.Process]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("asyncopt-worker")]
+
+
+@pytest.mark.slow
+def test_asgd_with_two_processes_trains_and_records_real_delays():
+    result = _train(make_problem(QUADRATIC, 2, 0), steps=300)
+    summary, arrivals = result.summary, result.history.arrivals
+    assert summary["status"] == "completed" and summary["version"] == 300
+    losses = result.history.evaluations["loss"]
+    assert losses[-1] < 0.5 * losses[0]
+    assert set(arrivals["worker"]) == {0, 1}
+    assert (arrivals["delay"] >= 0).all() and summary["max_delay"] >= 1  # both really overlap
+    assert (np.diff(arrivals["now"]) >= 0).all() and arrivals["now"][-1] > 0
+    assert (arrivals["compute_time"] > 0).all()
+    assert not _workers_left()
+
+
+@pytest.mark.slow
+def test_minibatch_is_synchronous_and_slow_workers_are_emulated():
+    result = _train(make_problem(QUADRATIC, 2, 0), "minibatch", steps=20,
+                    speed={"factors": [3.0, 1.0]}, options={"time_scale": 0.004})
+    arrivals = result.history.arrivals
+    used = np.isin(arrivals["action"], ("step", "buffer"))
+    assert (arrivals["delay"][used] == 0).all()
+    assert result.summary["version"] == used.sum() // 2 == 20
+    times = [np.median(arrivals["compute_time"][arrivals["worker"] == w]) for w in (0, 1)]
+    assert times[1] >= 0.004 and 2.0 < times[0] / times[1] < 4.0  # padded to 12 ms and 4 ms
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_recorded_and_the_others_go_on():
+    problem = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(1,), at=20)
+    with pytest.warns(RuntimeWarning, match="worker process 1 died"):
+        result = _train(problem, steps=200)
+    assert result.summary["status"] == "completed" and result.summary["version"] == 200
+    arrivals = result.history.arrivals
+    worker1 = arrivals["worker"] == 1
+    assert list(arrivals["action"][worker1]).count("cancel") == 1  # its lost gradient
+    assert (arrivals["action"][worker1][:-1] == "step").all()
+    assert arrivals["action"][worker1][-1] == "cancel"
+    assert (arrivals["worker"][np.flatnonzero(worker1)[-1] + 1:] == 0).all()
+    assert not _workers_left()
+
+
+@pytest.mark.slow
+def test_when_every_worker_dies_the_run_fails_with_a_clear_reason():
+    problem = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(0, 1), at=5)
+    with pytest.warns(RuntimeWarning, match="died"):
+        result = _train(problem, steps=1000)
+    assert result.summary["status"] == "failed"
+    assert "all 2 worker processes died" in result.summary["reason"]
+    assert not _workers_left()
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_worker_errors_stop_every_process():
+    interrupted = _train(_Sabotaged(make_problem(QUADRATIC, 2, 0), interrupt_at=3), steps=10**6,
+                         every=20)
+    assert interrupted.summary["status"] == "interrupted"
+    assert interrupted.summary["version"] >= 40
+    assert not _workers_left()
+    broken = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(1,), at=10, how="raise")
+    with pytest.raises(RuntimeError, match=r"(?s)worker process 1 raised.*broken gradient"):
+        _train(broken, steps=10**6)
+    assert not _workers_left()
+
+
+@pytest.mark.slow
+def test_a_time_budget_is_wall_seconds_after_start_up():
+    result = _train(make_problem(QUADRATIC, 2, 0), time=0.5, options={"time_scale": 0.01})
+    assert result.summary["reason"].startswith("time budget")
+    assert result.summary["now"] == 0.5
+    assert result.history.arrivals["now"].max() <= 0.5
+    assert 30 <= result.summary["arrivals"] <= 110  # ~100 at 10 ms a gradient on 2 workers
+
+
+def test_bad_options_and_unpicklable_problems_name_the_field():
+    problem = make_problem(QUADRATIC, 2, 0)
+    for options, field in (({"time_scale": -1.0}, "runtime_options.time_scale"),
+                           ({"start_method": "fork"}, "runtime_options.start_method"),
+                           ({"startup_timeout": 0}, "runtime_options.startup_timeout"),
+                           ({"threads": 2}, "runtime_options (processes)")):
+        with pytest.raises(ConfigError, match=field.replace("(", r"\(").replace(")", r"\)")):
+            _train(problem, steps=1, options=options)
+    unpicklable = make_problem(QUADRATIC, 2, 0)
+    unpicklable.hook = lambda: None
+    with pytest.raises(ConfigError, match=r"problem.*pickl"):
+        _train(unpicklable, steps=1)
+    assert not _workers_left()
+
+
+def test_the_seqlock_never_lets_a_torn_model_through():
+    """A writer publishes versions whose every entry equals the version while a reader copies:
+    each copy must be one whole version (the double buffer alone would not guarantee it)."""
+    like = {"a": torch.zeros(300_000), "b": torch.zeros(7)}
+    model = SharedModel(like)
+    model.publish({k: torch.zeros_like(v) for k, v in like.items()}, 0)
+    stop = threading.Event()
+
+    def write() -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            model.publish({k: torch.full_like(v, float(version)) for k, v in like.items()},
+                          version)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    out = torch.empty(300_007)
+    try:
+        for _ in range(400):
+            version, _ = model.read(out)
+            assert torch.all(out == version), "a torn read got through"
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+
+
+def test_built_in_data_problems_run_on_processes():
+    """The built-in models are rebuilt in each worker from module-level factories."""
+    import asyncopt
+
+    result = asyncopt.run({"workers": 2, "runtime": "processes",
+                           "problem": {"name": "mlp", "hidden": 16},
+                           "rule": {"name": "sgd", "lr": 0.1}, "budget": {"steps": 60}},
+                          save=False)
+    assert result.summary["status"] == "completed"
+    assert result.history.evaluations["loss"][-1] < result.history.evaluations["loss"][0]
