@@ -7,6 +7,7 @@ when one arrives is here, written once:
     coordinator.advance(now) -> bool      (time-based evaluations; False once the time budget ends)
     coordinator.arrive(now, arrival)      -> Reply (protocol.handle + one history row + evaluation)
     coordinator.cancelled(now, worker, version)   (a cancelled computation, one history row)
+    coordinator.applied(now, worker, version, ...) (a step a worker applied itself: lock-free)
     coordinator.finish(now, status)       -> summary (final evaluation, summary.json)
 
 ``stop_reason`` becomes a string as soon as the run must stop (budget reached, target loss
@@ -112,17 +113,32 @@ class Coordinator:
         return self.stop_reason is None
 
     def arrive(self, now: float, arrival: Arrival) -> Reply:
+        """One gradient came back: the protocol decides, the history records."""
         self.now = now
         reply = self.protocol.handle(arrival)
         action = reply.action.value if reply.action is not None else Action.STEP.value
+        self._record(now, arrival.worker, action, reply.delay, arrival.loss,
+                     arrival.compute_time)
+        return reply
+
+    def applied(self, now: float, worker: int, version: int, delay: int, loss: float,
+                compute_time: float, action: str = Action.STEP.value) -> None:
+        """A worker applied (or, with ``action``, dropped or rejected) its own gradient, as in
+        lock-free runtimes where there is no protocol to ask; ``version`` is the shared version
+        after it. Recorded, evaluated and budgeted exactly like an arrival."""
+        self.now = now
+        self.protocol.server.version = version
+        self._record(now, worker, action, delay, loss, compute_time)
+
+    def _record(self, now: float, worker: int, action: str, delay: int, loss: float,
+                compute_time: float) -> None:
         self.arrivals += 1
         self.counts[action] += 1
         if action in ("step", "buffer"):
-            self.delay_sum += reply.delay
-            self.delay_max = max(self.delay_max, reply.delay)
-        self.recorder.arrival(now, arrival.worker, self.version, reply.delay, arrival.loss, action,
-                              arrival.compute_time)
-        self._check_rejects(arrival.worker, action == "reject")
+            self.delay_sum += delay
+            self.delay_max = max(self.delay_max, delay)
+        self.recorder.arrival(now, worker, self.version, delay, loss, action, compute_time)
+        self._check_rejects(worker, action == "reject")
         if self.progress is not None and self.arrivals % 64 == 0:
             self.progress.update(self)
         if self.evaluation.unit == "steps" and self.version >= self._next_eval:
@@ -130,7 +146,6 @@ class Coordinator:
             while self._next_eval <= self.version:
                 self._next_eval += self.evaluation.every
         self._check_budget()
-        return reply
 
     def cancelled(self, now: float, worker: int, version: int) -> None:
         """Record a computation that was stopped before it arrived (computed at ``version``)."""
