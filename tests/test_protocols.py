@@ -80,3 +80,40 @@ def test_protocol_registry_errors_name_the_field():
         make_protocol({"name": "minibatch", "wait_for": 5}, server, 2)
     with pytest.raises(ConfigError, match="known keys are wait_for"):
         make_protocol({"name": "minibatch", "wiat_for": 1}, server, 2)
+
+
+def test_a_lost_worker_is_never_restarted_and_minibatch_stops_waiting_for_it():
+    server = Server({"x": torch.zeros(2)}, make_rule({"name": "sgd", "lr": 1.0}, 3))
+    protocol = Minibatch(server, 3)
+    protocol.begin()
+    protocol.handle(Arrival(0, 0, {"x": torch.ones(2)}, 0.0))
+    protocol.handle(Arrival(1, 0, {"x": torch.ones(2)}, 0.0))
+    reply = protocol.lose(2)  # the two gradients in hand are now the whole batch
+    assert reply.action is Action.LOST and server.version == 1
+    assert reply.start == (0, 1) and 2 not in protocol.in_flight
+    assert torch.equal(server.params["x"], -torch.ones(2))
+    assert protocol.restart_all(Action.STEP, 0).start == (0, 1)
+
+
+@pytest.mark.parametrize("name, stops", [("asgd", False), ("minibatch", False),
+                                         ("ringleader", True), ("malenia", True)])
+def test_the_coordinator_goes_on_without_a_lost_worker_only_where_the_protocol_can(name, stops):
+    from asyncopt.problems.registry import make_problem
+    from asyncopt.record import Recorder
+    from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+
+    problem = make_problem({"name": "quadratic", "dim": 3}, 3, 0)
+    server = Server(problem.init_params(torch.Generator().manual_seed(0)),
+                    make_rule({"name": "sgd", "lr": 0.1}, 3))
+    recorder = Recorder()
+    coordinator = Coordinator(problem, make_protocol({"name": name}, server, 3), recorder,
+                              Budget(steps=10), Evaluation())
+    coordinator.begin()
+    coordinator.lost(1.0, 2)
+    assert (coordinator.stop_reason is not None) == stops
+    if stops:
+        assert coordinator.status == "failed" and "worker 2 died" in coordinator.stop_reason
+    assert list(recorder.history().arrivals["action"]) == ["lost"]
+    coordinator.lost(2.0, 0)
+    coordinator.lost(3.0, 1)
+    assert coordinator.status == "failed"

@@ -5,7 +5,8 @@ A run directory holds
 * ``config.toml``      the resolved configuration (every default filled in);
 * ``arrivals.csv``     one row per arrival: ``now, worker, version, delay, loss, action, stepped,
   compute_time`` (``version`` is the server's version *after* handling the arrival; ``action`` is
-  one of step, buffer, drop, reject, cancel; cancelled work has an empty loss);
+  one of step, buffer, drop, reject, cancel, lost; cancelled work and lost workers have an
+  empty loss);
 * ``evaluations.csv``  periodic rows: ``now, version, arrivals`` and the problem's metrics
   (``loss``, ``grad_norm_sq``, ``accuracy``, ...);
 * ``summary.json``     written last, atomically: status (completed, interrupted, diverged, failed),

@@ -18,7 +18,7 @@ cancelled. That is enough for every method of the Common framework in ``algorith
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from asyncopt import tree
@@ -34,6 +34,7 @@ class Action(StrEnum):
     DROP = "drop"  # discarded on purpose (too stale, or the rule refused it)
     REJECT = "reject"  # not finite (NaN/Inf): counted, never applied
     CANCEL = "cancel"  # in-flight work stopped before it arrived (recorded by the runtime)
+    LOST = "lost"  # the worker itself is gone (its process or actor died): see Protocol.lose
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +97,15 @@ class Protocol(ABC):
     """
 
     name: str = "protocol"
+    needs_every_worker: bool = False
+    """True when the update needs a contribution from every worker (Malenia, Ringleader,
+    IA²SGD): such a protocol cannot go on once a worker is lost."""
 
     def __init__(self, server: Server, num_workers: int) -> None:
         self.server = server
         self.num_workers = num_workers
         self.in_flight: dict[int, int] = {}  # worker -> version its current computation started at
+        self.alive: set[int] = set(range(num_workers))
 
     @property
     def version(self) -> int:
@@ -120,20 +125,34 @@ class Protocol(ABC):
             reply = self.receive(arrival, delay)
         return self._track(reply)
 
+    def lose(self, worker: int) -> Reply:
+        """``worker`` is gone for good (a real runtime saw its process or actor die): it is never
+        started again, and the protocol goes on with the others where its update allows."""
+        self.alive.discard(worker)
+        self.in_flight.pop(worker, None)
+        return self._track(self.on_lost(worker))
+
+    def on_lost(self, worker: int) -> Reply:
+        """Override to react to a lost worker (e.g. stop waiting for its gradient)."""
+        return Reply(Action.LOST)
+
     @abstractmethod
     def receive(self, arrival: Arrival, delay: int) -> Reply:
         """The policy: step, buffer or drop this finite gradient, and say who computes next."""
 
     def restart_all(self, action: Action, delay: int) -> Reply:
-        """Cancel every in-flight computation and start every worker at the current model."""
-        return Reply(action, start=tuple(range(self.num_workers)),
+        """Cancel every in-flight computation and start every live worker at the current model."""
+        return Reply(action, start=tuple(sorted(self.alive)),
                      cancel=tuple(sorted(self.in_flight)), delay=delay)
 
     def _track(self, reply: Reply) -> Reply:
         for worker in reply.cancel:
             self.in_flight.pop(worker, None)
         for worker in reply.start:
-            self.in_flight[worker] = self.server.version
+            if worker in self.alive:
+                self.in_flight[worker] = self.server.version
+        if any(worker not in self.alive for worker in reply.start):  # the runtime must not see it
+            reply = replace(reply, start=tuple(w for w in reply.start if w in self.alive))
         return reply
 
 

@@ -27,6 +27,7 @@ class IA2SGD(Protocol):
     """Replace the sender's slot; once the table is full, step with its mean on every arrival."""
 
     name = "ia2sgd"
+    needs_every_worker = True
 
     def __init__(self, server: Server, num_workers: int) -> None:
         super().__init__(server, num_workers)

@@ -30,6 +30,7 @@ class Malenia(Protocol):
     """Collect per-worker means at x_k until the stopping rule holds, step, restart all."""
 
     name = "malenia"
+    needs_every_worker = True
 
     def __init__(self, server: Server, num_workers: int, batch_size: int | None = None) -> None:
         super().__init__(server, num_workers)

@@ -13,6 +13,8 @@ No gradient is ever stale: every delay is 0.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from asyncopt import tree
 from asyncopt.errors import check_int
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
@@ -34,7 +36,17 @@ class Minibatch(Protocol):
         self.batch.append(arrival.grads)
         if len(self.batch) < self.wait_for:
             return Reply(Action.BUFFER, delay=delay)
+        return self._step(arrival.worker, delay)
+
+    def on_lost(self, worker: int) -> Reply:
+        """Wait for one fewer gradient (at least one); step now if those are all in."""
+        self.wait_for = max(1, min(self.wait_for, len(self.alive)))
+        if self.alive and len(self.batch) >= self.wait_for:
+            return replace(self._step(worker, 0), action=Action.LOST)
+        return Reply(Action.LOST)
+
+    def _step(self, worker: int, delay: int) -> Reply:
         average = tree.mean(self.batch)
         self.batch.clear()
-        stepped = self.server.step(average, delay=delay, worker=arrival.worker)
+        stepped = self.server.step(average, delay=delay, worker=worker)
         return self.restart_all(Action.STEP if stepped else Action.DROP, delay)

@@ -42,6 +42,7 @@ class Ringleader(Protocol):
     """Rounds of n steps along the mean of per-worker means; late gradients go to a buffer."""
 
     name = "ringleader"
+    needs_every_worker = True
 
     def __init__(self, server: Server, num_workers: int) -> None:
         super().__init__(server, num_workers)

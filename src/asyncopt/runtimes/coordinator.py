@@ -8,6 +8,7 @@ when one arrives is here, written once:
     coordinator.arrive(now, arrival)      -> Reply (protocol.handle + one history row + evaluation)
     coordinator.cancelled(now, worker, version)   (a cancelled computation, one history row)
     coordinator.applied(now, worker, version, ...) (a step a worker applied itself: lock-free)
+    coordinator.lost(now, worker)         -> Reply (a worker died; the protocol goes on or stops)
     coordinator.finish(now, status)       -> summary (final evaluation, summary.json)
 
 ``stop_reason`` becomes a string as soon as the run must stop (budget reached, target loss
@@ -152,6 +153,21 @@ class Coordinator:
         self.counts[Action.CANCEL.value] += 1
         self.recorder.arrival(now, worker, self.version, self.version - version, math.nan,
                               Action.CANCEL.value, 0.0)
+
+    def lost(self, now: float, worker: int) -> Reply:
+        """``worker`` died (a real runtime saw it): one history row, the protocol told, and the
+        run stopped if the protocol needs every worker or none is left."""
+        self.now = now
+        reply = self.protocol.lose(worker)
+        self.counts[Action.LOST.value] += 1
+        self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.LOST.value, 0.0)
+        if not self.protocol.alive:
+            self.stop("every worker died", status="failed")
+        elif self.protocol.needs_every_worker:
+            self.stop(f"worker {worker} died and protocol {self.protocol.name!r} needs a "
+                      f"gradient from every worker; use asgd, minibatch, rennala or ringmaster "
+                      f"to go on without it", status="failed")
+        return reply
 
     def stop(self, reason: str, status: str = "completed") -> None:
         if self.stop_reason is None:
