@@ -99,9 +99,22 @@ def test_a_killed_worker_is_recorded_and_the_others_go_on():
     arrivals = result.history.arrivals
     worker1 = arrivals["worker"] == 1
     assert list(arrivals["action"][worker1]).count("cancel") == 1  # its lost gradient
-    assert (arrivals["action"][worker1][:-1] == "step").all()
-    assert arrivals["action"][worker1][-1] == "cancel"
+    assert (arrivals["action"][worker1][:-2] == "step").all()
+    assert list(arrivals["action"][worker1][-2:]) == ["cancel", "lost"]
     assert (arrivals["worker"][np.flatnonzero(worker1)[-1] + 1:] == 0).all()
+    assert not _workers_left()
+
+
+@pytest.mark.slow
+def test_synchronous_training_goes_on_without_a_dead_worker():
+    problem = _Sabotaged(make_problem(QUADRATIC, 3, 0), victims=(2,), at=10)
+    with pytest.warns(RuntimeWarning, match="worker process 2 died"):
+        result = _train(problem, "minibatch", steps=40)
+    assert result.summary["status"] == "completed" and result.summary["version"] == 40
+    actions = result.history.arrivals["action"]
+    assert list(actions).count("lost") == 1
+    after = np.flatnonzero(actions == "lost")[0]
+    assert set(result.history.arrivals["worker"][after + 1:]) <= {0, 1}
     assert not _workers_left()
 
 

@@ -33,7 +33,9 @@ RuntimeFactory = Callable[..., Runtime]
 RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
     "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1}),
     "processes": ("asyncopt.runtimes.processes.runtime",
-                  {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0}),
+                  {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
+                   "mode": "server", "blocks": "whole", "block_fraction": 0.5,
+                   "warmup_steps": 0}),
 }
 """name -> (module that defines ``build(problem, speed, seed, **options)``, option defaults)."""
 

@@ -1,7 +1,8 @@
-"""The worker processes of the server-mode runtime: start-up, commands, events, deaths, shutdown.
+"""The worker processes of both modes: start-up, commands, events, deaths, shutdown.
 
-A :class:`WorkerPool` starts one daemon process per worker (``torch.multiprocessing``, spawn by
-default: forking a process that already runs torch threads is unsafe) with a duplex pipe each.
+A :class:`WorkerPool` starts one daemon process per worker, running ``target(worker, conn,
+*args)`` (``torch.multiprocessing``, spawn by default: forking a process that already runs torch
+threads is unsafe) with a duplex pipe each.
 The problem is pickled to every worker once, at start-up; its tensors travel through shared
 memory, not through the pipe. Every blocking call has a timeout, and :meth:`close` always leaves
 no process behind: STOP, join, then terminate, then kill.
@@ -16,6 +17,8 @@ from __future__ import annotations
 import io
 import pickle
 import time
+import warnings
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -25,13 +28,14 @@ from torch import Tensor
 from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.user import check_portable
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel
-from asyncopt.runtimes.processes.worker import STOP, worker_main
+from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.worker import STOP
 
 _JOIN_TIMEOUT = 2.0  # seconds a stopped worker gets to exit before it is terminated
 
 Event = tuple[int, str, tuple[Any, ...]]
-"""(worker, kind, payload): kind ``"grad"`` or ``"error"`` (the worker's message), or ``"dead"``."""
+"""(worker, kind, payload): kind the worker's message (``"grad"``, ``"steps"``, ``"idle"``,
+``"error"``), or ``"dead"``."""
 
 
 def check_picklable(problem: Problem) -> None:
@@ -57,10 +61,11 @@ def check_picklable(problem: Problem) -> None:
 class WorkerPool:
     """``num_workers`` worker processes, their pipes, and whether each is still alive."""
 
-    def __init__(self, problem: Problem, model: SharedModel, slots: GradientSlots, speed: Any,
-                 seed: int, *, start_method: str, time_scale: float) -> None:
+    def __init__(self, num_workers: int, target: Callable[..., None], args: tuple[Any, ...], *,
+                 start_method: str) -> None:
         context = mp.get_context(start_method)
-        self.num_workers = problem.num_workers
+        self.num_workers = num_workers
+        self.died: list[int] = []
         self.processes: list[Any] = []
         self.conns: list[Connection] = []
         self.alive = [False] * self.num_workers
@@ -68,8 +73,8 @@ class WorkerPool:
             for worker in range(self.num_workers):
                 ours, theirs = context.Pipe(duplex=True)
                 process = context.Process(
-                    target=worker_main, name=f"asyncopt-worker-{worker}", daemon=True,
-                    args=(worker, theirs, problem, model, slots, speed, seed, time_scale))
+                    target=target, name=f"asyncopt-worker-{worker}", daemon=True,
+                    args=(worker, theirs, *args))
                 try:
                     process.start()
                 finally:
@@ -117,6 +122,18 @@ class WorkerPool:
         process = self.processes[worker]
         process.join(timeout=_JOIN_TIMEOUT)
         return process.exitcode
+
+    def bury(self, worker: int, now: float, coordinator: Coordinator) -> None:
+        """A worker died: forget it, warn, and fail the run if it was the last one."""
+        code = self.mark_dead(worker)
+        self.died.append(worker)
+        alive = sum(self.alive)
+        warnings.warn(f"worker process {worker} died (exit code {code}) at {now:.3f} s; "
+                      f"{alive} of {self.num_workers} workers left", RuntimeWarning,
+                      stacklevel=3)
+        if alive == 0:
+            coordinator.stop(f"all {self.num_workers} worker processes died "
+                             f"(workers {sorted(self.died)})", status="failed")
 
     def close(self) -> None:
         """Stop every worker: STOP, join with a timeout, then terminate, then kill."""

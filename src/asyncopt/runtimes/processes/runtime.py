@@ -29,18 +29,19 @@ stopped before :meth:`ProcessRuntime.run` returns or raises.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import torch
 
-from asyncopt.errors import check_choice, check_float
+from asyncopt.errors import check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.blocks import BLOCKS
+from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
 from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable
 from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel, template
-from asyncopt.runtimes.processes.worker import CANCEL
+from asyncopt.runtimes.processes.worker import CANCEL, worker_main
 
 _POLL = 0.05  # seconds: how often an idle server wakes for time-based evaluations and budgets
 
@@ -56,7 +57,6 @@ class ProcessRuntime:
         self.start_method, self.time_scale = start_method, time_scale
         self.startup_timeout = startup_timeout
         self.now = 0.0
-        self.died: list[int] = []
         self.read_retries = 0  # torn model reads that the seqlock caught and repeated
         self._jobs: list[int | None] = [None] * problem.num_workers  # current job, or idle
         self._started: list[int] = [0] * problem.num_workers  # version at the current job's start
@@ -68,8 +68,9 @@ class ProcessRuntime:
         params = coordinator.protocol.server.params
         self.model = SharedModel(template(params))
         slots = GradientSlots(self.model.like, self.problem.num_workers)
-        self.pool = WorkerPool(self.problem, self.model, slots, self.speed, self.seed,
-                               start_method=self.start_method, time_scale=self.time_scale)
+        self.pool = WorkerPool(self.problem.num_workers, worker_main,
+                               (self.problem, self.model, slots, self.speed, self.seed,
+                                self.time_scale), start_method=self.start_method)
         threads = torch.get_num_threads()
         # The server's work per arrival is memory-bound and small; with several intra-op threads
         # it waits for threads the OS lent to the workers (an 800 KB clone took 9 ms instead of
@@ -140,28 +141,22 @@ class ProcessRuntime:
     def _died(self, coordinator: Coordinator, worker: int) -> None:
         if not self.pool.alive[worker]:
             return
-        code = self.pool.mark_dead(worker)
-        self.died.append(worker)
         if self._jobs[worker] is not None:
             coordinator.cancelled(self.now, worker, self._started[worker])
             self._jobs[worker] = None
-        alive = sum(self.pool.alive)
-        warnings.warn(f"worker process {worker} died (exit code {code}) at {self.now:.3f} s; "
-                      f"{alive} of {self.problem.num_workers} workers left", RuntimeWarning,
-                      stacklevel=2)
-        if alive == 0:
-            coordinator.stop(f"all {self.problem.num_workers} worker processes died "
-                             f"(workers {sorted(self.died)})", status="failed")
+        self.pool.bury(worker, self.now, coordinator)
+        self._apply(coordinator, coordinator.lost(self.now, worker))
 
     def _stalled(self, coordinator: Coordinator) -> None:
-        lost = f"; worker(s) {sorted(self.died)} died and the protocol waits for them" \
-            if self.died else ""
+        died = self.pool.died
+        lost = f"; worker(s) {sorted(died)} died and the protocol waits for them" if died else ""
         coordinator.stop(f"no worker is computing: the protocol left every worker idle{lost}",
                          status="stalled")
 
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
-          startup_timeout: float) -> ProcessRuntime:
+          startup_timeout: float, mode: str, blocks: str, block_fraction: float,
+          warmup_steps: int) -> ProcessRuntime | LockFreeRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -169,13 +164,30 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       torch's thread pools in an undefined state);
     * ``time_scale``: wall seconds per speed-model unit; a gradient of worker i takes at least
       ``time_scale × speed.compute_time(i, now)`` (0: no emulated slowdown);
-    * ``startup_timeout``: seconds the workers get to import torch and unpickle the problem.
+    * ``startup_timeout``: seconds the workers get to import torch and unpickle the problem;
+    * ``mode``: ``server`` (this module) or ``lockfree`` (:mod:`.lockfree`: workers update a
+      shared model and a shared rule state themselves; protocol ``asgd`` only);
+    * ``blocks`` (lock-free only): ``whole``, ``partition`` (PASSM+) or ``random``
+      (Gratton–Toint), see :mod:`.blocks`; ``block_fraction`` in (0, 1], the share of the
+      tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
+      ``partition`` takes full-model steps only.
     """
     check_picklable(problem)
-    return ProcessRuntime(
-        problem, speed, seed,
-        start_method=check_choice("runtime_options.start_method", start_method,
-                                  ("spawn", "forkserver")),
-        time_scale=check_float("runtime_options.time_scale", time_scale, 0.0),
-        startup_timeout=check_float("runtime_options.startup_timeout", startup_timeout, 0.0,
-                                    strict_minimum=True))
+    common = {
+        "start_method": check_choice("runtime_options.start_method", start_method,
+                                     ("spawn", "forkserver")),
+        "time_scale": check_float("runtime_options.time_scale", time_scale, 0.0),
+        "startup_timeout": check_float("runtime_options.startup_timeout", startup_timeout, 0.0,
+                                       strict_minimum=True)}
+    mode = check_choice("runtime_options.mode", mode, ("server", "lockfree"))
+    blocks = check_choice("runtime_options.blocks", blocks, BLOCKS)
+    block_fraction = check_float("runtime_options.block_fraction", block_fraction, 0.0, 1.0,
+                                 strict_minimum=True)
+    warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
+    if mode == "server":
+        check(blocks == "whole", "runtime_options.blocks", blocks,
+              "'whole' with mode = 'server' (blocks are a lock-free option)")
+        return ProcessRuntime(problem, speed, seed, **common)
+    dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
+    return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
+                           block_fraction=block_fraction, warmup_steps=warmup_steps)

@@ -28,6 +28,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,10 +46,17 @@ _PARENT_CHECK = 1.0  # seconds between checks that the main process is still the
 def worker_main(worker: int, conn: Connection, problem: Problem, model: SharedModel,
                 slots: GradientSlots, speed: Any, seed: int, time_scale: float) -> None:
     """Entry point of worker process ``worker`` (runs until STOP, a closed pipe or an error)."""
+    guarded(conn, lambda: _Worker(worker, conn, problem, model, slots, speed, seed,
+                                  time_scale).loop())
+
+
+def guarded(conn: Connection, body: Callable[[], None]) -> None:
+    """Run a worker's ``body`` with one torch thread and SIGINT ignored; report its exception
+    on the pipe; always close the pipe (shared by the workers of both modes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     try:
-        _Worker(worker, conn, problem, model, slots, speed, seed, time_scale).loop()
+        body()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the main process is gone: nothing to report to
     except BaseException:
@@ -56,6 +64,14 @@ def worker_main(worker: int, conn: Connection, problem: Problem, model: SharedMo
             conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def next_command(conn: Connection, parent: int) -> tuple[int, float]:
+    """Wait for the main process's next ``(job, now)``; STOP if the main process died."""
+    while not conn.poll(_PARENT_CHECK):
+        if os.getppid() != parent:  # re-parented: the main process died
+            return STOP, 0.0
+    return conn.recv()
 
 
 class _Worker:
@@ -76,10 +92,7 @@ class _Worker:
             command = self._compute(job, now) if job > 0 else self._next_command()
 
     def _next_command(self) -> tuple[int, float]:
-        while not self.conn.poll(_PARENT_CHECK):
-            if os.getppid() != self.parent:  # re-parented: the main process died
-                return STOP, 0.0
-        return self.conn.recv()
+        return next_command(self.conn, self.parent)
 
     def _compute(self, job: int, now: float) -> tuple[int, float]:
         """Run one job; answer the next command (received early if it superseded this job)."""

@@ -1,0 +1,139 @@
+"""Lock-free mode against a plain Hogwild loop: gradients per second, 2 processes.
+
+    .venv/bin/python benchmarks/lockfree_vs_hogwild.py
+
+The reference is written the way PyTorch's ``mnist_hogwild`` example does it: one
+``share_memory()`` model, each process with its own ``torch.optim`` optimizer (so with Adam each
+process keeps its own moments and its own step counter), ``torch.set_num_threads(1)``, a plain
+forward/backward/step loop. The lock-free mode (``runtime = "processes"``, ``mode = "lockfree"``,
+``blocks = "whole"``) runs the same model and batch with one optimizer state shared by both
+processes, reports every step to the main process, which records it. Same MLP as
+``processes_throughput.py`` (64-512-320-10, 200,650 parameters) on digits.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from processes_throughput import mlp, problem
+from results import write_section
+
+from asyncopt import tree
+from asyncopt.api import train
+from asyncopt.problems.datasets import load_dataset
+from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.sim.loop import worker_generators
+
+WORKERS, BATCH, STEPS, WARMUP, REPEATS = 2, 32, 3000, 100, 3
+RULES = {"sgd": ({"name": "sgd", "lr": 0.01}, torch.optim.SGD, {"lr": 0.01}),
+         "adam": ({"name": "adam", "lr": 1e-3}, torch.optim.Adam, {"lr": 1e-3})}
+
+
+def hogwild_process(rank: int, model: torch.nn.Module, optimizer: str, barrier, out) -> None:
+    """One process of the reference: its own optimizer on the shared model."""
+    torch.set_num_threads(1)
+    data = load_dataset("digits", seed=0)
+    X, y = data.X_train, data.y_train
+    generator = worker_generators(0, WORKERS)[rank]
+    _, cls, options = RULES[optimizer]
+    opt = cls(model.parameters(), **options)
+
+    def step() -> None:
+        picks = torch.randint(len(y), (BATCH,), generator=generator)
+        opt.zero_grad()
+        F.cross_entropy(model(X.index_select(0, picks)), y.index_select(0, picks)).backward()
+        opt.step()
+
+    for _ in range(WARMUP):
+        step()
+    barrier.wait()
+    start = time.perf_counter()
+    for _ in range(STEPS // WORKERS):
+        step()
+    out.put((start, time.perf_counter()))
+
+
+def hogwild_rate(optimizer: str) -> float:
+    context = mp.get_context("spawn")
+    model = mlp()
+    model.share_memory()
+    barrier, out = context.Barrier(WORKERS), context.Queue()
+    processes = [context.Process(target=hogwild_process, args=(r, model, optimizer, barrier, out))
+                 for r in range(WORKERS)]
+    for process in processes:
+        process.start()
+    spans = [out.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join()
+    return (STEPS // WORKERS * WORKERS) / (max(e for _, e in spans) - min(s for s, _ in spans))
+
+
+def lockfree_rate(optimizer: str) -> tuple[float, float]:
+    """(gradients/s between step WARMUP and the last, mean delay)."""
+    spec = RULES[optimizer][0]
+    result = train(problem(WORKERS, BATCH), make_rule(spec, WORKERS), "asgd",
+                   budget={"steps": STEPS + WARMUP}, evaluation=Evaluation(10**9),
+                   runtime="processes", runtime_options={"mode": "lockfree"})
+    now = result.history.arrivals["now"]
+    return (len(now) - 1 - WARMUP) / (now[-1] - now[WARMUP]), result.summary["mean_delay"]
+
+
+def copy_cost(seconds: float = 1.0) -> tuple[float, float]:
+    """ms per gradient on the params directly, and per model copy (what a private copy adds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        built = problem(1, BATCH)
+        params = built.init_params(torch.Generator().manual_seed(0))
+        generator = worker_generators(0, 1)[0]
+        timings = []
+        for work in (lambda: built.loss_and_grad(params, 0, generator),
+                     lambda: tree.clone(params)):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                work()
+                count += 1
+            timings.append((time.perf_counter() - start) / count * 1e3)
+        return timings[0], timings[1]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main() -> None:
+    rows = ["| optimizer | Hogwild reference (grad/s) | lock-free mode (grad/s) | ratio | "
+            "mean delay (lock-free) |", "|---|---|---|---|---|"]
+    for optimizer in RULES:
+        reference = max(hogwild_rate(optimizer) for _ in range(REPEATS))
+        ours, delay = max(lockfree_rate(optimizer) for _ in range(REPEATS))
+        rows.append(f"| {optimizer} | {reference:.0f} | {ours:.0f} | {ours / reference:.2f}× | "
+                    f"{delay:.2f} |")
+        print(rows[-1], file=sys.stderr)
+    grad_ms, copy_ms = copy_cost()
+    body = "\n".join(rows) + f"""
+
+{WORKERS} processes, MLP 64-512-320-10 (200,650 parameters) on digits, batch {BATCH},
+{STEPS} timed steps after {WARMUP} untimed ones, best of {REPEATS} runs each; one torch thread
+per process. The reference is PyTorch's `mnist_hogwild` pattern (per-process `torch.optim`
+optimizer on a `share_memory()` model, nothing recorded). The lock-free mode shares one optimizer
+state between the processes (one Adam step counter and moments), reports every step (in
+batches, every 10 ms) to the main process, which records it, checks every gradient for NaN/Inf,
+and runs the rule's functional update instead of `torch.optim`'s
+fused loop; its rate is measured from the recorded steps. The machine has **2 cores shared with
+other work**, so the figures move between runs by about ±15 %; the main process (recording)
+competes with the two workers for those 2 cores.
+
+Gradient on the shared parameters directly vs on a private copy, one process: a gradient takes
+{grad_ms:.2f} ms, a model copy {copy_ms:.3f} ms ({copy_ms / grad_ms:.0%} more per step), so the
+workers differentiate the shared tensors directly (`loss_and_grad` must not modify them)."""
+    write_section("Lock-free mode vs Hogwild loop",
+                  ".venv/bin/python benchmarks/lockfree_vs_hogwild.py", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
