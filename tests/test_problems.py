@@ -196,7 +196,8 @@ def test_registry_builds_every_problem_with_its_defaults_resolved():
         "name": "quadratic", "dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1}
     mlp = resolve_problem_spec({"name": "mlp"})
     assert mlp == {"name": "mlp", "dataset": "digits", "batch_size": 32, "partition": "iid",
-                   "alpha": 0.5, "test_fraction": 0.2, "l2": 0.0, "hidden": 64}
+                   "alpha": 0.5, "test_fraction": 0.2, "l2": 0.0, "gradient": "auto",
+                   "hidden": 64}
     logistic = resolve_problem_spec({"name": "logistic"})
     assert logistic["dataset"] == "synthetic" and logistic["num_features"] == 20
     assert resolve_problem_spec(logistic) == logistic

@@ -1,6 +1,7 @@
 """Problems: objectives split across workers, with their data shards."""
 
 from asyncopt.problems.base import Problem
+from asyncopt.problems.closed_form import ClosedFormProblem, cross_entropy_grad, dense_relu_layers
 from asyncopt.problems.datasets import (
     DATASETS,
     DataFileError,
@@ -15,7 +16,8 @@ from asyncopt.problems.registry import make_problem, problem_names, resolve_prob
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.problems.user import ModuleCopy, check_portable, to_tensors, user_problem
 
-__all__ = ["DATASETS", "SCHEMES", "DataFileError", "Dataset", "ModuleCopy", "Problem",
-           "QuadraticProblem", "SupervisedProblem", "check_portable", "load_dataset",
-           "make_problem", "partition", "problem_names", "read_libsvm", "resolve_problem_spec",
-           "stratified_split", "to_tensors", "user_problem"]
+__all__ = ["DATASETS", "SCHEMES", "ClosedFormProblem", "DataFileError", "Dataset", "ModuleCopy",
+           "Problem", "QuadraticProblem", "SupervisedProblem", "check_portable",
+           "cross_entropy_grad", "dense_relu_layers", "load_dataset", "make_problem", "partition",
+           "problem_names", "read_libsvm", "resolve_problem_spec", "stratified_split",
+           "to_tensors", "user_problem"]

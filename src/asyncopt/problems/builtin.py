@@ -10,7 +10,11 @@
   2026) on a small bundled dataset.
 
 The data problems share ``batch_size``, ``partition`` (iid, dirichlet, sorted), ``alpha``
-(Dirichlet concentration) and ``test_fraction``; a dataset's own options (``path`` for
+(Dirichlet concentration), ``test_fraction`` and ``gradient``: ``"closed_form"`` computes each
+stochastic gradient by hand (:mod:`asyncopt.problems.closed_form`, the same minibatches, loss
+and gradient as autograd to float rounding, several times faster for small models),
+``"autograd"`` by ``torch.autograd``, and ``"auto"`` (default) picks the closed form where the
+model has one (both built-in models do); a dataset's own options (``path`` for
 ``libsvm``; ``num_samples``, ``num_features``, ... for ``synthetic``) are allowed only with it.
 Specs reach the builders already resolved and validated by :mod:`asyncopt.problems.registry`.
 """
@@ -25,13 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from asyncopt.problems.base import Problem
+from asyncopt.problems.closed_form import ClosedFormProblem, has_closed_form
 from asyncopt.problems.datasets import OPTIONS, load_dataset
 from asyncopt.problems.partition import partition
 from asyncopt.problems.quadratic import QuadraticProblem
 from asyncopt.problems.supervised import SupervisedProblem
 
 DATA_KEYS: dict[str, Any] = {"batch_size": 32, "partition": "iid", "alpha": 0.5,
-                             "test_fraction": 0.2, "l2": 0.0}
+                             "test_fraction": 0.2, "l2": 0.0, "gradient": "auto"}
+GRADIENTS = ("auto", "autograd", "closed_form")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quadratic": {"dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1},
     "logistic": {"dataset": "synthetic", **DATA_KEYS},
@@ -65,12 +71,19 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], int, int], Problem]] = {
 
 def _classifier(spec: Mapping[str, Any], num_workers: int, seed: int,
                 model: Callable[[int, int], Callable[[], nn.Module]]) -> Problem:
-    """Load the dataset, partition its training set, and wrap a model in a SupervisedProblem."""
+    """Load the dataset, partition its training set, and wrap a model in a SupervisedProblem
+    (a ClosedFormProblem unless ``gradient`` asks for autograd or the model has no closed form)."""
     options = {key: spec[key] for key in OPTIONS.get(spec["dataset"], {})}
     data = load_dataset(spec["dataset"], seed=seed, test_fraction=spec["test_fraction"],
                         **options)
     shards = partition(data.y_train.numpy(), len(data.y_train), num_workers, spec["partition"],
                        alpha=spec["alpha"], seed=seed)
-    return SupervisedProblem(model(data.num_features, data.num_classes), F.cross_entropy,
-                             data.X_train, data.y_train, shards, batch_size=spec["batch_size"],
-                             X_test=data.X_test, y_test=data.y_test, l2=spec["l2"])
+    factory = model(data.num_features, data.num_classes)
+    keywords = {"batch_size": spec["batch_size"], "X_test": data.X_test, "y_test": data.y_test,
+                "l2": spec["l2"]}
+    closed_form = spec["gradient"] == "closed_form" or (
+        spec["gradient"] == "auto" and has_closed_form(factory))
+    if closed_form:
+        return ClosedFormProblem(factory, data.X_train, data.y_train, shards, **keywords)
+    return SupervisedProblem(factory, F.cross_entropy, data.X_train, data.y_train, shards,
+                             **keywords)

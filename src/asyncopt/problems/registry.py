@@ -22,7 +22,7 @@ from asyncopt.errors import (
     check_keys,
 )
 from asyncopt.problems.base import Problem
-from asyncopt.problems.builtin import BUILDERS, DEFAULTS
+from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
 
 
@@ -53,6 +53,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "test_fraction": _fraction,
     "l2": lambda f, v: check_float(f, v, 0.0),
     "hidden": lambda f, v: check_int(f, v, 1),
+    "gradient": lambda f, v: check_choice(f, v, GRADIENTS),
     "num_samples": lambda f, v: check_int(f, v, 2),
     "num_features": _optional_int(1),
     "num_classes": lambda f, v: check_int(f, v, 2),

@@ -110,17 +110,25 @@ class SupervisedProblem(Problem):
                       generator: torch.Generator) -> tuple[float, Params]:
         """∇ of the mean loss over ``batch_size`` samples drawn with replacement from shard i."""
         X, y = self._shard_data[worker]
-        picks = torch.randint(len(y), (self.batch_size,), generator=generator)
+        picks = self._picks(worker, generator)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         with running_stats.seeded(generator) if self._random else nullcontext():
             outputs = functional_call(self.module, leaves, (X.index_select(0, picks),))
         loss = self.loss_fn(outputs, y.index_select(0, picks))
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        value = loss.item()
-        if self.l2 > 0.0:
-            torch._foreach_add_(grads, list(params.values()), alpha=self.l2)
-            value += 0.5 * self.l2 * tree.sq_norm(params)
+        value = self._add_l2(loss.item(), grads, params)
         return value, dict(zip(leaves, grads, strict=True))
+
+    def _picks(self, worker: int, generator: torch.Generator) -> Tensor:
+        """The minibatch: ``batch_size`` positions in shard ``worker``, drawn with replacement."""
+        return torch.randint(len(self.shards[worker]), (self.batch_size,), generator=generator)
+
+    def _add_l2(self, value: float, grads: Sequence[Tensor], params: Params) -> float:
+        """Add the l2 term's gradient l2·x to ``grads`` in place; return ``value`` + (l2/2)‖x‖²."""
+        if self.l2 > 0.0:
+            torch._foreach_add_(list(grads), list(params.values()), alpha=self.l2)
+            value += 0.5 * self.l2 * tree.sq_norm(params)
+        return value
 
     def evaluate(self, params: Params) -> dict[str, float]:
         """``loss`` f(x) and ``grad_norm_sq`` ‖∇f(x)‖² over every shard with equal worker
