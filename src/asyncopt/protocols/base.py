@@ -148,11 +148,14 @@ class Protocol(ABC):
     def _track(self, reply: Reply) -> Reply:
         for worker in reply.cancel:
             self.in_flight.pop(worker, None)
+        version, alive, dead = self.server.version, self.alive, False
         for worker in reply.start:
-            if worker in self.alive:
-                self.in_flight[worker] = self.server.version
-        if any(worker not in self.alive for worker in reply.start):  # the runtime must not see it
-            reply = replace(reply, start=tuple(w for w in reply.start if w in self.alive))
+            if worker in alive:
+                self.in_flight[worker] = version
+            else:
+                dead = True
+        if dead:  # a lost worker is never started: the runtime must not see it
+            reply = replace(reply, start=tuple(w for w in reply.start if w in alive))
         return reply
 
 

@@ -65,8 +65,10 @@ def chain(*rules: Rule) -> Rule:
     """Compose rules left to right: the updates of one are the gradients of the next.
 
     If a block drops the gradient (answers ``None``), the chain answers ``None`` and the blocks
-    after it are not called.
+    after it are not called. A chain of one block is that block (one call less per step).
     """
+    if len(rules) == 1:
+        return rules[0]
 
     def init(params: Params) -> ChainState:
         return ChainState(tuple(rule.init(params) for rule in rules))

@@ -139,7 +139,8 @@ class Coordinator:
             self.delay_sum += delay
             self.delay_max = max(self.delay_max, delay)
         self.recorder.arrival(now, worker, self.version, delay, loss, action, compute_time)
-        self._check_rejects(worker, action == "reject")
+        if action == "reject" or self._reject_streaks:
+            self._check_rejects(worker, action == "reject")
         if self.progress is not None and self.arrivals % 64 == 0:
             self.progress.update(self)
         if self.evaluation.unit == "steps" and self.version >= self._next_eval:
@@ -224,8 +225,12 @@ class Coordinator:
         or from one worker (its data or its computation is broken, and protocols that wait for
         every worker, like Malenia or Ringleader, would wait forever)."""
         streaks = self._reject_streaks
-        streaks[worker] = streaks.get(worker, 0) + 1 if rejected else 0
-        self._consecutive_rejects = self._consecutive_rejects + 1 if rejected else 0
+        if not rejected:  # only non-zero streaks are kept, so most arrivals skip this method
+            streaks.pop(worker, None)
+            self._consecutive_rejects = 0
+            return
+        streaks[worker] = streaks.get(worker, 0) + 1
+        self._consecutive_rejects += 1
         if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
             self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
         elif streaks[worker] >= 100:
