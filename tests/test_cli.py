@@ -81,14 +81,22 @@ def test_ctrl_c_on_the_command_line_leaves_a_readable_run(tmp_path):
     command = [sys.executable, "-m", "asyncopt.cli", "run", str(config), "--quiet",
                "--out", str(tmp_path / "runs"), "--set", "budget.steps=100000000",
                "--set", "eval.every=1000"]
+    # a background job of a non-interactive shell (as CI may be) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: give the child the default back
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "runs").glob("*/arrivals.csv")):
         time.sleep(0.2)
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # never leave it behind, whatever failed
+            process.kill()
+            process.communicate()
     report = out.decode() + err.decode()
     assert process.returncode == 1, report
     assert "interrupted" in out.decode(), report

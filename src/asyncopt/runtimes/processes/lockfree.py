@@ -34,9 +34,8 @@ from asyncopt.rules.base import Rule
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import check_blocks
 from asyncopt.runtimes.processes.lockfree_worker import SharedCounters, lockfree_main, share_tree
-from asyncopt.runtimes.processes.pool import WorkerPool
+from asyncopt.runtimes.processes.pool import POLL, WorkerPool, poll_timeout
 
-_POLL = 0.05  # seconds: how often the main process wakes for time-based evaluations and budgets
 _DRAIN = 5.0  # seconds the workers get to report their last step once told to stop
 _START = 1  # the command that starts a worker's loop
 
@@ -99,7 +98,7 @@ class LockFreeRuntime:
             for worker in range(self.problem.num_workers):
                 self.pool.send(worker, _START, self.now)
             while coordinator.stop_reason is None and not self._all_idle(coordinator):
-                events = self.pool.events(self._timeout(coordinator))
+                events = self.pool.events(poll_timeout(coordinator, self._t0))
                 self.now = time.perf_counter() - self._t0
                 if not coordinator.advance(self.now):
                     break
@@ -109,12 +108,6 @@ class LockFreeRuntime:
             self.counters.stop()
             self.pool.close()
             torch.set_num_threads(threads)
-
-    def _timeout(self, coordinator: Coordinator) -> float:
-        limit = coordinator.budget.time
-        if limit is None:
-            return _POLL
-        return min(_POLL, max(0.0, limit - (time.perf_counter() - self._t0)) + 1e-3)
 
     def _handle(self, coordinator: Coordinator, events: list[Any]) -> None:
         for worker, kind, payload in events:
@@ -140,7 +133,7 @@ class LockFreeRuntime:
         self.counters.stop()
         deadline = time.perf_counter() + _DRAIN
         while not self._all_idle(coordinator) and time.perf_counter() < deadline:
-            events = self.pool.events(_POLL)
+            events = self.pool.events(POLL)
             self.now = max(self.now, time.perf_counter() - self._t0)
             self._handle(coordinator, events)
 

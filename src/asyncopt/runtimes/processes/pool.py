@@ -58,6 +58,18 @@ def check_picklable(problem: Problem) -> None:
             f"functools.partial of one") from error
 
 
+POLL = 0.05  # seconds: how often the main process wakes for time-based evaluations and budgets
+
+
+def poll_timeout(coordinator: Coordinator, started: float) -> float:
+    """How long the main process may wait for worker events: ``POLL``, or less when the time
+    budget (wall seconds since ``started``, a ``perf_counter`` value) ends sooner."""
+    limit = coordinator.budget.time
+    if limit is None:
+        return POLL
+    return min(POLL, max(0.0, limit - (time.perf_counter() - started)) + 1e-3)
+
+
 class WorkerPool:
     """``num_workers`` worker processes, their pipes, and whether each is still alive."""
 

@@ -39,11 +39,9 @@ from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
 from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
-from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable
+from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable, poll_timeout
 from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel, template
 from asyncopt.runtimes.processes.worker import CANCEL, worker_main
-
-_POLL = 0.05  # seconds: how often an idle server wakes for time-based evaluations and budgets
 
 
 class ProcessRuntime:
@@ -85,7 +83,7 @@ class ProcessRuntime:
                 if not any(job is not None for job in self._jobs):
                     self._stalled(coordinator)
                     break
-                events = self.pool.events(self._timeout(coordinator))
+                events = self.pool.events(poll_timeout(coordinator, self._t0))
                 self.now = time.perf_counter() - self._t0
                 if not coordinator.advance(self.now):
                     break
@@ -101,12 +99,6 @@ class ProcessRuntime:
         finally:
             self.pool.close()
             torch.set_num_threads(threads)
-
-    def _timeout(self, coordinator: Coordinator) -> float:
-        limit = coordinator.budget.time
-        if limit is None:
-            return _POLL
-        return min(_POLL, max(0.0, limit - (time.perf_counter() - self._t0)) + 1e-3)
 
     def _arrive(self, coordinator: Coordinator, worker: int, slots: GradientSlots, job: int,
                 version: int, loss: float, compute_time: float, retries: int) -> None:
