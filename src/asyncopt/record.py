@@ -33,6 +33,7 @@ import numpy as np
 ARRIVAL_COLUMNS = ("now", "worker", "version", "delay", "loss", "action", "stepped",
                    "compute_time")
 EVALUATION_HEAD = ("now", "version", "arrivals")
+ACTIONS = ("step", "buffer", "drop", "reject", "cancel", "lost")
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Recorder:
         self._arrivals: list[tuple] = []
         self._evaluations: list[tuple] = []
         self._metric_names: tuple[str, ...] | None = None
-        self._pending: list[str] = []
+        self._flushed = 0  # rows of self._arrivals already written
         self._arrivals_file: TextIO | None = None
         self._evaluations_file: TextIO | None = None
         self.summary: dict[str, Any] = {}
@@ -75,14 +76,25 @@ class Recorder:
 
     def arrival(self, now: float, worker: int, version: int, delay: int, loss: float,
                 action: str, compute_time: float) -> None:
-        stepped = 1 if action == "step" else 0
-        self._arrivals.append((now, worker, version, delay, loss, action, stepped, compute_time))
-        if self._arrivals_file is not None:
-            loss_text = "" if math.isnan(loss) else repr(loss)
-            self._pending.append(f"{now!r},{worker},{version},{delay},{loss_text},{action},"
-                                 f"{stepped},{compute_time!r}\n")
-            if len(self._pending) >= self.flush_every:
-                self.flush()
+        # one append is the whole record: a Ctrl-C can never leave a row half-kept
+        self._arrivals.append((now, worker, version, delay, loss, action,
+                               1 if action == "step" else 0, compute_time))
+        if self._arrivals_file is not None and (
+                len(self._arrivals) - self._flushed >= self.flush_every):
+            self.flush()
+
+    def tally(self) -> tuple[int, dict[str, int], float, int]:
+        """From the recorded rows: arrivals (rows that are gradients, not cancel/lost), the count
+        of each action, and the mean and max delay of used (step/buffer) arrivals."""
+        counts = dict.fromkeys(ACTIONS, 0)
+        delays = []
+        for row in self._arrivals:
+            counts[row[5]] += 1
+            if row[5] in ("step", "buffer"):
+                delays.append(row[3])
+        arrivals = len(self._arrivals) - counts["cancel"] - counts["lost"]
+        mean_delay = sum(delays) / len(delays) if delays else 0.0
+        return arrivals, counts, mean_delay, max(delays, default=0)
 
     def evaluation(self, now: float, version: int, arrivals: int,
                    metrics: dict[str, float]) -> None:
@@ -101,8 +113,9 @@ class Recorder:
 
     def flush(self) -> None:
         if self._arrivals_file is not None:
-            self._arrivals_file.write("".join(self._pending))
-            self._pending.clear()
+            start, self._flushed = self._flushed, len(self._arrivals)
+            self._arrivals_file.write("".join(_arrival_line(row)
+                                              for row in self._arrivals[start:self._flushed]))
             self._arrivals_file.flush()
         if self._evaluations_file is not None:
             self._evaluations_file.flush()
@@ -148,6 +161,12 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _arrival_line(row: tuple) -> str:
+    now, worker, version, delay, loss, action, stepped, compute_time = row
+    loss_text = "" if math.isnan(loss) else repr(loss)
+    return f"{now!r},{worker},{version},{delay},{loss_text},{action},{stepped},{compute_time!r}\n"
 
 
 def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:

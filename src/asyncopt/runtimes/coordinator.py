@@ -76,10 +76,7 @@ class Coordinator:
         self.divergence_factor = divergence_factor
         self.stop_reason: str | None = None
         self.status = "completed"
-        self.arrivals = 0
-        self.counts = {action.value: 0 for action in Action}
-        self.delay_sum = 0
-        self.delay_max = 0
+        self.arrivals = 0  # for the budget; the summary counts the recorded rows
         self._consecutive_rejects = 0
         self._reject_streaks: dict[int, int] = {}
         self._next_eval = evaluation.every
@@ -134,10 +131,6 @@ class Coordinator:
     def _record(self, now: float, worker: int, action: str, delay: int, loss: float,
                 compute_time: float) -> None:
         self.arrivals += 1
-        self.counts[action] += 1
-        if action in ("step", "buffer"):
-            self.delay_sum += delay
-            self.delay_max = max(self.delay_max, delay)
         self.recorder.arrival(now, worker, self.version, delay, loss, action, compute_time)
         if action == "reject" or self._reject_streaks:
             self._check_rejects(worker, action == "reject")
@@ -151,7 +144,6 @@ class Coordinator:
 
     def cancelled(self, now: float, worker: int, version: int) -> None:
         """Record a computation that was stopped before it arrived (computed at ``version``)."""
-        self.counts[Action.CANCEL.value] += 1
         self.recorder.arrival(now, worker, self.version, self.version - version, math.nan,
                               Action.CANCEL.value, 0.0)
 
@@ -160,7 +152,6 @@ class Coordinator:
         run stopped if the protocol needs every worker or none is left."""
         self.now = now
         reply = self.protocol.lose(worker)
-        self.counts[Action.LOST.value] += 1
         self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.LOST.value, 0.0)
         if not self.protocol.alive:
             self.stop("every worker died", status="failed")
@@ -186,18 +177,18 @@ class Coordinator:
                 self.protocol.server.params):
             self._evaluate(now)
         wall = time.perf_counter() - self._wall_start
-        used = self.counts["step"] + self.counts["buffer"]
+        arrivals, counts, mean_delay, max_delay = self.recorder.tally()
         summary = {
             "status": self.status,
             "reason": self.stop_reason or "stopped",
             "now": now,
             "version": self.version,
-            "arrivals": self.arrivals,
-            "actions": dict(self.counts),
-            "mean_delay": self.delay_sum / used if used else 0.0,
-            "max_delay": self.delay_max,
+            "arrivals": arrivals,
+            "actions": counts,
+            "mean_delay": mean_delay,
+            "max_delay": max_delay,
             "wall_seconds": wall,
-            "arrivals_per_second": self.arrivals / wall if wall > 0 else math.nan,
+            "arrivals_per_second": arrivals / wall if wall > 0 else math.nan,
             "final": dict(self._last_metrics),
         }
         self.recorder.finish(summary)
