@@ -63,9 +63,11 @@ def _check_trained(summary: dict, history, steps: int) -> None:
 
 @pytest.mark.slow
 def test_whole_model_hogwild_shares_one_adam_step_counter():
+    # 2,000 quick steps (~0.1 ms each) span many scheduler time slices, so the two workers
+    # interleave even on a loaded 2-core machine (300 were done before the second one ran)
     runtime, server, summary, history = _run(make_problem(QUADRATIC, 2, 0),
-                                             {"name": "adam", "lr": 0.05}, 300)
-    _check_trained(summary, history, 300)
+                                             {"name": "adam", "lr": 0.05}, 2000)
+    _check_trained(summary, history, 2000)
     assert summary["max_delay"] >= 1  # the two workers really overlap
     # the main process sees the one shared counter: every worker's steps, not one worker's
     # (~version / 2). ``tick``'s in-place add is not atomic across processes, so under load two
@@ -104,8 +106,9 @@ def test_random_overlapping_blocks_train():
     {"name": "normalized_sgd", "lr": 0.05, "momentum": 0.9, "kind": "ema"},
 ])
 def test_gratton_toint_rules_run_lock_free(rule):
-    _, _, summary, history = _run(make_problem(QUADRATIC, 2, 0), rule, 200, blocks="whole")
-    _check_trained(summary, history, 200)
+    # enough quick steps that both workers surely take part (see the step-counter test)
+    _, _, summary, history = _run(make_problem(QUADRATIC, 2, 0), rule, 1000, blocks="whole")
+    _check_trained(summary, history, 1000)
 
 
 class _Killed(Problem):
