@@ -28,6 +28,7 @@ Conventions, shared by every block:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -108,10 +109,26 @@ def new_count() -> Tensor:
     return torch.zeros((), dtype=torch.int64)
 
 
+_tick_lock: AbstractContextManager[Any] = nullcontext()
+
+
+def share_ticks(lock: AbstractContextManager[Any] | None) -> None:
+    """Make every :func:`tick` of this process take ``lock`` (None: no lock, the default).
+
+    A counter in shared memory is incremented by several processes in lock-free runtimes, and
+    ``add_`` then read is not atomic: two simultaneous ticks could both read k and count once.
+    Under one lock shared by every process (a ``multiprocessing.Lock``, about 1 µs a tick) the
+    shared count is exact and each tick answers a distinct k.
+    """
+    global _tick_lock
+    _tick_lock = nullcontext() if lock is None else lock
+
+
 def tick(count: Tensor) -> int:
     """Increment a counter in place and return the new value k = 1, 2, ..."""
-    count.add_(1)
-    return int(count)
+    with _tick_lock:
+        count.add_(1)
+        return int(count)
 
 
 def apply_updates(params: Params, updates: Params) -> None:

@@ -10,9 +10,11 @@ Worker i loops, with no lock around the model or the rule's state (Hogwild!, Niu
 ``x`` and the rule's state are the main process's own tensors, moved to shared memory by
 :func:`share_tree`, so every process steps the *same* optimizer: one step counter (Adam's bias
 correction sees the global step count k, not a per-process one), one AdaGrad accumulator, one
-momentum buffer. The gradient is computed on the shared tensors directly (``loss_and_grad`` must
-not modify ``params``; the built-in problems detach them): a private copy would cost a full model
-copy per step and still be a torn read of a model that other workers are writing.
+momentum buffer. The counter's increments take the counters' lock
+(:func:`~asyncopt.rules.base.share_ticks`), so the shared step count is exact. The gradient is
+computed on the shared tensors directly (``loss_and_grad`` must not modify ``params``; the
+built-in problems detach them): a private copy would cost a full model copy per step and still
+be a torn read of a model that other workers are writing.
 
 The worker stops stepping when the shared stop flag is set or the version reaches the step
 budget, says ``("idle",)``, and waits for a command (STOP). Reports are rows
@@ -36,7 +38,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
-from asyncopt.rules.base import State, apply_updates
+from asyncopt.rules.base import State, apply_updates, share_ticks
 from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.worker import STOP, guarded, next_command
 from asyncopt.runtimes.sim.loop import worker_generators
@@ -115,6 +117,7 @@ class _LockFreeWorker:
         self.worker, self.conn, self.problem = worker, conn, problem
         self.params, self.state, self.counters = params, state, counters
         self.rule = pickle.loads(rule)
+        share_ticks(counters.lock)  # the rule's shared step counter counts every step exactly
         self.speed, self.time_scale = options["speed"], options["time_scale"]
         self.max_version = options["max_version"]
         self.generator = worker_generators(options["seed"], problem.num_workers)[worker]

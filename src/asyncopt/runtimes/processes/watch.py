@@ -1,0 +1,95 @@
+"""The main process of the runtimes whose workers report the steps they took: it only watches.
+
+In lock-free mode (:mod:`.lockfree`) the workers apply their own updates; with concurrent
+parameter servers (:mod:`.servers`) they hand each block's gradient to the block's server
+process. Either way no arrival passes through the main process: the workers send rows
+``(action, version_after, delay, loss, compute_time, block_kind)`` in batches, and the main
+process records each with :meth:`~asyncopt.runtimes.coordinator.Coordinator.applied` (which also
+evaluates the model and enforces the budget). When the coordinator says stop, the main process
+raises the shared stop flag, records the steps that were in flight (at most one per worker, so
+a step budget may be passed by up to ``n − 1`` steps: the history and the final model then
+agree), and the runtime stops the processes with the pool's lifecycle. Reports can arrive out of
+version order; the recorded version is the largest one reported so far.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from asyncopt.problems.base import Problem
+from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.lockfree_worker import SharedCounters
+from asyncopt.runtimes.processes.pool import POLL, WorkerPool, poll_timeout
+
+_DRAIN = 5.0  # seconds the workers get to report their last step once told to stop
+START = 1  # the command that starts a worker's loop
+
+
+class Watcher:
+    """Base class: start the reporting workers, record their rows until stop, drain them."""
+
+    name = "processes"
+    pool: WorkerPool
+    counters: SharedCounters
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.now = 0.0
+        self.block_steps: list[dict[str, int]] = [{} for _ in range(problem.num_workers)]
+        """Per worker: applied steps by block kind (``whole``, ``partition``, ``random``)."""
+        self._idle: set[int] = set()
+        self._version = 0
+
+    def watch(self, coordinator: Coordinator, startup_timeout: float) -> None:
+        """Wait for the workers, start them, record until the coordinator stops, drain."""
+        self.pool.wait_ready(startup_timeout)
+        self._t0 = time.perf_counter()
+        coordinator.begin(self.now)
+        for worker in range(self.problem.num_workers):
+            self.pool.send(worker, START, self.now)
+        while coordinator.stop_reason is None and not self._all_idle(coordinator):
+            events = self.pool.events(poll_timeout(coordinator, self._t0))
+            self.now = time.perf_counter() - self._t0
+            if not coordinator.advance(self.now):
+                break
+            self._handle(coordinator, events)
+            self.check(coordinator)
+        self._drain(coordinator)
+
+    def check(self, coordinator: Coordinator) -> None:
+        """Called after every batch of events: subclasses watch their other processes here."""
+
+    def _handle(self, coordinator: Coordinator, events: list[Any]) -> None:
+        for worker, kind, payload in events:
+            if kind == "steps":
+                for action, version, delay, loss, compute_time, block in payload[0]:
+                    if action == "step":
+                        self._version = max(self._version, version)
+                        counts = self.block_steps[worker]
+                        counts[block] = counts.get(block, 0) + 1
+                    coordinator.applied(self.now, worker, self._version, delay, loss,
+                                        compute_time, action)
+            elif kind == "idle":
+                self._idle.add(worker)
+            elif kind == "dead":
+                self._idle.discard(worker)
+                self.pool.bury(worker, self.now, coordinator)
+                coordinator.lost(self.now, worker)
+            else:
+                raise RuntimeError(f"worker process {worker} raised:\n{payload[0]}")
+
+    def _drain(self, coordinator: Coordinator) -> None:
+        """Stop the workers' loops and record the steps they applied meanwhile."""
+        self.counters.stop()
+        deadline = time.perf_counter() + _DRAIN
+        while not self._all_idle(coordinator) and time.perf_counter() < deadline:
+            events = self.pool.events(POLL)
+            self.now = max(self.now, time.perf_counter() - self._t0)
+            self._handle(coordinator, events)
+
+    def _all_idle(self, coordinator: Coordinator) -> bool:
+        idle = all(w in self._idle for w in range(self.problem.num_workers) if self.pool.alive[w])
+        if idle and coordinator.stop_reason is None:
+            coordinator.stop(f"every worker stopped at version {self._version}")
+        return idle
