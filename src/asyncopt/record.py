@@ -5,8 +5,8 @@ A run directory holds
 * ``config.toml``      the resolved configuration (every default filled in);
 * ``arrivals.csv``     one row per arrival: ``now, worker, version, delay, loss, action, stepped,
   compute_time`` (``version`` is the server's version *after* handling the arrival; ``action`` is
-  one of step, buffer, drop, reject, cancel, lost; cancelled work and lost workers have an
-  empty loss);
+  one of step, buffer, drop, reject, cancel, lost, restart; cancelled work, lost and restarted
+  workers have an empty loss);
 * ``evaluations.csv``  periodic rows: ``now, version, arrivals`` and the problem's metrics
   (``loss``, ``grad_norm_sq``, ``accuracy``, ...);
 * ``summary.json``     written last, atomically: status (completed, interrupted, diverged, failed),
@@ -33,7 +33,7 @@ import numpy as np
 ARRIVAL_COLUMNS = ("now", "worker", "version", "delay", "loss", "action", "stepped",
                    "compute_time")
 EVALUATION_HEAD = ("now", "version", "arrivals")
-ACTIONS = ("step", "buffer", "drop", "reject", "cancel", "lost")
+ACTIONS = ("step", "buffer", "drop", "reject", "cancel", "lost", "restart")
 
 
 @dataclass
@@ -84,15 +84,15 @@ class Recorder:
             self.flush()
 
     def tally(self) -> tuple[int, dict[str, int], float, int]:
-        """From the recorded rows: arrivals (rows that are gradients, not cancel/lost), the count
-        of each action, and the mean and max delay of used (step/buffer) arrivals."""
+        """From the recorded rows: arrivals (rows that are gradients, not cancel/lost/restart),
+        the count of each action, and the mean and max delay of used (step/buffer) arrivals."""
         counts = dict.fromkeys(ACTIONS, 0)
         delays = []
         for row in self._arrivals:
             counts[row[5]] += 1
             if row[5] in ("step", "buffer"):
                 delays.append(row[3])
-        arrivals = len(self._arrivals) - counts["cancel"] - counts["lost"]
+        arrivals = len(self._arrivals) - counts["cancel"] - counts["lost"] - counts["restart"]
         mean_delay = sum(delays) / len(delays) if delays else 0.0
         return arrivals, counts, mean_delay, max(delays, default=0)
 

@@ -35,6 +35,7 @@ class Action(StrEnum):
     REJECT = "reject"  # not finite (NaN/Inf): counted, never applied
     CANCEL = "cancel"  # in-flight work stopped before it arrived (recorded by the runtime)
     LOST = "lost"  # the worker itself is gone (its process or actor died): see Protocol.lose
+    RESTART = "restart"  # a dead worker is back (Ray restarted its actor): see Protocol.rejoin
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,13 @@ class Protocol(ABC):
         self.alive.discard(worker)
         self.in_flight.pop(worker, None)
         return self._track(self.on_lost(worker))
+
+    def rejoin(self, worker: int) -> Reply:
+        """``worker`` died and is back (a restarted Ray actor): its in-flight computation is
+        lost, and it starts again at the current model, as if that computation had just begun."""
+        self.alive.add(worker)
+        self.in_flight.pop(worker, None)
+        return self._track(Reply(Action.RESTART, start=(worker,)))
 
     def on_lost(self, worker: int) -> Reply:
         """Override to react to a lost worker (e.g. stop waiting for its gradient)."""

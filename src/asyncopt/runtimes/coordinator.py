@@ -9,6 +9,7 @@ when one arrives is here, written once:
     coordinator.cancelled(now, worker, version)   (a cancelled computation, one history row)
     coordinator.applied(now, worker, version, ...) (a step a worker applied itself: lock-free)
     coordinator.lost(now, worker)         -> Reply (a worker died; the protocol goes on or stops)
+    coordinator.restarted(now, worker)    -> Reply (a worker died and is back: it starts again)
     coordinator.finish(now, status)       -> summary (final evaluation, summary.json)
 
 ``stop_reason`` becomes a string as soon as the run must stop (budget reached, target loss
@@ -159,6 +160,15 @@ class Coordinator:
             self.stop(f"worker {worker} died and protocol {self.protocol.name!r} needs a "
                       f"gradient from every worker; use asgd, minibatch, rennala or ringmaster "
                       f"to go on without it", status="failed")
+        return reply
+
+    def restarted(self, now: float, worker: int) -> Reply:
+        """``worker`` died and its runtime brought it back (Ray restarts actors): a ``lost`` row
+        for the death, a ``restart`` row, and the protocol starts it again at the current model."""
+        self.now = now
+        self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.LOST.value, 0.0)
+        reply = self.protocol.rejoin(worker)
+        self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.RESTART.value, 0.0)
         return reply
 
     def stop(self, reason: str, status: str = "completed") -> None:

@@ -1,0 +1,158 @@
+"""Checkpoints of the server's state, and resuming a run from one.
+
+A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
+``runtime_options.checkpoint_every`` steps) holds what the server owns: the parameters, the
+rule's state (its tensors in ``torch.utils._pytree`` order, restored into the structure
+``rule.init`` builds), the version, the clock, the budget counters, and the history position
+(how many arrival and evaluation rows were recorded). It is a dict of tensors and numbers,
+saved by ``torch.save`` and read with ``torch.load(weights_only=True)``: loading never runs
+pickled code.
+
+    asyncopt run --resume runs/<run>      # continues in runs/<run>-resumed
+
+Resuming never writes into the old run directory. It reads ``config.toml`` and the checkpoint,
+checks both against the problem and rule they build (names, shapes, counts), and only then
+creates a new run directory that starts with the old history up to the checkpoint and goes on
+from there. Not restored: the protocol's buffers and tables (minibatch, Ringleader) and the
+gradients in flight, which restart empty, as after a ``restart_all``; the workers' minibatch
+streams restart from their seeds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from asyncopt.errors import ConfigError
+from asyncopt.protocols.base import Protocol
+from asyncopt.record import History, load
+from asyncopt.runtimes.coordinator import Coordinator
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+
+
+def save(coordinator: Coordinator, path: Path) -> None:
+    """Write the server's state at this moment to ``path``, atomically."""
+    server, recorder = coordinator.protocol.server, coordinator.recorder
+    recorder.flush()  # the history position below must be on disk
+    leaves, _ = pytree.tree_flatten(server.state)
+    state = {
+        "format": FORMAT,
+        "protocol": coordinator.protocol.name,
+        "params": {k: v.detach().clone() for k, v in server.params.items()},
+        "rule_state": [v.detach().clone() if isinstance(v, torch.Tensor) else v
+                       for v in leaves],
+        "version": server.version,
+        "now": coordinator.now,
+        "arrival_budget_count": coordinator.arrivals,
+        "arrival_rows": len(recorder._arrivals),
+        "evaluation_rows": len(recorder._evaluations),
+        "next_eval": coordinator._next_eval,
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def read(run_dir: Path) -> tuple[dict[str, Any], History]:
+    """The checkpoint and the recorded history of ``run_dir``, or a ConfigError saying what is
+    wrong with them (nothing is written)."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError("--resume", str(run_dir), f"a run directory with {CHECKPOINT} (a Ray "
+                          f"run with runtime_options.checkpoint_every > 0)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise ConfigError("--resume", str(path), f"a readable checkpoint; loading it failed: "
+                          f"{type(error).__name__}: {str(error)[:200]}") from error
+    keys = ("format", "protocol", "params", "rule_state", "version", "now",
+            "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval")
+    if not isinstance(state, dict) or any(k not in state for k in keys) or (
+            state["format"] != FORMAT):
+        raise ConfigError("--resume", str(path), f"a checkpoint of format {FORMAT} with keys "
+                          f"{', '.join(keys)}")
+    history = load(run_dir)
+    rows = len(history.arrivals.get("now", ()))
+    if rows < state["arrival_rows"]:
+        raise ConfigError("--resume", str(run_dir), f"an arrivals.csv with at least "
+                          f"{state['arrival_rows']} rows (the checkpoint's position); it has "
+                          f"{rows}")
+    return state, history
+
+
+def check(state: dict[str, Any], protocol: Protocol) -> None:
+    """Refuse a checkpoint that does not belong to this protocol, model and rule (ConfigError)."""
+    server = protocol.server
+    _check(protocol.name == state["protocol"], "protocol", state["protocol"], protocol.name)
+    params = state["params"]
+    _check(isinstance(params, dict) and list(params) == list(server.params) and all(
+        params[k].shape == server.params[k].shape for k in params), "parameters",
+        {k: tuple(v.shape) for k, v in params.items()} if isinstance(params, dict) else params,
+        {k: tuple(v.shape) for k, v in server.params.items()})
+    leaves, _ = pytree.tree_flatten(server.state)
+    saved = state["rule_state"]
+    _check(isinstance(saved, list) and len(saved) == len(leaves) and all(
+        isinstance(a, torch.Tensor) == isinstance(b, torch.Tensor)
+        and (not isinstance(a, torch.Tensor) or a.shape == b.shape)
+        for a, b in zip(leaves, saved, strict=True)), "rule state",
+        f"{len(saved)} leaves", f"{len(leaves)} leaves shaped as rule.init builds them")
+
+
+def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -> None:
+    """Put a checked checkpoint's server state into a fresh coordinator (its recorder empty),
+    and replay the history up to the checkpoint into its recorder."""
+    server = coordinator.protocol.server
+    check(state, coordinator.protocol)
+    leaves, spec = pytree.tree_flatten(server.state)
+    saved = state["rule_state"]
+    for fresh, value in zip(leaves, saved, strict=True):
+        if isinstance(fresh, torch.Tensor):
+            fresh.copy_(value)  # in place: the rule's state objects stay the rule's own
+    server.state = pytree.tree_unflatten(
+        [f if isinstance(f, torch.Tensor) else v for f, v in zip(leaves, saved, strict=True)],
+        spec)
+    server.params = {k: v.clone() for k, v in state["params"].items()}
+    server.version = int(state["version"])
+    _replay(coordinator, history, int(state["arrival_rows"]), int(state["evaluation_rows"]))
+    coordinator.arrivals = int(state["arrival_budget_count"])
+    coordinator.now = float(state["now"])
+    coordinator._next_eval = float(state["next_eval"])
+
+
+def _replay(coordinator: Coordinator, history: History, rows: int, evaluations: int) -> None:
+    recorder, a = coordinator.recorder, history.arrivals
+    for i in range(rows):
+        loss = float(a["loss"][i])
+        recorder.arrival(float(a["now"][i]), int(a["worker"][i]), int(a["version"][i]),
+                         int(a["delay"][i]), loss, str(a["action"][i]),
+                         float(a["compute_time"][i]))
+    e = history.evaluations
+    metrics = [k for k in e if k not in ("now", "version", "arrivals")]
+    for i in range(min(evaluations, len(e.get("now", ())))):
+        recorder.evaluation(float(e["now"][i]), int(e["version"][i]), int(e["arrivals"][i]),
+                            {m: float(e[m][i]) for m in metrics})
+    recorder.flush()
+
+
+def _check(ok: bool, what: str, saved: Any, expected: Any) -> None:
+    if not ok:
+        raise ConfigError("--resume", f"checkpoint {what} {saved}",
+                          f"the {what} of the run's config ({expected}): the checkpoint does not "
+                          f"belong to this configuration")
+
+
+def resumed_dir(run_dir: Path) -> Path:
+    """A fresh directory beside ``run_dir`` for the continued run (never an existing one)."""
+    base = run_dir.with_name(run_dir.name + "-resumed")
+    path, suffix = base, 1
+    while path.exists():
+        path = base.with_name(f"{base.name}-{suffix}")
+        suffix += 1
+    return path
+

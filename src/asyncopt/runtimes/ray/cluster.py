@@ -1,0 +1,86 @@
+"""Where the Ray runtime runs: an embedded local Ray, or an existing cluster at an address.
+
+* no address: ``ray.init`` starts a local Ray for this run only (no dashboard, no usage
+  reporting) and every server it opens listens on the loopback interface only. Ray resolves
+  ``127.0.0.1`` to the machine's network address unless its cluster mode is off, so the
+  embedded Ray is started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the switch Ray itself
+  uses on laptops: node address = loopback); ``tests/test_ray.py`` checks with ``ss -ltn``.
+* ``address = "HOST:PORT"``: join a cluster started with ``ray start --head``. Ray's token
+  authentication (on by default) uses the token of that cluster: ``RAY_AUTH_TOKEN`` or the file
+  ``~/.ray/auth_token`` that ``ray start`` wrote on that machine (Ray's docs: token auth).
+
+A Ray that was already initialized in this process (a notebook, a test fixture) is used as it
+is and left running; one started here is shut down when the run ends, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from asyncopt.errors import ConfigError
+
+_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def import_ray(local: bool = True) -> Any:
+    """``ray``, imported here only (it is the optional ``asyncopt[ray]`` extra)."""
+    if local:  # read by ray at import: set first, inherited by every Ray process started here
+        for key, value in _LOOPBACK_ENV.items():
+            os.environ.setdefault(key, value)
+    try:
+        import ray
+    except ImportError as error:
+        raise ConfigError("runtime", "ray", "an installed Ray: pip install 'asyncopt[ray]'"
+                          ) from error
+    return ray
+
+
+def check_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` reachable over TCP, or a ConfigError naming it (fails in seconds, not after
+    Ray's minute of retries)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError("runtime_options.address", address,
+                          "'' (start a local Ray) or 'HOST:PORT' of a running Ray head")
+    try:
+        socket.create_connection((host, int(port)), timeout=5.0).close()
+    except OSError as error:
+        raise ConfigError("runtime_options.address", address,
+                          f"the address of a running Ray head (ray start --head); it cannot be "
+                          f"reached: {error}") from error
+    return host, int(port)
+
+
+@contextmanager
+def connected(address: str, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray, connected for the duration of the block: embedded (``address == ""``), joined, or
+    the one already running in this process."""
+    ray = import_ray(local=not address)
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        check_address(address)
+        ray.init(address=address, configure_logging=False)
+    else:
+        start_local(num_cpus)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def start_local(num_cpus: int | None = None) -> Any:
+    """Start an embedded Ray on the loopback interface (no dashboard); answer ``ray``."""
+    ray = import_ray(local=True)
+    ray.init(include_dashboard=False, num_cpus=num_cpus, configure_logging=False)
+    return ray
+
+
+def free_cpus(ray: Any) -> float:
+    """CPUs the cluster has in all (actors of finished runs give theirs back)."""
+    return float(ray.cluster_resources().get("CPU", 0.0))

@@ -1,0 +1,212 @@
+"""``runtime = "ray"``: worker actors on a Ray cluster, one server, the same coordinator.
+
+The driver is the parameter server, as in APAM's master–worker design (Xu et al.) and the
+processes runtime: it runs the :class:`~asyncopt.runtimes.coordinator.Coordinator` (protocol,
+rule state, version counter, history), so optimizer state exists once. ``problem.num_workers``
+worker actors (:mod:`.actors`) each own a data shard. The loop is Ray's asynchronous
+parameter-server pattern (``ray.wait`` on the gradients in flight), with the transfers cut to
+one buffer each way:
+
+    after a server step:  ref = ray.put(flat model)            (once per version, not per worker)
+    a start:              worker.compute.remote(ref, version)  (workers read ref zero-copy)
+    an arrival:           g = ray.get(first ready)             (a read-only view of the store)
+
+Delays come from versions, as everywhere: a task carries the version of the model it was given.
+Replies are executed as in the other runtimes; a cancelled task runs to its end and its gradient
+is ignored (tasks carry job numbers). ``now`` is wall seconds since every worker was ready.
+
+Faults: a worker actor that dies (its process killed, its node lost) is restarted by Ray up to
+``max_restarts`` times; the history gets a ``lost`` row and a ``restart`` row, and the worker
+rejoins through the protocol (:meth:`~asyncopt.runtimes.coordinator.Coordinator.restarted`)
+at the current model. Past ``max_restarts`` it is lost for good
+(:meth:`~asyncopt.runtimes.coordinator.Coordinator.lost`). The server's state never leaves the
+driver; with ``checkpoint_every = N`` it is written to ``RUN_DIR/checkpoint.pt`` every N steps
+(:mod:`asyncopt.resume`), and ``asyncopt run --resume RUN_DIR`` continues from it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from asyncopt import resume, tree
+from asyncopt.errors import ConfigError, check_choice, check_float, check_int
+from asyncopt.problems.base import Problem
+from asyncopt.protocols.base import Arrival, Reply
+from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.pool import poll_timeout
+from asyncopt.runtimes.ray import actors, cluster
+
+
+class RayRuntime:
+    """Drives a coordinator with gradients from ``problem.num_workers`` Ray worker actors."""
+
+    name = "ray"
+
+    def __init__(self, problem: Problem, speed: Any, seed: int, *, address: str,
+                 time_scale: float, max_restarts: int, checkpoint_every: int,
+                 worker_cpus: float, placement: str, startup_timeout: float) -> None:
+        self.problem, self.speed, self.seed = problem, speed, seed
+        self.address, self.time_scale = address, time_scale
+        self.max_restarts, self.checkpoint_every = max_restarts, checkpoint_every
+        self.worker_cpus, self.placement = worker_cpus, placement
+        self.startup_timeout = startup_timeout
+        self.now = 0.0
+        self.nodes: list[str] = []  # node id of each worker actor, as first placed
+        self.deaths = [0] * problem.num_workers
+        self._pending: dict[Any, tuple[int, int]] = {}  # task ref -> (worker, job)
+        self._jobs: list[int | None] = [None] * problem.num_workers
+        self._started = [0] * problem.num_workers
+        self._job_counter = 0
+        self._model: Any = None
+        self._published = -1
+        self._checkpointed = -1
+
+    def run(self, coordinator: Coordinator) -> None:
+        """Start the worker actors, serve their gradients until the coordinator says stop."""
+        n = self.problem.num_workers
+        with cluster.connected(self.address, num_cpus=None if self.address else
+                               max(1, int(np.ceil(n * self.worker_cpus)))) as ray:
+            self.ray = ray
+            self._check_room(ray, n)
+            like = {k: v.detach() for k, v in coordinator.protocol.server.params.items()}
+            remote = ray.remote(actors.GradientWorker).options(
+                num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0,
+                scheduling_strategy=self.placement.upper())
+            self.workers = [remote.remote(self.problem, w, tree.zeros_like(like), self.speed,
+                                          self.seed, self.time_scale) for w in range(n)]
+            try:
+                self._wait_ready(ray)
+                self._serve(coordinator)
+            finally:
+                for worker in self.workers:
+                    ray.kill(worker, no_restart=True)
+                self._model = None
+
+    def _check_room(self, ray: Any, n: int) -> None:
+        cpus = cluster.free_cpus(ray)
+        if n * self.worker_cpus > cpus:
+            raise ConfigError("workers", n, f"at most {int(cpus // self.worker_cpus)} worker "
+                              f"actors: the Ray cluster has {cpus:g} CPUs and each worker takes "
+                              f"runtime_options.worker_cpus = {self.worker_cpus:g}")
+
+    def _wait_ready(self, ray: Any) -> None:
+        refs = [worker.ready.remote() for worker in self.workers]
+        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout)
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} of {len(refs)} Ray worker actors did not start "
+                               f"within {self.startup_timeout:g} s "
+                               f"(runtime_options.startup_timeout); see `ray status`")
+        self.nodes = ray.get(refs)
+
+    def _serve(self, coordinator: Coordinator) -> None:
+        ray = self.ray
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the server's work per arrival is small and memory-bound
+        try:
+            self._t0 = time.perf_counter() - coordinator.now  # a resumed run goes on its clock
+            self.now = coordinator.now
+            self._apply(coordinator, coordinator.begin(self.now))
+            while coordinator.stop_reason is None:
+                if not self._pending:
+                    coordinator.stop("no worker is computing: the protocol left every worker "
+                                     "idle", status="stalled")
+                    break
+                ready, _ = ray.wait(list(self._pending), num_returns=1,
+                                    timeout=poll_timeout(coordinator, self._t0))
+                self.now = time.perf_counter() - self._t0
+                if not coordinator.advance(self.now):
+                    break
+                for ref in ready:
+                    self._arrive(coordinator, ref)
+                self._checkpoint(coordinator)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _arrive(self, coordinator: Coordinator, ref: Any) -> None:
+        worker, job = self._pending.pop(ref)
+        try:
+            grad, version, loss, compute_time = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:
+            if job == self._jobs[worker]:
+                self._jobs[worker] = None
+                self._died(coordinator, worker)
+            return
+        if job != self._jobs[worker] or coordinator.stop_reason is not None:
+            return  # a cancelled or superseded job
+        self._jobs[worker] = None
+        with warnings.catch_warnings():  # a read-only view of the object store: rules and
+            warnings.simplefilter("ignore", UserWarning)  # protocols never write into grads
+            flat = torch.from_numpy(grad)
+        arrival = Arrival(worker, version, tree.unflatten(flat, coordinator.protocol.server
+                                                           .params), loss, compute_time)
+        self._apply(coordinator, coordinator.arrive(self.now, arrival))
+
+    def _apply(self, coordinator: Coordinator, reply: Reply) -> None:
+        for worker in reply.cancel:
+            if self._jobs[worker] is not None:
+                coordinator.cancelled(self.now, worker, self._started[worker])
+                self._jobs[worker] = None
+        if reply.start and coordinator.version != self._published:
+            self._published = coordinator.version
+            self._model = self.ray.put(tree.flatten(coordinator.protocol.server.params).numpy())
+        for worker in reply.start:
+            self._job_counter += 1
+            self._jobs[worker], self._started[worker] = self._job_counter, coordinator.version
+            ref = self.workers[worker].compute.remote(self._model, coordinator.version, self.now)
+            self._pending[ref] = (worker, self._job_counter)
+
+    def _died(self, coordinator: Coordinator, worker: int) -> None:
+        """A worker actor died mid-task: Ray restarts it (tasks sent meanwhile wait for it),
+        unless it has used up ``max_restarts``."""
+        self.deaths[worker] += 1
+        restarting = self.max_restarts < 0 or self.deaths[worker] <= self.max_restarts
+        warnings.warn(f"Ray worker actor {worker} died at {self.now:.3f} s"
+                      + ("; Ray restarts it" if restarting else "; no restarts left"),
+                      RuntimeWarning, stacklevel=2)
+        if restarting:
+            self._apply(coordinator, coordinator.restarted(self.now, worker))
+        else:
+            self._apply(coordinator, coordinator.lost(self.now, worker))
+
+    def _checkpoint(self, coordinator: Coordinator) -> None:
+        run_dir = coordinator.recorder.run_dir
+        version = coordinator.version
+        if (self.checkpoint_every and run_dir is not None and version != self._checkpointed
+                and version % self.checkpoint_every == 0 and version > 0):
+            self._checkpointed = version
+            resume.save(coordinator, run_dir / resume.CHECKPOINT)
+
+
+def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,
+          max_restarts: int, checkpoint_every: int, worker_cpus: float, placement: str,
+          startup_timeout: float) -> RayRuntime:
+    """The runtime registry's constructor for ``runtime = "ray"``; options (defaults in
+    :data:`~asyncopt.runtimes.registry.RUNTIMES`):
+
+    * ``address``: ``""`` starts a local Ray on 127.0.0.1; ``"HOST:PORT"`` joins a cluster;
+    * ``time_scale``: wall seconds per speed-model unit (0: no emulated slowdown);
+    * ``max_restarts``: how often Ray restarts a dead worker actor (-1: always);
+    * ``checkpoint_every``: write the server state every N steps (0: never);
+    * ``worker_cpus``: CPUs each worker actor reserves (fractions allowed);
+    * ``placement``: ``spread`` (over nodes) or ``default`` (Ray packs);
+    * ``startup_timeout``: seconds the actors get to start.
+    """
+    if not isinstance(address, str):
+        raise ConfigError("runtime_options.address", address, "'' or 'HOST:PORT'")
+    if address:
+        cluster.check_address(address)
+    return RayRuntime(
+        problem, speed, seed, address=address,
+        time_scale=check_float("runtime_options.time_scale", time_scale, 0.0),
+        max_restarts=check_int("runtime_options.max_restarts", max_restarts, -1),
+        checkpoint_every=check_int("runtime_options.checkpoint_every", checkpoint_every, 0),
+        worker_cpus=check_float("runtime_options.worker_cpus", worker_cpus, 0.0,
+                                strict_minimum=True),
+        placement=check_choice("runtime_options.placement", placement, ("default", "spread")),
+        startup_timeout=check_float("runtime_options.startup_timeout", startup_timeout, 0.0,
+                                    strict_minimum=True))
