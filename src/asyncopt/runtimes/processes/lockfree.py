@@ -27,8 +27,9 @@ from asyncopt.problems.base import Problem
 from asyncopt.rules.base import Rule
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import check_blocks
-from asyncopt.runtimes.processes.lockfree_worker import SharedCounters, lockfree_main, share_tree
+from asyncopt.runtimes.processes.lockfree_worker import lockfree_main
 from asyncopt.runtimes.processes.pool import WorkerPool
+from asyncopt.runtimes.processes.shared import SharedCounters, share_tree
 from asyncopt.runtimes.processes.watch import Watcher
 
 

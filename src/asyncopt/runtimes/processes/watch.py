@@ -19,8 +19,8 @@ from typing import Any
 
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.coordinator import Coordinator
-from asyncopt.runtimes.processes.lockfree_worker import SharedCounters
 from asyncopt.runtimes.processes.pool import POLL, WorkerPool, poll_timeout
+from asyncopt.runtimes.processes.shared import SharedCounters
 
 _DRAIN = 5.0  # seconds the workers get to report their last step once told to stop
 START = 1  # the command that starts a worker's loop

@@ -36,7 +36,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel
+from asyncopt.runtimes.processes.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.sim.loop import worker_generators
 
 CANCEL, STOP = 0, -1
@@ -107,3 +107,80 @@ class _Worker:
         self.slots.write(self.worker, grads)
         self.conn.send(("grad", job, version, float(loss), time.perf_counter() - start, retries))
         return self._next_command()
+
+
+_FLUSH = 0.01  # seconds a report may wait in a reporting worker before it is sent
+
+
+class ReportingWorker:
+    """The loop of a worker that takes steps itself and reports them (lock-free mode,
+    :mod:`.lockfree_worker`; parameter servers, :mod:`.servers_worker`).
+
+    After ``START`` it calls :meth:`step` until the shared stop flag is set or :meth:`version`
+    reaches ``max_version``, then says ``("idle",)`` and waits for STOP. Rows ``(action,
+    version_after, delay, loss, compute_time, block_kind)`` are sent as ``("steps", rows)`` at
+    most every ``_FLUSH`` seconds, so that the main process, which competes with the workers for
+    the cores, wakes once per batch rather than once per step.
+    """
+
+    def __init__(self, worker: int, conn: Connection, problem: Problem, counters: SharedCounters,
+                 options: dict[str, Any]) -> None:
+        self.worker, self.conn, self.problem, self.counters = worker, conn, problem, counters
+        self.speed, self.time_scale = options["speed"], options["time_scale"]
+        self.max_version = options["max_version"]
+        self.generator = worker_generators(options["seed"], problem.num_workers)[worker]
+        self.parent = os.getppid()
+        self._rows: list[tuple[Any, ...]] = []
+        self._flushed = time.perf_counter()
+
+    def version(self) -> int:
+        """The shared version the budget is checked against."""
+        return self.counters.version
+
+    def step(self, now: float) -> None:
+        """Compute one gradient, apply it (or have it applied), :meth:`report` it."""
+        raise NotImplementedError
+
+    def loop(self) -> None:
+        self.conn.send(("ready",))
+        command = next_command(self.conn, self.parent)
+        while command[0] != STOP:
+            if command[0] > 0:
+                command = self._run(command[1])
+            else:
+                command = next_command(self.conn, self.parent)
+
+    def _run(self, now: float) -> tuple[int, float]:
+        """Step until told to stop; answer the next command."""
+        origin = time.perf_counter() - now  # the main process's clock, for the speed model
+        while not self.counters.stopped and self.version() < self.max_version:
+            if self.conn.poll():
+                self._flush()
+                return self.conn.recv()
+            self.step(time.perf_counter() - origin)
+            if time.perf_counter() - self._flushed > _FLUSH:
+                self._flush()
+        self._flush()
+        self.conn.send(("idle",))
+        return next_command(self.conn, self.parent)
+
+    def pad(self, start: float, now: float) -> bool:
+        """Wait until the emulated compute time ``time_scale × τ_i(now)`` since ``start`` has
+        passed; answer False if a command came meanwhile (the gradient is then abandoned)."""
+        if self.time_scale > 0.0:
+            rest = self.time_scale * self.speed.compute_time(self.worker, now) - (
+                time.perf_counter() - start)
+            if rest > 0.0 and self.conn.poll(rest):
+                return False
+        return True
+
+    def report(self, action: str, version: int, delay: int, loss: float, start: float,
+               kind: str) -> None:
+        self._rows.append((action, version, delay, float(loss), time.perf_counter() - start,
+                           kind))
+
+    def _flush(self) -> None:
+        if self._rows:
+            self.conn.send(("steps", self._rows))
+            self._rows = []
+        self._flushed = time.perf_counter()
