@@ -191,7 +191,7 @@ def test_bad_losses_and_shards_are_refused():
 # --- registry ----------------------------------------------------------------------------------
 
 def test_registry_builds_every_problem_with_its_defaults_resolved():
-    assert problem_names() == ["logistic", "mlp", "quadratic"]
+    assert problem_names() == ["logistic", "mlp", "pca", "quadratic"]
     assert resolve_problem_spec({"name": "quadratic"}) == {
         "name": "quadratic", "dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1}
     mlp = resolve_problem_spec({"name": "mlp"})
@@ -202,7 +202,8 @@ def test_registry_builds_every_problem_with_its_defaults_resolved():
     assert logistic["dataset"] == "synthetic" and logistic["num_features"] == 20
     assert resolve_problem_spec(logistic) == logistic
     for spec in ({"name": "quadratic", "dim": 3}, {"name": "logistic", "dataset": "wine"},
-                 {"name": "mlp", "hidden": 8, "partition": "dirichlet", "alpha": 0.1}):
+                 {"name": "mlp", "hidden": 8, "partition": "dirichlet", "alpha": 0.1},
+                 {"name": "pca", "eigenvalues": [3.0, 1.0]}):
         problem = make_problem(spec, 3, 0)
         assert problem.num_workers == 3
         metrics = problem.evaluate(problem.init_params(_gen()))
@@ -220,7 +221,7 @@ def test_registry_reads_libsvm_files(tmp_path):
 
 
 @pytest.mark.parametrize(("spec", "workers", "message"), [
-    ({"name": "cnn"}, 2, r"problem\.name = 'cnn' .*logistic, mlp, quadratic"),
+    ({"name": "cnn"}, 2, r"problem\.name = 'cnn' .*logistic, mlp, pca, quadratic"),
     ({"name": "quadratic", "batch_size": 4}, 2, r"problem = 'batch_size' .*dim, heterogeneity"),
     ({"name": "mlp", "hiden": 4}, 2, r"problem = 'hiden' .*hidden"),
     ({"name": "mlp", "num_samples": 4}, 2, r"problem = 'num_samples'"),

@@ -1,8 +1,10 @@
-"""The command line: ``asyncopt run | compare | tune | plot``.
+"""The command line: ``asyncopt run | compare | tune | sweep | plot``.
 
     asyncopt run configs/quickstart.toml --set rule.lr=0.01
+    asyncopt run --resume runs/<run> --set budget.steps=2000
     asyncopt compare configs/quickstart.toml --vary protocol.name=asgd,minibatch --seeds 3
     asyncopt tune configs/ringleader.toml --grid rule.lr=0.001,0.01,0.1
+    asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
 
 Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input;
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncopt import config as configuration
-from asyncopt.api import Result, run
+from asyncopt.api import Result, resume_run, run
 from asyncopt.errors import ConfigError, check
 from asyncopt.record import History, load
 
@@ -38,10 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set)
-    if args.out:
-        overrides.append(f'output.dir="{args.out}"')
-    resolved = configuration.load(args.config, overrides, method=args.method)
-    result = run(resolved, progress=not args.quiet)
+    if args.resume:
+        check(args.config is None and not args.out and not args.method, "--resume",
+              args.resume, "a run directory alone (with --set overrides, e.g. a larger "
+              "budget.steps); the config is the run's own config.toml")
+        result = resume_run(args.resume, overrides=overrides, progress=not args.quiet)
+    else:
+        check(args.config is not None, "config", None, "a TOML file (or --resume RUN_DIR)")
+        if args.out:
+            overrides.append(f'output.dir="{args.out}"')
+        resolved = configuration.load(args.config, overrides, method=args.method)
+        result = run(resolved, progress=not args.quiet)
     print(format_summary(result))
     if result.run_dir is not None:
         from asyncopt.plots import plot_run
@@ -122,6 +131,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A final metric against one key (``asyncopt.sweep``): CSV, table and figure."""
+    from asyncopt import sweep
+
+    out = Path(args.out)
+    check(not (out / "sweep.csv").exists(), "--out", str(out), "a directory without sweep.csv")
+    x = sweep.parse_axis(args.x)
+    series = sweep.parse_axis(args.series) if args.series else None
+
+    def report(p: sweep.Point) -> None:
+        if not args.quiet:
+            print(f"{p.label:30s} {x[0]}={p.x} seed {p.seed}: {p.status}, final {args.metric} "
+                  f"{p.final.get(args.metric, float('nan')):.4g}, max delay {p.max_delay:g}")
+
+    points = sweep.run_sweep(configuration.read(args.config), x, series, seeds=args.seeds,
+                             first_seed=args.seed, overrides=args.set, report=report)
+    *paths, text = sweep.write_outputs(points, out, args.metric, mode=args.mode,
+                                       failed=args.failed, x_label=x[0], x_axis=args.x_axis,
+                                       title=args.title or Path(args.config).stem)
+    print(text)
+    print("written:  " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from asyncopt.plots import plot_run
 
@@ -171,7 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncopt", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(required=True)
     p = commands.add_parser("run", help="run one experiment from a TOML file")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its checkpoint.pt (in RUN_DIR-resumed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="parent directory of the run directory (output.dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -197,6 +232,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(command=cmd_compare)
+    w = commands.add_parser("sweep", help="a final metric against one key, over seeds")
+    w.add_argument("config")
+    w.add_argument("--x", required=True, metavar="KEY=V1,V2|START:STOP:STEP")
+    w.add_argument("--series", metavar="KEY=V1,V2", help="one curve per value (and method)")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    w.add_argument("--seeds", type=int, default=3)
+    w.add_argument("--seed", type=int, default=0, help="first seed")
+    w.add_argument("--metric", default="loss")
+    w.add_argument("--mode", choices=("min", "max"), default="min", help="best = min or max")
+    w.add_argument("--failed", type=float, default=float("nan"),
+                   help="value of a run that did not complete (default NaN: left out)")
+    w.add_argument("--x-axis", choices=("value", "delay"), default="value")
+    w.add_argument("--title")
+    w.add_argument("--out", default="runs/sweep")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(command=cmd_sweep)
     q = commands.add_parser("plot", help="figures of a recorded run")
     q.add_argument("run_dir")
     q.add_argument("--out")

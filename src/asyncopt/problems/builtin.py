@@ -8,6 +8,8 @@
 * ``mlp`` — ``Linear(d, hidden) → ReLU → Linear(hidden, C)`` + cross-entropy, default on
   ``digits``; the 2-layer network of the Ringleader ASGD experiments (Maranjyan & Richtárik
   2026) on a small bundled dataset.
+* ``pca`` — :class:`~asyncopt.problems.pca.PCAProblem`, streaming PCA (Liu et al. 2018): the top
+  eigenvector of Σ = ``diag(eigenvalues)`` or a full ``covariance``, from fresh samples.
 
 The data problems share ``batch_size``, ``partition`` (iid, dirichlet, sorted), ``alpha``
 (Dirichlet concentration), ``test_fraction`` and ``gradient``: ``"closed_form"`` computes each
@@ -32,6 +34,7 @@ from asyncopt.problems.base import Problem
 from asyncopt.problems.closed_form import ClosedFormProblem, has_closed_form
 from asyncopt.problems.datasets import OPTIONS, load_dataset
 from asyncopt.problems.partition import partition
+from asyncopt.problems.pca import PAPER_EIGENVALUES, PCAProblem
 from asyncopt.problems.quadratic import QuadraticProblem
 from asyncopt.problems.supervised import SupervisedProblem
 
@@ -42,6 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "quadratic": {"dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1},
     "logistic": {"dataset": "synthetic", **DATA_KEYS},
     "mlp": {"dataset": "digits", **DATA_KEYS, "hidden": 64},
+    "pca": {"eigenvalues": list(PAPER_EIGENVALUES), "covariance": None, "batch_size": 1},
 }
 """Spec keys and defaults of each built-in problem, plus the chosen dataset's :data:`OPTIONS`."""
 
@@ -65,8 +69,14 @@ def mlp(inputs: int, hidden: int, classes: int) -> nn.Module:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
+def build_pca(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
+    return PCAProblem(num_workers, eigenvalues=spec["eigenvalues"],
+                      covariance=spec["covariance"], batch_size=spec["batch_size"])
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, Any], int, int], Problem]] = {
-    "quadratic": build_quadratic, "logistic": build_logistic, "mlp": build_mlp}
+    "quadratic": build_quadratic, "logistic": build_logistic, "mlp": build_mlp,
+    "pca": build_pca}
 
 
 def _classifier(spec: Mapping[str, Any], num_workers: int, seed: int,

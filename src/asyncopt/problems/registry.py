@@ -24,6 +24,7 @@ from asyncopt.errors import (
 from asyncopt.problems.base import Problem
 from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
+from asyncopt.problems.pca import check_covariance, check_eigenvalues
 
 
 def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
@@ -59,6 +60,8 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_classes": lambda f, v: check_int(f, v, 2),
     "label_noise": lambda f, v: check_float(f, v, 0.0, 1.0),
     "path": _path,
+    "eigenvalues": check_eigenvalues,
+    "covariance": check_covariance,
 }
 
 
