@@ -61,7 +61,8 @@ def _train(problem: Problem, protocol: str = "asgd", *, speed: dict | None = Non
 
 
 def _workers_left() -> list[multiprocessing.Process]:
-    return [p for p in multiprocessing.active_children() if p.name.startswith("asyncopt-worker")]
+    return [p for p in multiprocessing.active_children()
+            if p.name.startswith(("asyncopt-worker", "asyncopt-server"))]
 
 
 @pytest.mark.slow
@@ -150,6 +151,48 @@ def test_a_time_budget_is_wall_seconds_after_start_up():
     assert result.summary["now"] == 0.5
     assert result.history.arrivals["now"].max() <= 0.5
     assert 30 <= result.summary["arrivals"] <= 110  # ~100 at 10 ms a gradient on 2 workers
+
+
+DIGITS = {"name": "logistic", "dataset": "digits"}  # 2 tensors: weight (640), bias (10)
+
+
+@pytest.mark.slow
+def test_two_parameter_servers_train_like_one():
+    results = {servers: _train(make_problem(DIGITS, 2, 0), steps=300, every=100,
+                               options={"servers": servers}) for servers in (1, 2)}
+    one, two = (results[k].history for k in (1, 2))
+    assert results[2].summary["status"] == "completed" and 300 <= results[2].summary[
+        "version"] <= 301
+    assert two.evaluations["loss"][-1] < 0.5 * two.evaluations["loss"][0]
+    assert abs(two.evaluations["loss"][-1] - one.evaluations["loss"][-1]) < 0.1 * one.evaluations[
+        "loss"][-1]
+    arrivals = two.arrivals
+    assert set(arrivals["worker"]) == {0, 1} and (arrivals["action"] == "step").all()
+    assert (arrivals["delay"] >= 0).all() and (np.diff(arrivals["version"]) >= 0).all()
+    assert not _workers_left()
+
+
+@pytest.mark.slow
+def test_with_two_servers_a_killed_worker_is_recorded_and_the_other_goes_on():
+    problem = _Sabotaged(make_problem(DIGITS, 2, 0), victims=(1,), at=20)
+    with pytest.warns(RuntimeWarning, match="worker process 1 died"):
+        result = _train(problem, steps=200, options={"servers": 2})
+    assert result.summary["status"] == "completed" and 200 <= result.summary["version"] <= 201
+    actions = result.history.arrivals["action"][result.history.arrivals["worker"] == 1]
+    assert list(actions).count("lost") == 1 and len(actions) <= 20
+    assert not _workers_left()
+
+
+def test_bad_server_counts_and_protocols_are_refused_naming_the_field():
+    problem = make_problem(DIGITS, 2, 0)
+    for options, protocol, field in (({"servers": 0}, "asgd", "runtime_options.servers"),
+                                     ({"servers": 3}, "asgd", "runtime_options.servers"),
+                                     ({"servers": 2, "mode": "lockfree"}, "asgd",
+                                      "runtime_options.servers"),
+                                     ({"servers": 2}, "minibatch", "protocol.name")):
+        with pytest.raises(ConfigError, match=field):
+            _train(problem, protocol, steps=1, options=options)
+    assert not _workers_left()
 
 
 def test_bad_options_and_unpicklable_problems_name_the_field():

@@ -18,7 +18,7 @@ import io
 import pickle
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -74,7 +74,10 @@ class WorkerPool:
     """``num_workers`` worker processes, their pipes, and whether each is still alive."""
 
     def __init__(self, num_workers: int, target: Callable[..., None], args: tuple[Any, ...], *,
-                 start_method: str) -> None:
+                 start_method: str, own: Sequence[tuple[Any, ...]] | None = None,
+                 role: str = "worker") -> None:
+        """``own[i]``: extra arguments for process i only (after ``args``); ``role`` names the
+        processes (``asyncopt-worker-0``, ``asyncopt-server-0``, ...)."""
         context = mp.get_context(start_method)
         self.num_workers = num_workers
         self.died: list[int] = []
@@ -85,8 +88,8 @@ class WorkerPool:
             for worker in range(self.num_workers):
                 ours, theirs = context.Pipe(duplex=True)
                 process = context.Process(
-                    target=target, name=f"asyncopt-worker-{worker}", daemon=True,
-                    args=(worker, theirs, *args))
+                    target=target, name=f"asyncopt-{role}-{worker}", daemon=True,
+                    args=(worker, theirs, *args, *(own[worker] if own else ())))
                 try:
                     process.start()
                 finally:

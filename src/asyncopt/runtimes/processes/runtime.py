@@ -40,6 +40,7 @@ from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
 from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
 from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable, poll_timeout
+from asyncopt.runtimes.processes.servers import ServersRuntime
 from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel, template
 from asyncopt.runtimes.processes.worker import CANCEL, worker_main
 
@@ -148,7 +149,7 @@ class ProcessRuntime:
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int) -> ProcessRuntime | LockFreeRuntime:
+          warmup_steps: int, servers: int) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -162,7 +163,9 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     * ``blocks`` (lock-free only): ``whole``, ``partition`` (PASSM+) or ``random``
       (Gratton–Toint), see :mod:`.blocks`; ``block_fraction`` in (0, 1], the share of the
       tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
-      ``partition`` takes full-model steps only.
+      ``partition`` takes full-model steps only;
+    * ``servers`` (server mode only): K ≥ 1 server processes, one per block of tensors
+      (:mod:`.servers`, protocol ``asgd`` only); 1 = the main process is the one server.
     """
     check_picklable(problem)
     common = {
@@ -176,10 +179,16 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     block_fraction = check_float("runtime_options.block_fraction", block_fraction, 0.0, 1.0,
                                  strict_minimum=True)
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
+    servers = check_int("runtime_options.servers", servers, 1)
     if mode == "server":
         check(blocks == "whole", "runtime_options.blocks", blocks,
               "'whole' with mode = 'server' (blocks are a lock-free option)")
+        if servers > 1:
+            dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
+            return ServersRuntime(problem, speed, seed, **common, servers=servers)
         return ProcessRuntime(problem, speed, seed, **common)
+    check(servers == 1, "runtime_options.servers", servers,
+          "1 with mode = 'lockfree' (there is no server: the workers step the model)")
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
                            block_fraction=block_fraction, warmup_steps=warmup_steps)

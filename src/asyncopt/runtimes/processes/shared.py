@@ -118,6 +118,11 @@ class GradientSlots:
         """Worker side: store ``grads`` in the worker's slot."""
         tree.copy_(tree.unflatten(self.buffers[worker], self.like), grads)
 
+    def view(self, worker: int, start: int, like: Params) -> Params:
+        """The part of the worker's slot from flat offset ``start`` shaped like ``like`` (no
+        copy: for a reader that the worker waits for before it writes its slot again)."""
+        return tree.unflatten(self.buffers[worker][start:start + tree.numel(like)], like)
+
     def take(self, worker: int) -> Params:
         """Main side: a private copy of the worker's slot (protocols may keep gradients)."""
         return tree.unflatten(self.buffers[worker].clone(), self.like)

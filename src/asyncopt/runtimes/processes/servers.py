@@ -1,0 +1,186 @@
+"""``runtime_options.servers = K ≥ 2``: concurrent parameter servers, one process per block.
+
+The parameter tensors are cut into K contiguous runs balanced by size (:func:`.blocks.partition`,
+PASSM+'s partitioning); server process b owns run b: its parameters ``x_b``, the rule's state
+for them ``s_b = rule.init(x_b)``, its version ``v_b`` (steps applied to the block) and a
+published copy (a seqlocked :class:`~.shared.SharedModel` of the block). This is the
+multi-master layout of APAM's shared-memory code (Xu et al.: the coordinates split among master
+threads) and the "concurrent parameter servers" of the common framework, with processes: the
+server work of an arrival (rule, in-place update, publication) is split K ways and runs in
+parallel. Workers (:mod:`.servers_worker`) read every block, compute the whole gradient, write it
+into their shared slot and tell each server; server b, on worker i's message ``r_b`` (the
+block's version it read):
+
+    δ_b = v_b − r_b ;  (u_b, s_b) = rule.update(g_b, s_b, x_b, delay=δ_b, worker=i) ;
+    x_b += u_b (in place) ;  v_b += 1 ;  publish x_b as v_b ;  answer (v_b, δ_b)
+
+**Versions and delays.** The model's version is ``v = min_b v_b``: the arrivals that every block
+has applied (with ``asgd`` every server applies every arrival, so the ``v_b`` differ only by the
+arrivals in flight). An arrival's recorded delay is its largest block delay ``max_b δ_b``, each
+``δ_b`` being measured exactly by block b's own counter; the recorded version is the largest
+``min_b v_b`` the worker saw after its step. One history row per arrival, as in every runtime.
+
+**Rule state is per block.** Per-tensor state (moments, accumulators) is the same as with one
+server; whole-model state is kept per block: each server's step counter (they agree, since every
+server steps on every arrival), and AdaGrad-Norm's accumulator or a normalization's norm become
+block-wise (the norm of g_b, not of g). A rule that drops a gradient (``drop_if_stale``) decides
+per block with δ_b; the row says ``drop`` only if every block dropped it.
+
+Only ``protocol = "asgd"``: each server steps on every arrival for itself, with no one to
+buffer, wait or cancel. The main process watches (:mod:`.watch`): it records the workers' rows
+and evaluates the servers' parameters, which live in shared memory (read without a lock, so an
+evaluation may see one block a step ahead of another). A dead worker is recorded and the others
+go on; a dead server fails the run (its block is gone). Every process is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from asyncopt.errors import check
+from asyncopt.problems.base import Problem
+from asyncopt.rules.base import apply_updates
+from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.blocks import partition
+from asyncopt.runtimes.processes.lockfree import dump_rule
+from asyncopt.runtimes.processes.pool import WorkerPool
+from asyncopt.runtimes.processes.servers_worker import servers_worker_main
+from asyncopt.runtimes.processes.shared import (
+    GradientSlots,
+    SharedCounters,
+    SharedModel,
+    share_tree,
+    template,
+)
+from asyncopt.runtimes.processes.watch import Watcher
+from asyncopt.runtimes.processes.worker import STOP, guarded
+from asyncopt.tree import Params
+
+_PARENT_CHECK = 1.0  # seconds between a server's checks that the main process is still there
+
+
+class ServersRuntime(Watcher):
+    """K server processes (one per block of tensors) and N worker processes."""
+
+    def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
+                 time_scale: float, startup_timeout: float, servers: int) -> None:
+        super().__init__(problem)
+        self.start_method, self.startup_timeout = start_method, startup_timeout
+        self.num_servers = servers
+        self.options = {"speed": speed, "seed": seed, "time_scale": time_scale}
+
+    def run(self, coordinator: Coordinator) -> None:
+        """Share the blocks, start servers and workers, record until stop, stop them all."""
+        name, server = coordinator.protocol.name, coordinator.protocol.server
+        check(name == "asgd", "protocol.name", name,
+              "'asgd' with runtime_options.servers > 1 (each block's server steps on every "
+              "arrival by itself; there is no one server to buffer or synchronize): use "
+              "servers = 1 for other protocols")
+        check(self.num_servers <= len(server.params), "runtime_options.servers",
+              self.num_servers, f"at most the number of parameter tensors "
+              f"({len(server.params)}): each server owns at least one")
+        params = share_tree(server.params)
+        names = list(params)
+        runs = partition([params[k].numel() for k in names], self.num_servers)
+        blocks = [{names[j]: params[names[j]] for j in run} for run in runs]
+        models = [SharedModel(template(block)) for block in blocks]
+        for model, block in zip(models, blocks, strict=True):
+            model.publish(block, 0)
+        starts = [sum(params[names[j]].numel() for j in range(run.start)) for run in runs]
+        slots = GradientSlots(template(params), self.problem.num_workers)
+        context = mp.get_context(self.start_method)
+        pipes = [[context.Pipe(duplex=True) for _ in blocks]
+                 for _ in range(self.problem.num_workers)]
+        self.counters = SharedCounters(context)
+        budget = coordinator.budget.steps
+        options = {**self.options, "max_version": budget if budget is not None else 2**62}
+        rule = dump_rule(server.rule)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in server mode: the cores are the workers' and servers'
+        pools: list[WorkerPool] = []
+        try:
+            self.servers = WorkerPool(
+                self.num_servers, server_main, (rule, slots), start_method=self.start_method,
+                role="server", own=[(blocks[b], models[b], starts[b],
+                                     [pipes[w][b][1] for w in range(len(pipes))])
+                                    for b in range(self.num_servers)])
+            pools.append(self.servers)
+            self.pool = WorkerPool(
+                self.problem.num_workers, servers_worker_main,
+                (self.problem, models, slots, self.counters, options),
+                start_method=self.start_method, own=[([end for end, _ in row],) for row in pipes])
+            pools.append(self.pool)
+            for row in pipes:  # the children hold their ends; ours would hide a death (EOF)
+                for ours in row:
+                    for end in ours:
+                        end.close()
+            self.servers.wait_ready(self.startup_timeout)
+            self.watch(coordinator, self.startup_timeout)
+        finally:
+            self.counters.stop()
+            for pool in reversed(pools):  # the workers first: they may wait for a server
+                pool.close()
+            torch.set_num_threads(threads)
+
+    def check(self, coordinator: Coordinator) -> None:
+        """A dead server fails the run; a server's exception is raised here."""
+        for index, kind, payload in self.servers.events(0.0):
+            if kind == "dead":
+                code = self.servers.mark_dead(index)
+                coordinator.stop(f"server process {index} died (exit code {code}); its block "
+                                 f"of the model is gone", status="failed")
+            elif kind == "error":
+                raise RuntimeError(f"server process {index} raised:\n{payload[0]}")
+
+
+def server_main(index: int, conn: Connection, rule: bytes, slots: GradientSlots, params: Params,
+                model: SharedModel, start: int, workers: list[Connection]) -> None:
+    """Entry point of server process ``index``: serve block ``params`` (flat offset ``start``
+    in the gradient slots) to the workers on ``workers`` until STOP."""
+    guarded(conn, lambda: _Server(conn, pickle.loads(rule), slots, params, model, start,
+                                  workers).loop())
+
+
+class _Server:
+    def __init__(self, conn: Connection, rule: Any, slots: GradientSlots, params: Params,
+                 model: SharedModel, start: int, workers: list[Connection]) -> None:
+        self.conn, self.rule, self.slots, self.params = conn, rule, slots, params
+        self.model, self.start = model, start
+        self.like = template(params)
+        self.state = rule.init(params)
+        self.version = model.latest
+        self.workers = {end: worker for worker, end in enumerate(workers)}
+        self.parent = os.getppid()
+
+    def loop(self) -> None:
+        self.conn.send(("ready",))
+        while True:
+            for ready in wait([self.conn, *self.workers], _PARENT_CHECK):
+                if ready is self.conn:
+                    if self.conn.recv()[0] == STOP:
+                        return
+                    continue
+                try:
+                    ready.send(self._step(self.workers[ready], ready.recv()))
+                except (EOFError, OSError):  # the worker died: serve the others
+                    del self.workers[ready]
+            if os.getppid() != self.parent:
+                return  # re-parented: the main process died
+
+    def _step(self, worker: int, read: int) -> tuple[int, int, bool]:
+        delay = self.version - read
+        grads = self.slots.view(worker, self.start, self.like)
+        updates, self.state = self.rule.update(grads, self.state, self.params, delay=delay,
+                                               worker=worker)
+        if updates is None:
+            return self.version, delay, False
+        apply_updates(self.params, updates)
+        self.version += 1
+        self.model.publish(self.params, self.version)
+        return self.version, delay, True
