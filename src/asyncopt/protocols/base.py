@@ -126,6 +126,12 @@ class Protocol(ABC):
             reply = self.receive(arrival, delay)
         return self._track(reply)
 
+    def model_for(self, worker: int) -> tuple[int, Params]:
+        """``(version, params)`` that ``worker``, starting now, computes its gradient at: the
+        server's current model. Runtimes ask this for every worker in ``Reply.start``; the
+        artificial-delay protocol (APAM's delay study) overrides it to hand out an older one."""
+        return self.server.version, self.server.params
+
     def lose(self, worker: int) -> Reply:
         """``worker`` is gone for good (a real runtime saw its process or actor die): it is never
         started again, and the protocol goes on with the others where its update allows."""

@@ -7,6 +7,10 @@ Two methods of algorithms.md need no protocol of their own:
 * **m-synchronous minibatch SGD** is ``minibatch`` with ``wait_for = m`` (the n − m slowest
   computations of each step are cancelled).
 
+APAM's artificial delay (Xu et al. §5.4) is ``asgd`` with ``artificial_delay = D``: each worker
+computes at a model drawn uniformly from the last D versions
+(:mod:`asyncopt.protocols.artificial_delay`; ``seed`` fixes the draws).
+
 Any protocol composes with any rule: the server always steps through ``rule.update``.
 """
 
@@ -15,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from asyncopt.errors import check_choice, check_keys
+from asyncopt.errors import check_choice, check_int, check_keys
+from asyncopt.protocols.artificial_delay import ArtificialDelayASGD
 from asyncopt.protocols.asgd import ASGD
 from asyncopt.protocols.base import Protocol, Server
 from asyncopt.protocols.ia2sgd import IA2SGD
@@ -25,8 +30,18 @@ from asyncopt.protocols.rennala import Rennala
 from asyncopt.protocols.ringleader import Ringleader
 from asyncopt.protocols.ringmaster import Ringmaster
 
+
+def asgd(server: Server, num_workers: int, artificial_delay: int = 1,
+         seed: int | None = None) -> Protocol:
+    """``ASGD``, or with ``artificial_delay = D > 1`` its artificial-delay variant."""
+    artificial_delay = check_int("protocol.artificial_delay", artificial_delay, 1)
+    if artificial_delay == 1 and seed is None:
+        return ASGD(server, num_workers)
+    return ArtificialDelayASGD(server, num_workers, artificial_delay, seed)
+
+
 PROTOCOLS: dict[str, tuple[Callable[..., Protocol], dict[str, Any]]] = {
-    "asgd": (ASGD, {}),
+    "asgd": (asgd, {"artificial_delay": 1, "seed": None}),
     "minibatch": (Minibatch, {"wait_for": None}),
     "rennala": (Rennala, {"batch_size": None}),
     "malenia": (Malenia, {"batch_size": None}),

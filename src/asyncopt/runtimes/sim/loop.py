@@ -101,7 +101,7 @@ class Simulator:
             if job is not None:
                 coordinator.cancelled(self.now, worker, job.version)
         for worker in reply.start:
-            self._start(worker, coordinator.version, coordinator.protocol.server.params)
+            self._start(worker, *coordinator.protocol.model_for(worker))
 
     def _start(self, worker: int, version: int, params: Params) -> None:
         finish = self.now + self.speed.compute_time(worker, self.now)

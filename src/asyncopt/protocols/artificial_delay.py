@@ -1,0 +1,62 @@
+"""ASGD with an artificial delay: each gradient is evaluated at a model drawn from the last D.
+
+APAM's delay study (Xu et al., §5.4; algorithms.md, paper 2) makes staleness a controlled
+variable: the master keeps the last D iterates and hands each worker one of them, chosen uniformly,
+while the step is applied to the newest iterate::
+
+    x_{k+1} = x_k + rule(g(x_{k−δ_k}); δ_k),   δ_k ~ U{0, …, min(D, k + 1) − 1}   (one worker)
+
+With several workers the real delay of the pipeline adds to the drawn one; every delay is still
+measured (server version at arrival − version handed out) and recorded, never assumed.
+
+The server steps out of place, so the window is D references to past versions' parameter dicts
+(no copy). A worker is handed a past version through :meth:`Protocol.model_for`, which every
+runtime asks when it starts a worker. The draws come from their own generator: ``seed``, or, when
+left out, a seed derived from the initial model, so that the draws follow the run's seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+
+import numpy as np
+
+from asyncopt.errors import check_int
+from asyncopt.protocols.asgd import ASGD
+from asyncopt.protocols.base import Arrival, Reply, Server
+from asyncopt.tree import Params
+
+
+class ArtificialDelayASGD(ASGD):
+    """ASGD whose workers compute at a model drawn uniformly from the last ``window`` versions."""
+
+    def __init__(self, server: Server, num_workers: int, window: int,
+                 seed: int | None = None) -> None:
+        super().__init__(server, num_workers)
+        self.window = check_int("protocol.artificial_delay", window, 1)
+        if seed is None:
+            seed = _seed_of(server.params)
+        self._rng = np.random.default_rng(check_int("protocol.seed", seed, 0))
+        self._versions: deque[tuple[int, Params]] = deque(maxlen=self.window)
+        self._versions.append((server.version, server.params))
+
+    def receive(self, arrival: Arrival, delay: int) -> Reply:
+        before = self.server.version
+        reply = super().receive(arrival, delay)
+        if self.server.version != before:
+            self._versions.append((self.server.version, self.server.params))
+        return reply
+
+    def model_for(self, worker: int) -> tuple[int, Params]:
+        version, params = self._versions[int(self._rng.integers(len(self._versions)))]
+        self.in_flight[worker] = version
+        return version, params
+
+
+def _seed_of(params: Params) -> int:
+    digest = hashlib.blake2b(digest_size=8)
+    for name in sorted(params):
+        digest.update(name.encode())
+        digest.update(params[name].detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1
