@@ -18,6 +18,18 @@ from torch import Tensor
 Params = dict[str, Tensor]
 
 
+class FlatParams(dict):
+    """A Params whose leaves are consecutive views, in key order, of one 1-D ``vector`` (what
+    :func:`unflatten` returns): :func:`flatten` and :func:`all_finite` then cost one operation.
+    Its leaves may be changed in place, never replaced."""
+
+    __slots__ = ("vector",)
+
+    def __init__(self, vector: Tensor, leaves: Params) -> None:
+        super().__init__(leaves)
+        self.vector = vector
+
+
 def map_tree(fn: Callable[..., Tensor], tree: Params, *rest: Params) -> Params:
     """Apply ``fn`` leaf by leaf: ``{k: fn(tree[k], rest[0][k], ...)}``."""
     return {k: fn(v, *(r[k] for r in rest)) for k, v in tree.items()}
@@ -84,6 +96,8 @@ def all_finite(tree: Params) -> bool:
     Checked through one sum per leaf (NaN and ±Inf propagate through sums), about 4× cheaper
     than ``isfinite().all()`` on small tensors; a leaf whose sum overflows counts as not finite.
     """
+    if isinstance(tree, FlatParams):
+        return math.isfinite(float(tree.vector.sum()))
     return all(math.isfinite(float(v.sum())) for v in tree.values())
 
 
@@ -92,20 +106,19 @@ def numel(tree: Params) -> int:
 
 
 def flatten(tree: Params) -> Tensor:
-    """All leaves concatenated into one 1-D tensor, in key order."""
+    """All leaves concatenated into one 1-D tensor, in key order (a FlatParams' own vector)."""
+    if isinstance(tree, FlatParams):
+        return tree.vector
     return torch.cat([v.reshape(-1) for v in tree.values()])
 
 
-def unflatten(vector: Tensor, like: Params) -> Params:
-    """Inverse of :func:`flatten`: cut ``vector`` into leaves shaped like ``like``."""
-    out: Params = {}
-    offset = 0
-    for k, v in like.items():
-        out[k] = vector[offset:offset + v.numel()].view_as(v)
-        offset += v.numel()
-    if offset != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} elements, the tree needs {offset}")
-    return out
+def unflatten(vector: Tensor, like: Params) -> FlatParams:
+    """Inverse of :func:`flatten`: cut ``vector`` into leaves (views) shaped like ``like``."""
+    sizes = [v.numel() for v in like.values()]
+    if sum(sizes) != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} elements, the tree needs {sum(sizes)}")
+    return FlatParams(vector, {k: piece.view(v.shape) for (k, v), piece
+                               in zip(like.items(), vector.split(sizes), strict=True)})
 
 
 def same_structure(a: Params, b: Params) -> bool:

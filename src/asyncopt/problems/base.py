@@ -8,6 +8,7 @@ depend only on :mod:`asyncopt.tree`; they know nothing of rules, protocols or ru
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,6 +31,14 @@ class Problem(ABC):
     ) -> tuple[float, Params]:
         """One stochastic gradient of f_worker at ``params``: a minibatch of the worker's shard
         drawn with ``generator``. Must not modify ``params``; returns fresh, detached tensors."""
+
+    def loss_and_grads(self, params: Params, workers: Sequence[int],
+                       generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:
+        """:meth:`loss_and_grad` for several workers at the same ``params`` (worker
+        ``workers[j]`` drawing with ``generators[j]``), in that order. Override where one
+        batched computation is cheaper (the simulator evaluates pending work this way)."""
+        return [self.loss_and_grad(params, worker, generator)
+                for worker, generator in zip(workers, generators, strict=True)]
 
     @abstractmethod
     def evaluate(self, params: Params) -> dict[str, float]:

@@ -19,6 +19,11 @@ floating-point operations up to summation order. :class:`ClosedFormProblem` is a
 :class:`~asyncopt.problems.supervised.SupervisedProblem` whose ``loss_and_grad`` uses it, on the
 same minibatches (the parent's sampling) and with the same l2 term; evaluation, metrics,
 pickling and export are the parent's.
+
+Several workers at one model (k minibatches of B samples, all at the same x) share every product
+with a weight matrix: the forward pass and the G_l W_l of the backward pass run once on the k·B
+stacked samples, and only the per-worker weight gradients G_lᵀ h_{l-1} are k small products
+(one batched product). :func:`cross_entropy_grads` returns them as the rows of one k × d matrix.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asyncopt import tree
 from asyncopt.errors import ConfigError
 from asyncopt.problems.supervised import SupervisedProblem, _build
 from asyncopt.tree import Params
@@ -86,6 +92,32 @@ def cross_entropy_grad(params: Mapping[str, Tensor], layers: Layers, X: Tensor,
     return loss, grads
 
 
+def cross_entropy_grads(params: Mapping[str, Tensor], layers: Layers, X: Tensor,
+                        T: Tensor, count: int) -> tuple[list[float], Tensor]:
+    """:func:`cross_entropy_grad` for ``count`` workers at the same ``params``: ``X`` and ``T``
+    stack their minibatches (``count`` blocks of B rows). Returns the ``count`` losses and a
+    ``count`` × d matrix whose row j is worker j's gradient flattened in ``params``' key
+    order."""
+    batch = len(X) // count
+    inputs = [X]
+    for weight, bias in layers[:-1]:
+        inputs.append(torch.relu(F.linear(inputs[-1], params[weight], params[bias])))
+    weight, bias = layers[-1]
+    log_p = torch.log_softmax(F.linear(inputs[-1], params[weight], params[bias]), 1)
+    losses = (log_p * T).view(count, -1).sum(1).tolist()
+    G = torch.add(T, log_p.exp_(), alpha=1.0 / batch)
+    grads: dict[str, Tensor] = {}
+    for index in range(len(layers) - 1, -1, -1):
+        weight, bias = layers[index]
+        h = inputs[index]
+        blocks = G.view(count, batch, -1)
+        grads[weight] = torch.einsum("kbo,kbi->koi", blocks, h.view(count, batch, -1))
+        grads[bias] = blocks.sum(1)
+        if index > 0:
+            G = _relu_backward(G.mm(params[weight]), h, 0)
+    return losses, torch.cat([grads[name].view(count, -1) for name in params], 1)
+
+
 class ClosedFormProblem(SupervisedProblem):
     """A SupervisedProblem for a dense–ReLU chain and ``F.cross_entropy`` (class-index targets)
     whose stochastic gradients are computed in closed form; identical minibatches, loss and
@@ -105,9 +137,16 @@ class ClosedFormProblem(SupervisedProblem):
                               "for closed-form gradients, " + SUPPORTED)
         self.layers = layers
         classes = self.module.get_parameter(layers[-1][0]).shape[0]
-        # −Y/B per shard (see cross_entropy_grad): a minibatch's targets are one gather
-        self._targets = [F.one_hot(y, classes).to(X.dtype).div_(-self.batch_size)
-                         for X, y in self._shard_data]
+        # the shards stacked, each worker's data a view: k workers' minibatches are one gather
+        sizes = [len(y) for _, y in self._shard_data]
+        self._X = torch.cat([X for X, _ in self._shard_data])
+        # −Y/B (see cross_entropy_grad): a minibatch's targets are one gather
+        self._T = F.one_hot(torch.cat([y for _, y in self._shard_data]), classes).to(
+            self._X.dtype).div_(-self.batch_size)
+        self._shard_data = [(X, y) for X, (_, y) in zip(self._X.split(sizes),
+                                                         self._shard_data, strict=True)]
+        self._targets = list(self._T.split(sizes))
+        self._offsets = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], dtype=torch.int64)
 
     def loss_and_grad(self, params: Params, worker: int,
                       generator: torch.Generator) -> tuple[float, Params]:
@@ -120,3 +159,20 @@ class ClosedFormProblem(SupervisedProblem):
         grads = [by_name[name] for name in params]
         value = self._add_l2(loss, grads, params)
         return value, dict(zip(params, grads, strict=True))
+
+    def loss_and_grads(self, params: Params, workers: Sequence[int],
+                       generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:
+        """The same gradients as :meth:`loss_and_grad` (to float rounding), one batched pass for
+        all ``workers`` at ``params``; each gradient is a row of one matrix (tree.FlatParams)."""
+        if len(workers) == 1:
+            return [self.loss_and_grad(params, workers[0], generators[0])]
+        picks = torch.cat([self._picks(worker, generator)
+                           for worker, generator in zip(workers, generators, strict=True)])
+        index = picks.add_(self._offsets[list(workers)].repeat_interleave(self.batch_size))
+        X, T = self._X.index_select(0, index), self._T.index_select(0, index)
+        losses, rows = cross_entropy_grads(params, self.layers, X, T, len(workers))
+        out = []
+        for loss, row in zip(losses, rows, strict=True):
+            grads = tree.unflatten(row, params)
+            out.append((self._add_l2(loss, list(grads.values()), params), grads))
+        return out

@@ -13,8 +13,13 @@ arrival. Instead both m_i and ḡ move by the same difference d_i = g − m_i (o
     replace(i, g):  m_i ← g,                       ḡ ← ḡ + d_i / n,               b_i ← 1
 
 Rounding errors of the running ḡ accumulate, so after every n updates ḡ is recomputed exactly
-from the m_i: O(n·d) every n updates, O(d) amortized. Storage is one parameter-sized tree per
-worker that has ever sent a gradient, reused after :meth:`GradientTable.clear`.
+from the m_i: O(n·d) every n updates, O(d) amortized.
+
+Storage is flat: one n × d matrix whose row i is m_i (allocated on the first gradient, its pages
+touched only as workers fill their rows; an emptied row is overwritten, never zeroed) and one
+d-vector ḡ, so an update is three vector operations whatever
+the number of parameter tensors. :attr:`GradientTable.average` and :meth:`GradientTable.mean`
+are parameter trees of views into that storage.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from asyncopt import tree
 from asyncopt.tree import Params
@@ -35,8 +41,10 @@ class GradientTable:
         self.counts = [0] * num_workers  # b_i
         self.filled = 0  # workers with b_i ≥ 1
         self.total = 0  # gradients held: Σ_i b_i
-        self._means: list[Params | None] = [None] * num_workers
-        self._average: Params | None = None
+        self._rows: Tensor | None = None  # n × d, row i = m_i (0 while b_i = 0)
+        self._vector: Tensor | None = None  # ḡ, d
+        self._average: Params | None = None  # ḡ as views shaped like the gradients
+        self._like: Params | None = None
         self._since_exact = 0
 
     @property
@@ -52,8 +60,10 @@ class GradientTable:
         return self._average
 
     def mean(self, worker: int) -> Params | None:
-        """m_i, or None while worker i has no gradient in the table."""
-        return self._means[worker] if self.counts[worker] else None
+        """m_i (views into the table), or None while worker i has no gradient in the table."""
+        if not self.counts[worker] or self._rows is None or self._like is None:
+            return None
+        return tree.unflatten(self._rows[worker], self._like)
 
     def add(self, worker: int, grads: Params) -> None:
         """Accumulate: worker i's entry becomes the mean of its b_i + 1 gradients."""
@@ -65,12 +75,12 @@ class GradientTable:
         self._update(worker, grads, 1.0, 1)
 
     def clear(self) -> None:
-        """Empty every entry (the tensors are kept for reuse)."""
+        """Empty every entry (the storage is kept for reuse)."""
+        if self._vector is not None:
+            self._vector.zero_()
         self.counts = [0] * self.num_workers
         self.filled = self.total = 0
         self._since_exact = 0
-        if self._average is not None:
-            torch._foreach_zero_(list(self._average.values()))
 
     def harmonic_count(self) -> float:
         """((1/n) Σ_i 1/b_i)^{-1}, the harmonic mean of the counts (0 while an entry is empty)."""
@@ -79,39 +89,47 @@ class GradientTable:
         return self.num_workers / math.fsum(1.0 / b for b in self.counts)
 
     def exact_average(self) -> Params:
-        """ḡ recomputed from the entries, in O(n·d)."""
-        if self._average is None:
+        """ḡ recomputed from the entries, in O(n·d) (a new tree)."""
+        if self._rows is None or self._like is None:
             raise RuntimeError("the gradient table has never held a gradient")
-        out = tree.zeros_like(self._average)
-        for worker, mean in enumerate(self._means):
-            if mean is not None and self.counts[worker]:
-                tree.add_(out, mean, alpha=1.0 / self.num_workers)
-        return out
+        return tree.unflatten(self._exact_sum().div_(self.num_workers), self._like)
+
+    def _exact_sum(self, out: Tensor | None = None) -> Tensor:
+        """Σ_i m_i over the filled rows (emptied rows hold stale values)."""
+        assert self._rows is not None
+        if self.full:
+            return torch.sum(self._rows, 0, out=out)
+        filled = torch.tensor([i for i, b in enumerate(self.counts) if b], dtype=torch.int64)
+        return torch.sum(self._rows.index_select(0, filled), 0, out=out)
+
+    def _allocate(self, grads: Params) -> None:
+        size = tree.numel(grads)
+        first = next(iter(grads.values()))
+        self._rows = torch.empty(self.num_workers, size, dtype=first.dtype, device=first.device)
+        self._vector = torch.zeros(size, dtype=first.dtype, device=first.device)
+        self._like = {k: v.detach() for k, v in grads.items()}
+        self._average = tree.unflatten(self._vector, self._like)
 
     def _update(self, worker: int, grads: Params, weight: float, count: int) -> None:
         """m_i ← m_i + w·(g − m_i), ḡ ← ḡ + w·(g − m_i)/n (an empty m_i is 0), b_i ← count."""
-        n = self.num_workers
-        if self._average is None:
-            self._average = tree.zeros_like(grads)
-        mean = self._means[worker]
+        if self._rows is None:
+            self._allocate(grads)
+        assert self._rows is not None and self._vector is not None
+        n, row, g = self.num_workers, self._rows[worker], tree.flatten(grads)
         if not self.counts[worker]:
-            if mean is None:
-                self._means[worker] = tree.clone(grads)
-            else:
-                tree.copy_(mean, grads)
-            tree.add_(self._average, grads, alpha=1.0 / n)
+            row.copy_(g)
+            self._vector.add_(g, alpha=1.0 / n)
             self.filled += 1
         else:
-            assert mean is not None
-            difference = tree.add(grads, mean, alpha=-1.0)
+            difference = torch.sub(g, row)
             if weight == 1.0:
-                tree.copy_(mean, grads)  # exactly g, not m_i + (g − m_i)
+                row.copy_(g)  # exactly g, not m_i + (g − m_i)
             else:
-                tree.add_(mean, difference, alpha=weight)
-            tree.add_(self._average, difference, alpha=weight / n)
+                row.add_(difference, alpha=weight)
+            self._vector.add_(difference, alpha=weight / n)
         self.total += count - self.counts[worker]
         self.counts[worker] = count
         self._since_exact += 1
         if self._since_exact >= n:
-            self._average = self.exact_average()
+            self._exact_sum(out=self._vector).div_(n)
             self._since_exact = 0

@@ -1,0 +1,52 @@
+"""Batched evaluation of pending gradients at a shared snapshot (runtime_options.batch) gives
+the plain simulator's history: same events, same draws, losses and models to 1e-6."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asyncopt.api import train
+from asyncopt.problems.registry import make_problem
+from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.coordinator import Evaluation
+
+SPEED = {"profile": "linear", "permute": True, "noise": "half_normal", "noise_grows": True}
+PROTOCOLS = [
+    {"name": "malenia"},
+    {"name": "rennala", "batch_size": 7},  # cancels in-flight work after every step
+    {"name": "minibatch", "wait_for": 5},
+    {"name": "ringleader"},
+    {"name": "ringmaster", "max_delay": 4, "stops": True},
+    {"name": "asgd"},
+]
+
+
+def _run(protocol: dict, batch: int):
+    problem = make_problem({"name": "mlp", "dataset": "digits", "hidden": 16, "batch_size": 4,
+                            "partition": "dirichlet", "alpha": 0.3}, 12, 1)
+    return train(problem, make_rule({"name": "sgd", "lr": 0.1}, 12), protocol, speed=SPEED,
+                 budget={"arrivals": 600}, seed=5, evaluation=Evaluation(20, "steps"),
+                 runtime_options={"batch": batch})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda spec: spec["name"])
+def test_batched_evaluation_gives_the_plain_history(protocol):
+    plain = _run(protocol, 1)
+    for batch in (3, 64):  # 3: batches smaller than the waiting jobs, the rest waits
+        fast = _run(protocol, batch)
+        for column in ("now", "worker", "version", "delay", "action", "compute_time"):
+            assert np.array_equal(plain.history.arrivals[column],
+                                  fast.history.arrivals[column]), column
+        np.testing.assert_allclose(fast.history.arrivals["loss"],
+                                   plain.history.arrivals["loss"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(fast.history.evaluations["loss"],
+                                   plain.history.evaluations["loss"], rtol=1e-6)
+        for k, value in plain.params.items():
+            torch.testing.assert_close(fast.params[k], value, rtol=0.0, atol=1e-6)
+
+
+def test_cancelled_work_really_happens_in_the_compared_runs():
+    actions = _run(PROTOCOLS[1], 64).history.arrivals["action"]
+    assert (actions == "cancel").sum() > 0 and (actions == "step").sum() > 10
