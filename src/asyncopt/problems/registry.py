@@ -32,7 +32,8 @@ def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
 
 
 def _path(field: str, value: Any) -> str:
-    check(isinstance(value, str) and bool(value), field, value, "the path of a LIBSVM file")
+    check(isinstance(value, str) and bool(value), field, value,
+          "the path of a LIBSVM file or of a directory of MNIST IDX files")
     return str(value)
 
 
@@ -49,7 +50,8 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "noise": lambda f, v: check_float(f, v, 0.0),
     "dataset": lambda f, v: check_choice(f, v, DATASETS),
     "batch_size": lambda f, v: check_int(f, v, 1),
-    "partition": lambda f, v: check_choice(f, v, ("iid", "dirichlet", "sorted")),
+    "partition": lambda f, v: check_choice(f, v, ("iid", "dirichlet", "dirichlet_equal",
+                                                  "sorted")),
     "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
     "test_fraction": _fraction,
     "l2": lambda f, v: check_float(f, v, 0.0),
