@@ -17,6 +17,11 @@ every value of ``--x`` and every seed, and writes
 
 Runs are not saved (a sweep is hundreds of runs); a run that did not complete (diverged) counts
 as ``failed`` (default NaN: left out of the median, and counted in the table).
+
+``--metric now`` is the run's clock when it stopped. With ``budget.target_loss`` set, that is the
+time to the target (a run that never reached it counts as ``failed``), and the table adds the
+**speed-up** of each x over the series' first x: median time at the first x / median time here
+(APAM's speed-up tables, Xu et al.).
 ``--x-axis delay`` puts the measured median max delay of each point on the x axis instead of the
 swept value: with ``workers = τ + 1`` identical constant-speed workers under ``asgd`` that is
 exactly τ (``tests/test_pca.py``), so the figure's axis is a measured delay, never an assumed one.
@@ -54,6 +59,7 @@ class Point:
     max_delay: float
     now: float
     wall: float
+    reached: bool = False  # stopped because the target loss was reached
 
 
 @dataclass
@@ -65,8 +71,15 @@ class Group:
     points: list[Point] = field(default_factory=list)
 
     def values(self, metric: str, failed: float) -> np.ndarray:
-        return np.array([p.final.get(metric, math.nan) if p.status == "completed" else failed
-                         for p in self.points], dtype=float)
+        return np.array([_value(p, metric, failed) for p in self.points], dtype=float)
+
+
+def _value(point: Point, metric: str, failed: float) -> float:
+    if point.status != "completed":
+        return failed
+    if metric == "now":
+        return point.now if point.reached else failed
+    return point.final.get(metric, math.nan)
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
@@ -111,7 +124,8 @@ def run_sweep(raw: Mapping[str, Any], x: tuple[str, Sequence[Any]],
                     point = Point(name, "" if s_value is None else str(s_value), value, seed,
                                   summary["status"], dict(summary["final"]),
                                   float(summary["mean_delay"]), float(summary["max_delay"]),
-                                  float(summary["now"]), float(summary["wall_seconds"]))
+                                  float(summary["now"]), float(summary["wall_seconds"]),
+                                  str(summary["reason"]).startswith("target loss"))
                     points.append(point)
                     if report is not None:
                         report(point)
@@ -134,11 +148,11 @@ def summary_rows(points: Sequence[Point], metric: str, mode: str = "min",
     check_choice("--mode", mode, ("min", "max"))
     rows, best = [], []
     for label, groups in group(points).items():
-        medians = []
+        medians: list[float] = []
         for g in groups:
             values = g.values(metric, failed)
             finite = values[~np.isnan(values)]
-            median, q25, q75 = (np.quantile(finite, [0.5, 0.25, 0.75]) if len(finite)
+            median, q25, q75 = (_quantiles(finite) if len(finite)
                                 else (math.nan,) * 3)
             medians.append(median)
             rows.append({"series": label, "x": g.x, f"{metric} median": float(median),
@@ -147,6 +161,9 @@ def summary_rows(points: Sequence[Point], metric: str, mode: str = "min",
                          "seeds": len(g.points),
                          "max delay": float(np.median([p.max_delay for p in g.points])),
                          "mean delay": float(np.median([p.mean_delay for p in g.points]))})
+            if metric == "now":
+                ok = 0 < median < math.inf and math.isfinite(medians[0])
+                rows[-1]["speed-up"] = float(medians[0] / median) if ok else math.nan
         scores = np.array(medians, dtype=float)
         if np.isnan(scores).all():
             best.append({"series": label, "best x": "none", f"{metric} median": math.nan})
@@ -189,7 +206,7 @@ def plot_sweep(points: Sequence[Point], metric: str, path: Path, *, x_label: str
                 continue
             xs.append(float(np.median([p.max_delay for p in g.points])) if x_axis == "delay"
                       else g.x)
-            stats.append(np.quantile(finite, [0.5, 0.25, 0.75]))
+            stats.append(_quantiles(finite))
         if not xs:
             continue
         stats_array = np.array(stats)
@@ -201,7 +218,8 @@ def plot_sweep(points: Sequence[Point], metric: str, path: Path, *, x_label: str
     if positive and "accuracy" not in metric:
         ax.set_yscale("log")
     ax.set(xlabel="measured delay τ (median of max delay)" if x_axis == "delay" else x_label,
-           ylabel=f"final {metric} (median over seeds)")
+           ylabel=("time to the target loss" if metric == "now" else f"final {metric}")
+           + " (median over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     figure.suptitle(title or "final value against the swept key; band = 25–75% quantiles")
@@ -220,3 +238,10 @@ def write_outputs(points: Sequence[Point], out: Path, metric: str, *, mode: str 
     figure = plot_sweep(points, metric, out / "sweep.png", x_label=x_label, x_axis=x_axis,
                         failed=failed, title=title)
     return write_csv(points, out / "sweep.csv"), out / "sweep.md", figure, text
+
+
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    """Median and the 25% / 75% order statistics (no interpolation, so that ``failed = inf``
+    runs give inf rather than NaN)."""
+    return np.array([np.median(values), np.quantile(values, 0.25, method="lower"),
+                     np.quantile(values, 0.75, method="higher")])
