@@ -67,3 +67,12 @@ def test_bad_windows_are_refused(window):
     with pytest.raises(ConfigError) as error:
         run(_config(window, steps=5), save=False)
     assert error.value.field == "protocol.artificial_delay"
+
+
+def test_a_runtime_that_never_asks_which_model_is_refused():
+    server = Server({"x": torch.zeros(1)}, make_rule({"name": "sgd"}, 1))
+    protocol = ArtificialDelayASGD(server, 1, window=3, seed=0)
+    protocol.begin()
+    with pytest.raises(ConfigError) as error:
+        protocol.handle(Arrival(0, 0, {"x": torch.ones(1)}, 0.0))
+    assert error.value.field == "protocol.artificial_delay"

@@ -11,7 +11,9 @@ measured (server version at arrival − version handed out) and recorded, never 
 
 The server steps out of place, so the window is D references to past versions' parameter dicts
 (no copy). A worker is handed a past version through :meth:`Protocol.model_for`, which every
-runtime asks when it starts a worker. The draws come from their own generator: ``seed``, or, when
+runtime should ask when it starts a worker; the simulator does. A runtime that does not (today
+the real-process runtime) is refused at the first arrival instead of silently running without the
+artificial delay. The draws come from their own generator: ``seed``, or, when
 left out, a seed derived from the initial model, so that the draws follow the run's seed.
 """
 
@@ -22,7 +24,7 @@ from collections import deque
 
 import numpy as np
 
-from asyncopt.errors import check_int
+from asyncopt.errors import ConfigError, check_int
 from asyncopt.protocols.asgd import ASGD
 from asyncopt.protocols.base import Arrival, Reply, Server
 from asyncopt.tree import Params
@@ -40,8 +42,14 @@ class ArtificialDelayASGD(ASGD):
         self._rng = np.random.default_rng(check_int("protocol.seed", seed, 0))
         self._versions: deque[tuple[int, Params]] = deque(maxlen=self.window)
         self._versions.append((server.version, server.params))
+        self._handed: set[int] = set()  # workers computing at a model from model_for
 
     def receive(self, arrival: Arrival, delay: int) -> Reply:
+        if arrival.worker not in self._handed:
+            raise ConfigError("protocol.artificial_delay", self.window,
+                              "used with a runtime that asks the protocol which model a worker "
+                              "starts at (runtime = 'sim'); this one does not")
+        self._handed.discard(arrival.worker)
         before = self.server.version
         reply = super().receive(arrival, delay)
         if self.server.version != before:
@@ -51,6 +59,7 @@ class ArtificialDelayASGD(ASGD):
     def model_for(self, worker: int) -> tuple[int, Params]:
         version, params = self._versions[int(self._rng.integers(len(self._versions)))]
         self.in_flight[worker] = version
+        self._handed.add(worker)
         return version, params
 
 
