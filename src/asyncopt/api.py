@@ -54,8 +54,10 @@ class Result:
 
 
 def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
-        save: bool = True, run_dir: str | Path | None = None, progress: bool = False) -> Result:
-    """Run one experiment from a TOML file or a dict (validated and resolved first)."""
+        save: bool = True, run_dir: str | Path | None = None, progress: bool = False,
+        resume: tuple[dict[str, Any], History] | None = None) -> Result:
+    """Run one experiment from a TOML file or a dict (validated and resolved first);
+    ``resume`` (see :func:`resume_run`) continues from a checkpoint."""
     if isinstance(config, Mapping):
         resolved = configuration.resolve(configuration.apply_overrides(config, overrides))
     else:
@@ -70,7 +72,22 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
                  runtime_options=resolved["runtime_options"],
                  budget=configuration.budget_of(resolved),
                  evaluation=configuration.evaluation_of(resolved), seed=seed,
-                 run_dir=run_dir if save else None, progress=progress, config=resolved)
+                 run_dir=run_dir if save else None, progress=progress, config=resolved,
+                 resume=resume)
+
+
+def resume_run(run_dir: str | Path, *, overrides: Iterable[str] = (),
+               progress: bool = False) -> Result:
+    """Continue the run in ``run_dir`` from its checkpoint (``config.toml`` with ``overrides``,
+    e.g. a larger ``budget.steps``), in a new directory beside it: ``run_dir`` is only read."""
+    from asyncopt import resume
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.toml")
+    state, history = resume.read(run_dir)
+    return run(configuration.load(run_dir / "config.toml", overrides),
+               run_dir=resume.resumed_dir(run_dir), progress=progress, resume=(state, history))
 
 
 def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
@@ -81,7 +98,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
           runtime_options: Mapping[str, Any] | None = None, loss: LossFn | None = None,
           data: Any = None, eval_data: Any = None, metrics: Mapping[str, Metric] | None = None,
           workers: int | None = None, batch_size: int | None = None,
-          partition: PartitionSpec | None = None) -> Result:
+          partition: PartitionSpec | None = None,
+          resume: tuple[dict[str, Any], History] | None = None) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
     ``problem`` is a :class:`Problem`, or a model (an ``nn.Module`` or a factory of one) trained
@@ -92,7 +110,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     :class:`Evaluation` or its fields. ``progress`` shows a bar (default: when stderr is a
     terminal). A Ctrl-C stops the run cleanly: the history up to that point is written and
     returned, with ``summary["status"] == "interrupted"``. The trained model comes back as
-    ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``.
+    ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``. ``resume`` is a
+    checkpoint and its history (:func:`asyncopt.resume.read`): the run goes on from there.
     """
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
@@ -114,10 +133,16 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     spec = {"name": protocol} if isinstance(protocol, str) else protocol
     driver: Protocol = make_protocol(spec, server, num_workers)
     engine = make_runtime(runtime, problem, speed, seed, runtime_options)
+    if resume is not None:
+        from asyncopt import resume as resuming
+
+        resuming.check(resume[0], driver)  # before anything is written
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)
     coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
+    if resume is not None:
+        resuming.restore(coordinator, *resume)
     try:  # from here on, whatever happens, the run directory ends with a summary
         if run_path is not None and config is not None:
             write_atomic(run_path / "config.toml", configuration.dumps(config))

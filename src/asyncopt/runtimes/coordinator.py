@@ -9,7 +9,8 @@ when one arrives is here, written once:
     coordinator.cancelled(now, worker, version)   (a cancelled computation, one history row)
     coordinator.applied(now, worker, version, ...) (a step a worker applied itself: lock-free)
     coordinator.lost(now, worker)         -> Reply (a worker died; the protocol goes on or stops)
-    coordinator.restarted(now, worker)    -> Reply (a worker died and is back: it starts again)
+    coordinator.restarting(now, worker)   (a worker died and its runtime brings it back)
+    coordinator.restarted(now, worker)    -> Reply (... and it is back: it starts again)
     coordinator.finish(now, status)       -> summary (final evaluation, summary.json)
 
 ``stop_reason`` becomes a string as soon as the run must stop (budget reached, target loss
@@ -162,11 +163,16 @@ class Coordinator:
                       f"to go on without it", status="failed")
         return reply
 
-    def restarted(self, now: float, worker: int) -> Reply:
-        """``worker`` died and its runtime brought it back (Ray restarts actors): a ``lost`` row
-        for the death, a ``restart`` row, and the protocol starts it again at the current model."""
+    def restarting(self, now: float, worker: int) -> None:
+        """``worker`` died and its runtime brings it back (Ray restarts actors): a ``lost`` row;
+        the protocol waits for it as for a slow worker until :meth:`restarted`."""
         self.now = now
         self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.LOST.value, 0.0)
+
+    def restarted(self, now: float, worker: int) -> Reply:
+        """``worker`` is back after :meth:`restarting`: a ``restart`` row, and the protocol
+        starts it again at the current model (its computation in flight was lost)."""
+        self.now = now
         reply = self.protocol.rejoin(worker)
         self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.RESTART.value, 0.0)
         return reply

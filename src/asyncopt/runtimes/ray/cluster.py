@@ -77,6 +77,11 @@ def connected(address: str, num_cpus: int | None = None) -> Iterator[Any]:
 def start_local(num_cpus: int | None = None) -> Any:
     """Start an embedded Ray on the loopback interface (no dashboard); answer ``ray``."""
     ray = import_ray(local=True)
+    # Ray reads the switch when it is first imported: if the user imported it before asyncopt
+    # could set the variable, set the constant it became (read at each address lookup).
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(include_dashboard=False, num_cpus=num_cpus, configure_logging=False)
     return ray
 

@@ -7,8 +7,9 @@ worker actors (:mod:`.actors`) each own a data shard. The loop is Ray's asynchro
 parameter-server pattern (``ray.wait`` on the gradients in flight), with the transfers cut to
 one buffer each way:
 
-    after a server step:  ref = ray.put(flat model)            (once per version, not per worker)
-    a start:              worker.compute.remote(ref, version)  (workers read ref zero-copy)
+    a start:     v, x = protocol.model_for(worker)   (the current model, unless a protocol says)
+                 ref = ray.put(flat x)                (once per version, not per worker)
+                 worker.compute.remote(ref, v)        (the worker reads ref zero-copy)
     an arrival:           g = ray.get(first ready)             (a read-only view of the store)
 
 Delays come from versions, as everywhere: a task carries the version of the model it was given.
@@ -18,7 +19,8 @@ is ignored (tasks carry job numbers). ``now`` is wall seconds since every worker
 Faults: a worker actor that dies (its process killed, its node lost) is restarted by Ray up to
 ``max_restarts`` times; the history gets a ``lost`` row and a ``restart`` row, and the worker
 rejoins through the protocol (:meth:`~asyncopt.runtimes.coordinator.Coordinator.restarted`)
-at the current model. Past ``max_restarts`` it is lost for good
+at the current model once it answers a probe; until then the protocol waits for it as for a
+slow worker. Past ``max_restarts`` it is lost for good
 (:meth:`~asyncopt.runtimes.coordinator.Coordinator.lost`). The server's state never leaves the
 driver; with ``checkpoint_every = N`` it is written to ``RUN_DIR/checkpoint.pt`` every N steps
 (:mod:`asyncopt.resume`), and ``asyncopt run --resume RUN_DIR`` continues from it.
@@ -41,6 +43,10 @@ from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.pool import poll_timeout
 from asyncopt.runtimes.ray import actors, cluster
 
+_PROBE = -1  # the job number of a ``ready`` probe sent to a restarting actor
+_PROBE_EVERY = 0.05  # seconds between probes of an actor that is not back yet
+_KEPT_MODELS = 8
+
 
 class RayRuntime:
     """Drives a coordinator with gradients from ``problem.num_workers`` Ray worker actors."""
@@ -58,12 +64,12 @@ class RayRuntime:
         self.now = 0.0
         self.nodes: list[str] = []  # node id of each worker actor, as first placed
         self.deaths = [0] * problem.num_workers
-        self._pending: dict[Any, tuple[int, int]] = {}  # task ref -> (worker, job)
+        self._pending: dict[Any, tuple[int, int]] = {}  # task ref -> (worker, job or _PROBE)
+        self._restarting: dict[int, float | None] = {}  # worker -> when to probe (None: sent)
         self._jobs: list[int | None] = [None] * problem.num_workers
         self._started = [0] * problem.num_workers
         self._job_counter = 0
-        self._model: Any = None
-        self._published = -1
+        self._models: dict[int, Any] = {}  # version -> object ref of its flat model
         self._checkpointed = -1
 
     def run(self, coordinator: Coordinator) -> None:
@@ -85,7 +91,7 @@ class RayRuntime:
             finally:
                 for worker in self.workers:
                     ray.kill(worker, no_restart=True)
-                self._model = None
+                self._models.clear()
 
     def _check_room(self, ray: Any, n: int) -> None:
         cpus = cluster.free_cpus(ray)
@@ -112,7 +118,8 @@ class RayRuntime:
             self.now = coordinator.now
             self._apply(coordinator, coordinator.begin(self.now))
             while coordinator.stop_reason is None:
-                if not self._pending:
+                self._probe()
+                if not self._pending and not self._restarting:
                     coordinator.stop("no worker is computing: the protocol left every worker "
                                      "idle", status="stalled")
                     break
@@ -130,12 +137,15 @@ class RayRuntime:
     def _arrive(self, coordinator: Coordinator, ref: Any) -> None:
         worker, job = self._pending.pop(ref)
         try:
-            grad, version, loss, compute_time = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError:
-            if job == self._jobs[worker]:
-                self._jobs[worker] = None
-                self._died(coordinator, worker)
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as error:
+            self._failed(coordinator, worker, job, error)
             return
+        if job == _PROBE:
+            del self._restarting[worker]
+            self._apply(coordinator, coordinator.restarted(self.now, worker))
+            return
+        grad, version, loss, compute_time = result
         if job != self._jobs[worker] or coordinator.stop_reason is not None:
             return  # a cancelled or superseded job
         self._jobs[worker] = None
@@ -151,27 +161,62 @@ class RayRuntime:
             if self._jobs[worker] is not None:
                 coordinator.cancelled(self.now, worker, self._started[worker])
                 self._jobs[worker] = None
-        if reply.start and coordinator.version != self._published:
-            self._published = coordinator.version
-            self._model = self.ray.put(tree.flatten(coordinator.protocol.server.params).numpy())
         for worker in reply.start:
+            if worker in self._restarting:
+                continue  # it starts when it is back (Coordinator.restarted)
+            version, params = coordinator.protocol.model_for(worker)
             self._job_counter += 1
-            self._jobs[worker], self._started[worker] = self._job_counter, coordinator.version
-            ref = self.workers[worker].compute.remote(self._model, coordinator.version, self.now)
+            self._jobs[worker], self._started[worker] = self._job_counter, version
+            ref = self.workers[worker].compute.remote(self._model_ref(version, params), version,
+                                                      self.now)
             self._pending[ref] = (worker, self._job_counter)
 
-    def _died(self, coordinator: Coordinator, worker: int) -> None:
-        """A worker actor died mid-task: Ray restarts it (tasks sent meanwhile wait for it),
-        unless it has used up ``max_restarts``."""
+    def _model_ref(self, version: int, params: Any) -> Any:
+        """The object-store copy of the model of ``version``: put once, shared by every start
+        at that version (the last few versions are kept, for protocols that hand out older
+        ones: ``Protocol.model_for``)."""
+        ref = self._models.get(version)
+        if ref is None:
+            ref = self._models[version] = self.ray.put(tree.flatten(params).numpy())
+            if len(self._models) > _KEPT_MODELS:
+                del self._models[next(iter(self._models))]
+        return ref
+
+    def _failed(self, coordinator: Coordinator, worker: int, job: int, error: Exception) -> None:
+        """A task of ``worker`` failed because its actor died. Ray restarts the actor (the
+        error is then ``ActorUnavailableError``) until ``max_restarts`` is spent (then
+        ``ActorDiedError``): probe it until it answers, then it rejoins; or lose it for good."""
+        gone = isinstance(error, self.ray.exceptions.ActorDiedError)
+        if gone and self._jobs[worker] is None and worker not in self._restarting:
+            return  # a failed stale task of a worker already lost
+        if job == _PROBE or worker in self._restarting:
+            if gone:
+                self._restarting.pop(worker, None)
+                self._lose(coordinator, worker)
+            elif job == _PROBE:
+                self._restarting[worker] = self.now + _PROBE_EVERY  # not back yet: ask again
+            return
+        self._jobs[worker] = None
         self.deaths[worker] += 1
-        restarting = self.max_restarts < 0 or self.deaths[worker] <= self.max_restarts
         warnings.warn(f"Ray worker actor {worker} died at {self.now:.3f} s"
-                      + ("; Ray restarts it" if restarting else "; no restarts left"),
+                      + ("; no restarts left" if gone else "; Ray restarts it"),
                       RuntimeWarning, stacklevel=2)
-        if restarting:
-            self._apply(coordinator, coordinator.restarted(self.now, worker))
+        if gone:
+            self._lose(coordinator, worker)
         else:
-            self._apply(coordinator, coordinator.lost(self.now, worker))
+            coordinator.restarting(self.now, worker)
+            self._restarting[worker] = self.now
+
+    def _lose(self, coordinator: Coordinator, worker: int) -> None:
+        self._jobs[worker] = None
+        self._apply(coordinator, coordinator.lost(self.now, worker))
+
+    def _probe(self) -> None:
+        """Ask each restarting actor that is due whether it is back (``ready``)."""
+        for worker, due in list(self._restarting.items()):
+            if due is not None and due <= time.perf_counter() - self._t0:
+                self._restarting[worker] = None
+                self._pending[self.workers[worker].ready.remote()] = (worker, _PROBE)
 
     def _checkpoint(self, coordinator: Coordinator) -> None:
         run_dir = coordinator.recorder.run_dir

@@ -1,0 +1,179 @@
+"""The Ray runtime on an embedded local Ray: training, loopback only, a killed worker actor,
+checkpoints and ``--resume``, bad input. One Ray serves the whole module (about 5 s to start)
+and is shut down at its end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from asyncopt import cli  # noqa: E402
+from asyncopt.api import Result, resume_run, run, train  # noqa: E402
+from asyncopt.errors import ConfigError  # noqa: E402
+from asyncopt.problems.base import Problem  # noqa: E402
+from asyncopt.problems.registry import make_problem  # noqa: E402
+from asyncopt.rules.registry import make_rule  # noqa: E402
+from asyncopt.runtimes.coordinator import Evaluation  # noqa: E402
+from asyncopt.runtimes.ray import cluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
+QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    cluster.start_local(num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+class _KilledOnce(Problem):
+    """The quadratic, except that worker ``victim`` SIGKILLs its own actor process on its
+    ``at``-th gradient, once per ``marker`` file (a restarted actor computes normally)."""
+
+    def __init__(self, inner: Problem, victim: int, at: int, marker: Path) -> None:
+        self.inner, self.num_workers = inner, inner.num_workers
+        self.victim, self.at, self.marker, self.calls = victim, at, str(marker), 0
+
+    def init_params(self, generator):
+        return self.inner.init_params(generator)
+
+    def loss_and_grad(self, params, worker, generator):
+        self.calls += 1
+        if worker == self.victim and self.calls == self.at and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.loss_and_grad(params, worker, generator)
+
+    def evaluate(self, params):
+        return self.inner.evaluate(params)
+
+
+def _train(problem: Problem, protocol: str | dict = "asgd", *, options: dict | None = None,
+           **budget) -> Result:
+    return train(problem, make_rule({"name": "sgd", "lr": 0.1}, problem.num_workers), protocol,
+                 budget=budget, evaluation=Evaluation(50), runtime="ray",
+                 runtime_options={"worker_cpus": 0.5, **(options or {})})
+
+
+def _config(tmp_path: Path, **options) -> dict:
+    return {"problem": QUADRATIC, "workers": 2, "rule": {"name": "momentum", "lr": 0.1},
+            "runtime": "ray", "runtime_options": {"worker_cpus": 0.5, **options},
+            "budget": {"steps": 120}, "eval": {"every": 20},
+            "output": {"dir": str(tmp_path), "name": "run"}}
+
+
+def test_trains_with_measured_delays_like_every_runtime():
+    result = _train(make_problem(QUADRATIC, 2, 0), steps=200)
+    arrivals = result.history.arrivals
+    assert result.summary["status"] == "completed"
+    assert result.summary["version"] == 200
+    assert result.history.final("loss") < 0.1 * result.history.evaluations["loss"][0]
+    assert set(arrivals["worker"].tolist()) == {0, 1}  # both actors delivered gradients
+    # the delay of a row is the server version before it minus the version it was computed at
+    assert (arrivals["delay"] >= 0).all() and arrivals["delay"].max() >= 1
+
+
+def test_synchronous_protocol_restarts_and_cancels_through_the_same_replies():
+    result = _train(make_problem(QUADRATIC, 2, 0), "minibatch", steps=30)
+    actions = result.history.arrivals["action"].tolist()
+    assert result.summary["status"] == "completed" and result.summary["version"] == 30
+    assert actions.count("step") == 30 and actions.count("buffer") == 30  # two per step
+
+
+def test_artificial_delay_hands_workers_older_models_from_the_object_store():
+    result = _train(make_problem(QUADRATIC, 2, 0), {"name": "asgd", "artificial_delay": 6},
+                    steps=100)
+    delays = result.history.arrivals["delay"]
+    assert result.summary["status"] == "completed"
+    assert delays.max() >= 5 and delays.mean() > 2  # ~uniform on 0..5, plus the real staleness
+
+
+def test_every_ray_server_listens_on_loopback_only():
+    listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    ours = [line for line in listeners.splitlines()
+            if any(name in line for name in ("raylet", "gcs_server", "ray::", "RuntimeEnv"))]
+    assert ours, listeners  # the embedded Ray is listening somewhere
+    for line in ours:
+        address = line.split()[3].rsplit(":", 1)[0]
+        assert address in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"), line
+
+
+def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path):
+    paced = {"time_scale": 0.02}  # 20 ms a gradient: the run outlasts an actor's restart
+    undisturbed = _train(make_problem(QUADRATIC, 2, 0), options=paced, steps=300)
+    problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=20,
+                          marker=tmp_path / "killed")
+    with pytest.warns(RuntimeWarning, match="actor 1 died"):
+        result = _train(problem, options=paced, steps=300)
+    arrivals = result.history.arrivals
+    rows = [(a, w) for a, w in zip(arrivals["action"], arrivals["worker"], strict=True)
+            if a in ("lost", "restart")]
+    assert (tmp_path / "killed").exists()
+    assert rows == [("lost", 1), ("restart", 1)]
+    assert result.summary["status"] == "completed" and result.summary["version"] == 300
+    after = arrivals["action"].tolist().index("restart")
+    assert 1 in arrivals["worker"][after + 1:][arrivals["action"][after + 1:] == "step"]
+    assert math.isclose(result.history.final("loss"), undisturbed.history.final("loss"),
+                        rel_tol=0.5, abs_tol=0.02)
+
+
+def test_checkpoint_resume_continues_in_a_new_directory(tmp_path):
+    first = run(_config(tmp_path, checkpoint_every=50))
+    checkpoint = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["version"] == 100 and checkpoint["arrival_rows"] >= 100
+    before = _digest(first.run_dir)
+    resumed = resume_run(first.run_dir, overrides=["budget.steps=200"])
+    assert _digest(first.run_dir) == before  # the old run directory is only read
+    assert resumed.run_dir == tmp_path / "run-resumed"
+    assert resumed.summary["version"] == 200
+    arrivals = resumed.history.arrivals
+    prefix = checkpoint["arrival_rows"]
+    assert arrivals["version"][:prefix].tolist() == first.history.arrivals["version"][
+        :prefix].tolist()
+    assert len(arrivals["now"]) == prefix + 100  # the resumed run took the 100 steps left
+    assert resumed.history.final("loss") < first.history.evaluations["loss"][0]
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused_and_nothing_is_written(tmp_path, capsys):
+    first = run(_config(tmp_path, checkpoint_every=60))
+    before = _digest(first.run_dir)
+    assert cli.main(["run", "--quiet", "--resume", str(first.run_dir),
+                     "--set", "problem.dim=12"]) == 2
+    assert "does not belong to this configuration" in capsys.readouterr().err
+    path = first.run_dir / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    before = _digest(first.run_dir)
+    with pytest.raises(ConfigError, match="readable checkpoint"):
+        resume_run(first.run_dir)
+    assert _digest(first.run_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_more_workers_than_the_cluster_can_place_is_a_clear_error():
+    with pytest.raises(ConfigError, match="at most 4 worker actors"):
+        _train(make_problem(QUADRATIC, 5, 0), steps=10)
+
+
+def test_unreachable_address_fails_fast():
+    with pytest.raises(ConfigError, match="cannot be reached"):
+        _train(make_problem(QUADRATIC, 2, 0), options={"address": "127.0.0.1:1"}, steps=10)
+
+
+def _digest(run_dir: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.iterdir())}
