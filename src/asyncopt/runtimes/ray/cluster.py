@@ -5,9 +5,12 @@
   ``127.0.0.1`` to the machine's network address unless its cluster mode is off, so the
   embedded Ray is started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the switch Ray itself
   uses on laptops: node address = loopback); ``tests/test_ray.py`` checks with ``ss -ltn``.
-* ``address = "HOST:PORT"``: join a cluster started with ``ray start --head``. Ray's token
-  authentication (on by default) uses the token of that cluster: ``RAY_AUTH_TOKEN`` or the file
-  ``~/.ray/auth_token`` that ``ray start`` wrote on that machine (Ray's docs: token auth).
+* ``address = "HOST:PORT"``: join a cluster started with ``ray start --head``. Ray 2.60 turns
+  token authentication on for ``ray start --head``, but a driver that joins an explicit
+  address never sends a token unless told to (Ray's choice: a token is not offered to any
+  address): start Python with ``RAY_AUTH_MODE=token`` and the cluster's token
+  (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``). Ray reads the mode
+  when it is imported, so set it in the environment, not from Python.
 
 A Ray that was already initialized in this process (a notebook, a test fixture) is used as it
 is and left running; one started here is shut down when the run ends, whatever ends it.
@@ -65,7 +68,15 @@ def connected(address: str, num_cpus: int | None = None) -> Iterator[Any]:
         return
     if address:
         check_address(address)
-        ray.init(address=address, configure_logging=False)
+        try:
+            ray.init(address=address, configure_logging=False)
+        except ConnectionError as error:
+            raise ConfigError(
+                "runtime_options.address", address,
+                f"a Ray cluster this driver may join. A cluster started with `ray start` checks "
+                f"a token: start Python with RAY_AUTH_MODE=token and the cluster's token "
+                f"(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Ray said: "
+                f"{str(error)[:300]}") from error
     else:
         start_local(num_cpus)
     try:
