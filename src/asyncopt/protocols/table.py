@@ -17,9 +17,9 @@ from the m_i: O(n·d) every n updates, O(d) amortized.
 
 Storage is flat: one n × d matrix whose row i is m_i (allocated on the first gradient, its pages
 touched only as workers fill their rows; an emptied row is overwritten, never zeroed) and one
-d-vector ḡ, so an update is three vector operations whatever
-the number of parameter tensors. :attr:`GradientTable.average` and :meth:`GradientTable.mean`
-are parameter trees of views into that storage.
+d-vector ḡ: the exact re-sum is one matrix reduction, and a flat gradient (a row of a batched
+evaluation, :class:`~asyncopt.tree.FlatParams`) updates the table in three vector operations.
+:attr:`GradientTable.average` and :meth:`GradientTable.mean` are trees of views into it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from torch import Tensor
 
 from asyncopt import tree
 from asyncopt.tree import Params
+
+_CHUNK = 32  # rows summed at a time while the table is not full
 
 
 class GradientTable:
@@ -45,6 +47,7 @@ class GradientTable:
         self._vector: Tensor | None = None  # ḡ, d
         self._average: Params | None = None  # ḡ as views shaped like the gradients
         self._like: Params | None = None
+        self._row_views: list[list[Tensor] | None] = [None] * num_workers  # row i as leaves
         self._since_exact = 0
 
     @property
@@ -95,12 +98,19 @@ class GradientTable:
         return tree.unflatten(self._exact_sum().div_(self.num_workers), self._like)
 
     def _exact_sum(self, out: Tensor | None = None) -> Tensor:
-        """Σ_i m_i over the filled rows (emptied rows hold stale values)."""
+        """Σ_i m_i over the filled rows (an empty row holds stale values or none at all), as
+        1ᵀ·rows: a matrix product, several times faster than ``sum(0)`` on CPU."""
         assert self._rows is not None
+        total = torch.empty_like(self._rows[0]) if out is None else out
         if self.full:
-            return torch.sum(self._rows, 0, out=out)
+            ones = self._rows.new_ones(1, len(self._rows))
+            return torch.mm(ones, self._rows, out=total.view(1, -1)).view(-1)
         filled = torch.tensor([i for i, b in enumerate(self.counts) if b], dtype=torch.int64)
-        return torch.sum(self._rows.index_select(0, filled), 0, out=out)
+        total.zero_()
+        for chunk in filled.split(_CHUNK):  # a bounded copy, not one of the whole table
+            rows = self._rows.index_select(0, chunk)
+            total.add_(torch.mm(rows.new_ones(1, len(rows)), rows).view(-1))
+        return total
 
     def _allocate(self, grads: Params) -> None:
         size = tree.numel(grads)
@@ -115,18 +125,29 @@ class GradientTable:
         if self._rows is None:
             self._allocate(grads)
         assert self._rows is not None and self._vector is not None
-        n, row, g = self.num_workers, self._rows[worker], tree.flatten(grads)
+        n, row = self.num_workers, self._rows[worker]
+        # a flat gradient (a batched evaluation's row) is one vector; otherwise go leaf by
+        # leaf into views of the row, which spares flattening (one more pass over d)
+        if isinstance(grads, tree.FlatParams):
+            g, mean, average = [grads.vector], [row], [self._vector]
+        else:
+            assert self._like is not None and self._average is not None
+            g = list(grads.values())
+            mean = self._row_views[worker]
+            if mean is None:
+                mean = self._row_views[worker] = list(tree.unflatten(row, self._like).values())
+            average = list(self._average.values())
         if not self.counts[worker]:
-            row.copy_(g)
-            self._vector.add_(g, alpha=1.0 / n)
+            torch._foreach_copy_(mean, g)
+            torch._foreach_add_(average, g, alpha=1.0 / n)
             self.filled += 1
         else:
-            difference = torch.sub(g, row)
+            difference = torch._foreach_sub(g, mean)
             if weight == 1.0:
-                row.copy_(g)  # exactly g, not m_i + (g − m_i)
+                torch._foreach_copy_(mean, g)  # exactly g, not m_i + (g − m_i)
             else:
-                row.add_(difference, alpha=weight)
-            self._vector.add_(difference, alpha=weight / n)
+                torch._foreach_add_(mean, difference, alpha=weight)
+            torch._foreach_add_(average, difference, alpha=weight / n)
         self.total += count - self.counts[worker]
         self.counts[worker] = count
         self._since_exact += 1
