@@ -45,6 +45,7 @@ def main() -> None:
     rows = []
     methods = sorted(p for p in folder.iterdir() if p.is_dir())
     for index, method in enumerate(methods):
+        name = method.name.split("-", 1)[-1]  # compare names it <config stem>-<method label>
         slopes = []
         for run_dir in sorted(p for p in method.iterdir() if (p / "summary.json").exists()):
             times, values = curve(load(run_dir), args.metric)
@@ -53,12 +54,12 @@ def main() -> None:
             keep = (times > 0) & (values > 0)
             color = f"C{index % 10}"
             ax.plot(times[keep], np.minimum.accumulate(values[keep]), color=color, alpha=0.6,
-                    label=method.name if len(slopes) == 1 else None)
+                    label=name if len(slopes) == 1 else None)
             if math.isfinite(b):
                 t = np.array([times[keep][-1] / 10, times[keep][-1]])
                 ax.plot(t, np.exp(a) * t ** b, "--", color=color, linewidth=1)
         finite = [s for s in slopes if math.isfinite(s)]
-        rows.append({"method": method.name, "seeds": len(slopes),
+        rows.append({"method": name, "seeds": len(slopes),
                      "slope (median)": float(np.median(finite)) if finite else math.nan,
                      "slopes": ", ".join(f"{s:.2f}" for s in slopes)})
     ax.set(xscale="log", yscale="log", xlabel="time (s)",
