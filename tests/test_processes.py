@@ -159,7 +159,8 @@ DIGITS = {"name": "logistic", "dataset": "digits"}  # 2 tensors: weight (640), b
 @pytest.mark.slow
 def test_two_parameter_servers_train_like_one():
     results = {servers: _train(make_problem(DIGITS, 2, 0), steps=300, every=100,
-                               options={"servers": servers}) for servers in (1, 2)}
+                               options={"servers": servers, "device": "cpu"})
+               for servers in (1, 2)}
     one, two = (results[k].history for k in (1, 2))
     assert results[2].summary["status"] == "completed" and 300 <= results[2].summary[
         "version"] <= 301
@@ -192,6 +193,24 @@ def test_bad_server_counts_and_protocols_are_refused_naming_the_field():
                                      ({"servers": 2}, "minibatch", "protocol.name")):
         with pytest.raises(ConfigError, match=field):
             _train(problem, protocol, steps=1, options=options)
+    assert not _workers_left()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_a_cuda_device_on_a_machine_without_one_is_refused_before_any_process_starts():
+    problem = make_problem(QUADRATIC, 2, 0)
+    for device, allowed in (("cuda", "has 0 CUDA device"), ("cuda:1", "has 0 CUDA device"),
+                            ("gpu", "'cpu', 'cuda' or 'cuda:K'")):
+        with pytest.raises(ConfigError, match=f"runtime_options.device.*{allowed}"):
+            _train(problem, steps=1, options={"device": device})
+    assert not _workers_left()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_device_index_past_the_last_one_is_refused():
+    problem, count = make_problem(QUADRATIC, 2, 0), torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=f"runtime_options.device.*has {count} CUDA"):
+        _train(problem, steps=1, options={"device": f"cuda:{count}"})
     assert not _workers_left()
 
 

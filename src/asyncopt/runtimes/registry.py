@@ -35,7 +35,7 @@ RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
     "processes": ("asyncopt.runtimes.processes.runtime",
                   {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
                    "mode": "server", "blocks": "whole", "block_fraction": 0.5,
-                   "warmup_steps": 0, "servers": 1}),
+                   "warmup_steps": 0, "servers": 1, "device": "cpu"}),
     "ray": ("asyncopt.runtimes.ray.runtime",
             {"address": "", "time_scale": 0.0, "max_restarts": 3, "checkpoint_every": 0,
              "worker_cpus": 1.0, "placement": "default", "startup_timeout": 120.0}),

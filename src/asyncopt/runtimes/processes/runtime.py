@@ -28,12 +28,13 @@ stopped before :meth:`ProcessRuntime.run` returns or raises.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import torch
 
-from asyncopt.errors import check, check_choice, check_float, check_int
+from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
@@ -149,7 +150,8 @@ class ProcessRuntime:
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int, servers: int) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
+          warmup_steps: int, servers: int, device: str
+          ) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -165,8 +167,10 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
       ``partition`` takes full-model steps only;
     * ``servers`` (server mode only): K ≥ 1 server processes, one per block of tensors
-      (:mod:`.servers`, protocol ``asgd`` only); 1 = the main process is the one server.
+      (:mod:`.servers`, protocol ``asgd`` only); 1 = the main process is the one server;
+    * ``device``: ``cpu`` (:func:`check_device`).
     """
+    check_device(device)
     check_picklable(problem)
     common = {
         "start_method": check_choice("runtime_options.start_method", start_method,
@@ -192,3 +196,23 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
                            block_fraction=block_fraction, warmup_steps=warmup_steps)
+
+
+def check_device(device: Any) -> str:
+    """``runtime_options.device``: ``cpu``, ``cuda`` or ``cuda:K`` are the accepted forms, and
+    only ``cpu`` runs today. A CUDA device is refused here, before any process starts: with the
+    reason that the machine has none (or not that one), else that the processes runtime does
+    not run on CUDA yet (its problems hold their data on the CPU; issue 8)."""
+    field = "runtime_options.device"
+    check(isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device) is not None,
+          field, device, "'cpu', 'cuda' or 'cuda:K'")
+    if device == "cpu":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    check(index < count, field, device,
+          f"'cpu': this machine has {count} CUDA device(s)" + (
+              " (torch.cuda.is_available() is False)" if count == 0 else
+              f", so cuda:0..cuda:{count - 1}"))
+    raise ConfigError(field, device, "'cpu': the processes runtime does not run on CUDA yet "
+                                     "(its problems keep their data on the CPU)")
