@@ -50,3 +50,18 @@ def test_batched_evaluation_gives_the_plain_history(protocol):
 def test_cancelled_work_really_happens_in_the_compared_runs():
     actions = _run(PROTOCOLS[1], 64).history.arrivals["action"]
     assert (actions == "cancel").sum() > 0 and (actions == "step").sum() > 10
+
+
+def test_malenia_evaluates_many_gradients_per_call():
+    problem = make_problem({"name": "mlp", "dataset": "digits", "hidden": 16, "batch_size": 4},
+                           12, 1)
+    sizes, batched = [], problem.loss_and_grads
+
+    def counted(params, workers, generators):  # the real computation, its batch size noted
+        sizes.append(len(workers))
+        return batched(params, workers, generators)
+
+    problem.loss_and_grads = counted
+    train(problem, make_rule({"name": "sgd", "lr": 0.1}, 12), "malenia", speed=SPEED,
+          budget={"arrivals": 300}, seed=5, runtime_options={"batch": 64})
+    assert max(sizes) == 12 and sum(sizes) / len(sizes) > 3
