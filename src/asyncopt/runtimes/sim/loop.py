@@ -119,7 +119,8 @@ class Simulator:
         if self.batch == 1 or waiting is None:
             return self.problem.loss_and_grad(job.params, job.worker, self.generators[job.worker])
         jobs = self._jobs
-        live = [other for other in waiting if other is not job and jobs.get(other.worker) is other]
+        live = [other for other in waiting if other is not job
+                and jobs.get(other.worker) is other and other.params is job.params]
         batch, rest = [job, *live[:self.batch - 1]], live[self.batch - 1:]
         if rest:  # they wait for a later event
             self._waiting[job.version] = rest
