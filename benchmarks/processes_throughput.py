@@ -8,8 +8,8 @@ digits (ASGD + SGD, so the server does one step and one model publication per gr
 rate is measured between the 50th and the last arrival of each run (start-up excluded), best of
 ``REPEATS``, and compared with one worker's rate: the goal (issue 3) is 2 workers ≥ 85 % of twice
 one worker. With 2 servers the model's 6 tensors are split into 2 blocks of ~100k parameters,
-each served by its own process. The reference row is the same gradient computed in a plain loop in this process with
-one torch thread (no runtime at all).
+each served by its own process. The reference row is the same gradient computed in a plain
+loop in this process with one torch thread (no runtime at all).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from asyncopt.api import train
 from asyncopt.problems.datasets import load_dataset
 from asyncopt.problems.partition import partition
 from asyncopt.problems.supervised import SupervisedProblem
+from asyncopt.protocols.base import Server
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel, template
 from asyncopt.runtimes.sim.loop import worker_generators
 
 ARRIVALS, SKIP, REPEATS = 1500, 50, 3
@@ -67,6 +69,34 @@ def serial_rate(batch_size: int, seconds: float = 2.0) -> float:
         torch.set_num_threads(threads)
 
 
+def server_cost(seconds: float = 1.0) -> float:
+    """ms the server spends per arrival (ASGD + SGD), in this process with one torch thread:
+    copy the gradient out of its slot, the rule's step, publish the model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        built = problem(1, 32)
+        server = Server(built.init_params(torch.Generator().manual_seed(0)),
+                        make_rule({"name": "sgd", "lr": 0.01}, 1))
+        model = SharedModel(template(server.params))
+        slots = GradientSlots(model.like, 1)
+        slots.write(0, built.loss_and_grad(server.params, 0, worker_generators(0, 1)[0])[1])
+
+        def arrival() -> None:
+            server.step(slots.take(0), delay=0, worker=0)
+            model.publish(server.params, server.version)
+
+        for _ in range(20):
+            arrival()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            arrival()
+            count += 1
+        return (time.perf_counter() - start) / count * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
 def runtime_rate(workers: int, batch_size: int, servers: int = 1
                  ) -> tuple[float, float, float]:
     """Best of REPEATS: (gradients/s, median compute time per gradient in ms, mean delay)."""
@@ -86,11 +116,38 @@ def runtime_rate(workers: int, batch_size: int, servers: int = 1
     return best
 
 
+def describe(server_ms: float) -> str:
+    """What the table measures, and why 2 cores cannot show the 85 % goal."""
+    return f"""ASGD + SGD, MLP 64-512-320-10 (200,650 parameters) on digits, {ARRIVALS} arrivals
+per run, rate between arrival {SKIP} and the last, best of {REPEATS} runs; one torch thread per
+process. "compute ms/grad" is the workers' own wall time per gradient (model read included);
+its growth from 1 to 2 workers is the slowdown each worker suffers from sharing the cores.
+"2 servers": `runtime_options.servers = 2`, the model's tensors split into 2 blocks of ~100k
+parameters, each stepped and published by its own server process (the main process only
+records). Measured under load (other jobs on the machine; the lead re-runs on a quiet one).
+
+Why 2 workers stay under 85 % of twice one worker on **{torch.get_num_threads()} cores**, in
+figures: let c be a worker's time per gradient, s the server's per arrival (copy the gradient
+out of its slot, SGD step, publish the model: s = {server_ms:.2f} ms, measured alone in one
+process) and l the two pipe wake-ups of a round trip. One worker alternates with the server:
+r₁ = 1/(c + s + l). Two workers and the server are three busy processes on two cores:
+r₂ ≤ 2/(c₂ + s), c₂ being a worker's time per gradient when it shares the cores ("bound"
+column). That bound is above 2 r₁ only if the two cores belong to these three processes alone;
+"core-ms per gradient" = 2/r₂ is what each gradient actually cost the machine, against
+c₂ + s used by the worker and the server: the difference goes to context switches, wake-ups
+waiting for a core, and the other jobs on the machine. With a core per process (≥ 3 cores)
+that overhead goes, which is where the goal can be judged. Concurrent parameter servers cannot
+pay on 2 cores either (5 busy processes); they are for machines where the server's step, not
+the workers, limits the rate (s > c / N)."""
+
+
 def main() -> None:
+    server_ms = server_cost()
     rows = ["| batch | serial loop (grad/s) | 1 worker (grad/s) | 2 workers (grad/s) | "
             "2 workers / (2 × 1 worker) | compute ms/grad (1 w → 2 w) | mean delay (2 w) | "
+            "bound 2/(c₂ + s) (grad/s) | core-ms per gradient (2 w) | "
             "2 workers, 2 servers (grad/s) | its mean delay |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for batch in BATCHES:
         serial = serial_rate(batch)
         one, one_ms, _ = runtime_rate(1, batch)
@@ -98,18 +155,11 @@ def main() -> None:
         split, _, split_delay = runtime_rate(2, batch, servers=2)
         ratio = two / (2 * one)
         rows.append(f"| {batch} | {serial:.0f} | {one:.0f} | {two:.0f} | {ratio:.0%} | "
-                    f"{one_ms:.2f} → {two_ms:.2f} | {delay:.2f} | {split:.0f} | "
+                    f"{one_ms:.2f} → {two_ms:.2f} | {delay:.2f} | "
+                    f"{2e3 / (two_ms + server_ms):.0f} | {2e3 / two:.2f} | {split:.0f} | "
                     f"{split_delay:.2f} |")
         print(rows[-1], file=sys.stderr)
-    body = "\n".join(rows) + f"""
-
-ASGD + SGD, MLP 64-512-320-10 (200,650 parameters) on digits, {ARRIVALS} arrivals per run, rate
-between arrival {SKIP} and the last, best of {REPEATS} runs; one torch thread per worker. The
-machine has **{torch.get_num_threads()} cores** (shared with other work), and the main process
-(server: copy the gradient out of its slot, SGD step, publish the model) needs CPU too: with 2
-workers, three busy processes share 2 cores, so the 2-worker row measures contention as much as
-the runtime. "compute ms/grad" is the workers' own wall time per gradient (model read included);
-its growth from 1 to 2 workers is the slowdown each worker suffers from sharing the cores."""
+    body = "\n".join(rows) + "\n\n" + describe(server_ms)
     write_section("Process runtime throughput (server mode)",
                   ".venv/bin/python benchmarks/processes_throughput.py", body)
     print(body)

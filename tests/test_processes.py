@@ -184,6 +184,37 @@ def test_with_two_servers_a_killed_worker_is_recorded_and_the_other_goes_on():
     assert not _workers_left()
 
 
+class _KillsServer(Problem):
+    """Digits logistic regression whose 3rd evaluation (main process) kills server process 0."""
+
+    def __init__(self, inner: Problem) -> None:
+        self.inner, self.num_workers, self.evaluations = inner, inner.num_workers, 0
+
+    def init_params(self, generator):
+        return self.inner.init_params(generator)
+
+    def loss_and_grad(self, params, worker, generator):
+        return self.inner.loss_and_grad(params, worker, generator)
+
+    def evaluate(self, params):
+        self.evaluations += 1
+        if self.evaluations == 3:
+            server = next(p for p in multiprocessing.active_children()
+                          if p.name == "asyncopt-server-0")
+            os.kill(server.pid, signal.SIGKILL)
+        return self.inner.evaluate(params)
+
+
+@pytest.mark.slow
+def test_a_dead_server_fails_the_run_and_stops_every_process():
+    result = _train(_KillsServer(make_problem(DIGITS, 2, 0)), steps=10**6, time=60.0, every=20,
+                    options={"servers": 2})
+    assert result.summary["status"] == "failed"
+    assert "server process 0 died" in result.summary["reason"]
+    assert 40 <= result.summary["version"] < 10**6
+    assert not _workers_left()
+
+
 def test_bad_server_counts_and_protocols_are_refused_naming_the_field():
     problem = make_problem(DIGITS, 2, 0)
     for options, protocol, field in (({"servers": 0}, "asgd", "runtime_options.servers"),

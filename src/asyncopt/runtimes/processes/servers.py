@@ -122,6 +122,7 @@ class ServersRuntime(Watcher):
                         end.close()
             self.servers.wait_ready(self.startup_timeout)
             self.watch(coordinator, self.startup_timeout)
+            self.check(coordinator)  # a server's error that ended the workers is raised, not lost
         finally:
             self.counters.stop()
             for pool in reversed(pools):  # the workers first: they may wait for a server

@@ -53,12 +53,13 @@ class Watcher:
             self.now = time.perf_counter() - self._t0
             if not coordinator.advance(self.now):
                 break
-            self._handle(coordinator, events)
             self.check(coordinator)
+            self._handle(coordinator, events)
         self._drain(coordinator)
 
     def check(self, coordinator: Coordinator) -> None:
-        """Called after every batch of events: subclasses watch their other processes here."""
+        """Called before every batch of events is handled: subclasses watch their other
+        processes here (first, so that a server's death is the reason, not what it caused)."""
 
     def _handle(self, coordinator: Coordinator, events: list[Any]) -> None:
         for worker, kind, payload in events:
