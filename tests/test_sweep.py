@@ -30,3 +30,22 @@ def test_time_to_target_falls_with_workers_and_unreached_targets_count_as_failed
     assert math.isnan(rows[0]["now median"])
     rows, _ = summary_rows(never, "now", failed=math.inf)
     assert rows[0]["now median"] == math.inf
+
+
+def test_loglog_slope_recovers_the_exponent_of_a_power_law():
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).parents[1] / "scripts" / "loglog_slope.py"
+    spec = importlib.util.spec_from_file_location("loglog_slope", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    times = np.linspace(0.0, 100.0, 401)
+    noisy = 3.0 / np.sqrt(np.maximum(times, 1e-9)) * (1 + 0.5 * np.sin(times))
+    b, _, fitted = module.slope(times, noisy)
+    assert b == pytest.approx(-0.5, abs=0.1)  # the running minimum removes the wiggles' rises
+    assert fitted.sum() > 300 and times[1:][fitted].min() >= 10.0
+    assert math.isnan(module.slope(times[:3], noisy[:3])[0])
