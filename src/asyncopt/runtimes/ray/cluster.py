@@ -3,8 +3,9 @@
 * no address: ``ray.init`` starts a local Ray for this run only (no dashboard, no usage
   reporting) and every server it opens listens on the loopback interface only. Ray resolves
   ``127.0.0.1`` to the machine's network address unless its cluster mode is off, so the
-  embedded Ray is started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the switch Ray itself
-  uses on laptops: node address = loopback); ``tests/test_ray.py`` checks with ``ss -ltn``.
+  embedded Ray is started with that mode off (the switch Ray itself uses on laptops,
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: node address = loopback), for the ``ray.init``
+  call only; ``tests/test_ray.py`` checks with ``ss -ltn``.
 * ``address = "HOST:PORT"``: join a cluster started with ``ray start --head``. Ray 2.60 turns
   token authentication on for ``ray start --head``, but a driver that joins an explicit
   address never sends a token unless told to (Ray's choice: a token is not offered to any
@@ -18,7 +19,6 @@ is and left running; one started here is shut down when the run ends, whatever e
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +26,9 @@ from typing import Any
 
 from asyncopt.errors import ConfigError
 
-_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
-
-def import_ray(local: bool = True) -> Any:
+def import_ray() -> Any:
     """``ray``, imported here only (it is the optional ``asyncopt[ray]`` extra)."""
-    if local:  # read by ray at import: set first, inherited by every Ray process started here
-        for key, value in _LOOPBACK_ENV.items():
-            os.environ.setdefault(key, value)
     try:
         import ray
     except ImportError as error:
@@ -62,7 +57,7 @@ def check_address(address: str) -> tuple[str, int]:
 def connected(address: str, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray, connected for the duration of the block: embedded (``address == ""``), joined, or
     the one already running in this process."""
-    ray = import_ray(local=not address)
+    ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
@@ -87,13 +82,19 @@ def connected(address: str, num_cpus: int | None = None) -> Iterator[Any]:
 
 def start_local(num_cpus: int | None = None) -> Any:
     """Start an embedded Ray on the loopback interface (no dashboard); answer ``ray``."""
-    ray = import_ray(local=True)
-    # Ray reads the switch when it is first imported: if the user imported it before asyncopt
-    # could set the variable, set the constant it became (read at each address lookup).
+    ray = import_ray()
     from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(include_dashboard=False, num_cpus=num_cpus, configure_logging=False)
+    # Ray's loopback mode, for this process only: the node address it resolves (and passes
+    # to every process it starts) is 127.0.0.1. The environment variable would leak into
+    # child processes, where it breaks a later `ray start --address` (a multi-node start).
+    clustered, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        # "local": always a new Ray, never one that `ray start` left running on this machine
+        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
+                 configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clustered
     return ray
 
 

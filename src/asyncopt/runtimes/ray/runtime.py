@@ -8,7 +8,7 @@ parameter-server pattern (``ray.wait`` on the gradients in flight), with the tra
 one buffer each way:
 
     a start:     v, x = protocol.model_for(worker)   (the current model, unless a protocol says)
-                 ref = ray.put(flat x)                (once per version, not per worker)
+                 ref = ray.put(flat x)                (once per version; inline if < 64 KiB)
                  worker.compute.remote(ref, v)        (the worker reads ref zero-copy)
     an arrival:           g = ray.get(first ready)             (a read-only view of the store)
 
@@ -46,6 +46,7 @@ from asyncopt.runtimes.ray import actors, cluster
 _PROBE = -1  # the job number of a ``ready`` probe sent to a restarting actor
 _PROBE_EVERY = 0.05  # seconds between probes of an actor that is not back yet
 _KEPT_MODELS = 8
+_INLINE_BYTES = 64 * 1024
 
 
 class RayRuntime:
@@ -79,11 +80,15 @@ class RayRuntime:
                                max(1, int(np.ceil(n * self.worker_cpus)))) as ray:
             self.ray = ray
             self._check_room(ray, n)
-            like = {k: v.detach() for k, v in coordinator.protocol.server.params.items()}
+            shapes = {k: (tuple(v.shape), v.dtype)
+                      for k, v in coordinator.protocol.server.params.items()}
             remote = ray.remote(actors.GradientWorker).options(
                 num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0,
                 scheduling_strategy=self.placement.upper())
-            self.workers = [remote.remote(self.problem, w, tree.zeros_like(like), self.speed,
+            # one copy in the object store for every actor, kept alive by this reference for
+            # the whole run: a restarted actor is built from it again
+            problem = ray.put(self.problem)
+            self.workers = [remote.remote(problem, w, shapes, self.speed,
                                           self.seed, self.time_scale) for w in range(n)]
             try:
                 self._wait_ready(ray)
@@ -107,7 +112,11 @@ class RayRuntime:
             raise RuntimeError(f"{len(waiting)} of {len(refs)} Ray worker actors did not start "
                                f"within {self.startup_timeout:g} s "
                                f"(runtime_options.startup_timeout); see `ray status`")
-        self.nodes = ray.get(refs)
+        try:
+            self.nodes = ray.get(refs)
+        except ray.exceptions.RayActorError as error:
+            raise RuntimeError(f"a Ray worker actor failed to start (the problem must be "
+                               f"importable on every node):\n{error}") from error
 
     def _serve(self, coordinator: Coordinator) -> None:
         ray = self.ray
@@ -172,12 +181,17 @@ class RayRuntime:
             self._pending[ref] = (worker, self._job_counter)
 
     def _model_ref(self, version: int, params: Any) -> Any:
-        """The object-store copy of the model of ``version``: put once, shared by every start
-        at that version (the last few versions are kept, for protocols that hand out older
-        ones: ``Protocol.model_for``)."""
+        """The model of ``version`` as a task argument: put into the object store once and
+        shared by every start at that version (the last few versions are kept, for protocols
+        that hand out older ones: ``Protocol.model_for``); a small model goes inline."""
         ref = self._models.get(version)
         if ref is None:
-            ref = self._models[version] = self.ray.put(tree.flatten(params).numpy())
+            flat = actors.flat_numpy(params)
+            # a small model travels inside the task itself (Ray inlines arguments under
+            # 100 KiB), cheaper than a put and a fetch; steps are out of place, so the view
+            # ``flat`` of the server's parameters never changes
+            ref = flat if flat.nbytes < _INLINE_BYTES else self.ray.put(flat)
+            self._models[version] = ref
             if len(self._models) > _KEPT_MODELS:
                 del self._models[next(iter(self._models))]
         return ref
