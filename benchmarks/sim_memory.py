@@ -58,7 +58,10 @@ def main() -> None:
             f"784-128-10, ~100k parameters), {arrivals:,} arrivals per method, each in a fresh "
             f"process. Peak RSS (`ru_maxrss`):\n\n| run | peak RSS (MB) |\n|---|---|\n"
             f"| problem built, no simulation | {base:,.0f} |\n"
-            + "".join(f"| {label} | {peak:,.0f} |\n" for label, peak in peaks.items()))
+            + "".join(f"| {label} | {peak:,.0f} |\n" for label, peak in peaks.items())
+            + "\nThe floor: one n × d gradient table (Malenia, IA²SGD; Ringleader's second table "
+            "fills only for workers that buffer), and the model version each in-flight worker "
+            "holds (the ASGD row).")
     print(body)
     write_section("Simulator memory, 1,000 workers (issue 7)",
                   f"python benchmarks/sim_memory.py {workers} {arrivals}", body)

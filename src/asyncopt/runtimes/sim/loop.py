@@ -154,14 +154,17 @@ class Simulator:
 
 
 def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
-          batch: int = 64) -> Simulator:
+          batch: int = 1) -> Simulator:
     """The runtime registry's constructor for ``runtime = "sim"``.
 
     ``threads``: torch intra-op threads while simulating (restored afterwards). One gradient at
     a time of a small model gains nothing from more, and on a busy machine extra threads make it
     many times slower (measured 17× on 2 cores with the other one loaded). Raise it for big models.
     ``batch``: at most this many pending gradients at one snapshot are evaluated together
-    (1: one at a time); see the module docstring.
+    (1, the default: one at a time); see the module docstring. Off by default: on the 2-core
+    CPU it made the MNIST comparison slower, not faster (benchmarks/RESULTS.md, "Simulator
+    speed"), since a 100k-parameter gradient costs its memory traffic whether batched or not
+    and early work that a protocol then cancels is wasted.
     """
     return Simulator(problem, speed, seed,
                      threads=check_int("runtime_options.threads", threads, 1),
