@@ -27,7 +27,7 @@ def test_time_to_target_falls_with_workers_and_unreached_targets_count_as_failed
                       parse_axis("workers=2"), seeds=1)
     assert not never[0].reached
     rows, _ = summary_rows(never, "now")
-    assert math.isnan(rows[0]["now median"])
+    assert math.isnan(rows[0]["now median"]) and rows[0]["failed"] == 1
     rows, _ = summary_rows(never, "now", failed=math.inf)
     assert rows[0]["now median"] == math.inf
 

@@ -74,12 +74,15 @@ class Group:
         return np.array([_value(p, metric, failed) for p in self.points], dtype=float)
 
 
+def _failed(point: Point, metric: str) -> bool:
+    """Did not complete, or (``metric = "now"``) never reached the target."""
+    return point.status != "completed" or (metric == "now" and not point.reached)
+
+
 def _value(point: Point, metric: str, failed: float) -> float:
-    if point.status != "completed":
+    if _failed(point, metric):
         return failed
-    if metric == "now":
-        return point.now if point.reached else failed
-    return point.final.get(metric, math.nan)
+    return point.now if metric == "now" else point.final.get(metric, math.nan)
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
@@ -157,7 +160,7 @@ def summary_rows(points: Sequence[Point], metric: str, mode: str = "min",
             medians.append(median)
             rows.append({"series": label, "x": g.x, f"{metric} median": float(median),
                          "q25": float(q25), "q75": float(q75),
-                         "failed": sum(p.status != "completed" for p in g.points),
+                         "failed": sum(_failed(p, metric) for p in g.points),
                          "seeds": len(g.points),
                          "max delay": float(np.median([p.max_delay for p in g.points])),
                          "mean delay": float(np.median([p.mean_delay for p in g.points]))})
