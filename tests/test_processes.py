@@ -95,7 +95,8 @@ def test_minibatch_is_synchronous_and_slow_workers_are_emulated():
 
 @pytest.mark.slow
 def test_a_killed_worker_is_recorded_and_the_others_go_on():
-    problem = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(1,), at=20)
+    # its 5th gradient: even on a loaded machine, worker 1 gets 5 jobs before 200 steps are done
+    problem = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(1,), at=5)
     with pytest.warns(RuntimeWarning, match="worker process 1 died"):
         result = _train(problem, steps=200)
     assert result.summary["status"] == "completed" and result.summary["version"] == 200
@@ -175,12 +176,13 @@ def test_two_parameter_servers_train_like_one():
 
 @pytest.mark.slow
 def test_with_two_servers_a_killed_worker_is_recorded_and_the_other_goes_on():
-    problem = _Sabotaged(make_problem(DIGITS, 2, 0), victims=(1,), at=20)
+    problem = _Sabotaged(make_problem(DIGITS, 2, 0), victims=(1,), at=5)
     with pytest.warns(RuntimeWarning, match="worker process 1 died"):
         result = _train(problem, steps=200, options={"servers": 2})
     assert result.summary["status"] == "completed" and 200 <= result.summary["version"] <= 201
     actions = result.history.arrivals["action"][result.history.arrivals["worker"] == 1]
-    assert list(actions).count("lost") == 1 and len(actions) <= 20
+    # its steps reported before it died (a killed worker's last batch of reports is lost)
+    assert set(actions[:-1]) <= {"step"} and len(actions) <= 5 and actions[-1] == "lost"
     assert not _workers_left()
 
 

@@ -9,7 +9,9 @@ evaluates the model and enforces the budget). When the coordinator says stop, th
 raises the shared stop flag, records the steps that were in flight (at most one per worker, so
 a step budget may be passed by up to ``n − 1`` steps: the history and the final model then
 agree), and the runtime stops the processes with the pool's lifecycle. Reports can arrive out of
-version order; the recorded version is the largest one reported so far.
+version order; the recorded version is the largest one reported so far. A worker that is killed
+takes its unsent batch (at most ~10 ms of steps) with it: those steps were applied but have no
+row, so the recorded version may then jump by more than one.
 """
 
 from __future__ import annotations
