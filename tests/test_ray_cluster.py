@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,10 @@ def two_nodes(tmp_path_factory):
         if ray.is_initialized():
             ray.shutdown()
         _stop(nodes)
+        # `ray start` leaves its address for a later `ray.init()`; a killed head cannot clear it
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip() == f"{HEAD}:{port}":
+            current.unlink()
 
 
 DRIVER = """
