@@ -13,6 +13,10 @@ server step per gradient. Three ways:
   example): a server actor with a torch model and optimizer whose ``apply_gradients`` returns the
   weights as a dict of numpy arrays, worker actors whose ``compute_gradients(weights)`` returns a
   list of numpy gradients, and a ``ray.wait`` loop in the driver that passes object refs along;
+* **asyncopt, ray, K servers**: ``runtime_options.servers = K`` (:mod:`asyncopt.runtimes.ray.
+  sharded`): K block server actors, workers that pull and push the blocks themselves, the driver
+  off the per-arrival path; K = 1 (one server actor, built directly: the option's 1 is the
+  driver-as-server path) and K = 2;
 * **asyncopt, processes**: the shared-memory runtime on the same problem.
 
 Rates are taken between the ``SKIP``-th update and the last (start-up excluded), best of
@@ -35,10 +39,16 @@ from results import write_section
 
 from asyncopt.api import train
 from asyncopt.problems.quadratic import QuadraticProblem
+from asyncopt.protocols.base import Server
+from asyncopt.protocols.registry import make_protocol
+from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
 from asyncopt.runtimes.ray import cluster
+from asyncopt.runtimes.ray.sharded import ShardedRuntime
+from asyncopt.runtimes.registry import RUNTIMES
 from asyncopt.runtimes.sim.loop import worker_generators
+from asyncopt.runtimes.sim.speed import make_speed_model
 
 SIZES = (10_000, 1_000_000)
 WORKERS, UPDATES, SKIP, REPEATS, LR = 2, 600, 50, 2, 0.1
@@ -55,6 +65,25 @@ def asyncopt_rate(dim: int, runtime: str) -> float:
                        budget={"arrivals": UPDATES}, evaluation=Evaluation(10**9),
                        runtime=runtime, progress=False)
         now = result.history.arrivals["now"]
+        best = max(best, (len(now) - 1 - SKIP) / (now[-1] - now[SKIP]))
+    return best
+
+
+def sharded_rate(dim: int, servers: int) -> float:
+    """As :func:`asyncopt_rate` with ``servers`` block server actors; the runtime is built
+    directly, so that K = 1 runs the server-actor path too."""
+    options = {**RUNTIMES["ray"][1], "servers": servers}
+    best = 0.0
+    for _ in range(REPEATS):
+        problem = quadratic(dim)
+        server = Server(problem.init_params(torch.Generator().manual_seed(0)),
+                        make_rule({"name": "sgd", "lr": LR}, WORKERS))
+        recorder = Recorder()
+        coordinator = Coordinator(problem, make_protocol({"name": "asgd"}, server, WORKERS),
+                                  recorder, Budget(arrivals=UPDATES), Evaluation(10**9))
+        ShardedRuntime(problem, make_speed_model({}, WORKERS, 0), 0, **options).run(coordinator)
+        coordinator.finish()
+        now = recorder.history().arrivals["now"]
         best = max(best, (len(now) - 1 - SKIP) / (now[-1] - now[SKIP]))
     return best
 
@@ -128,22 +157,31 @@ def time_to_first_update(runtime: str) -> float:
 
 
 def main() -> None:
-    rows = ["| model | asyncopt, ray (updates/s) | plain Ray PS (updates/s) | ray / plain | "
-            "asyncopt, processes (updates/s) |", "|---|---|---|---|---|"]
     rates = {dim: {"processes": asyncopt_rate(dim, "processes")} for dim in SIZES}
     ray = cluster.start_local(num_cpus=WORKERS)
     try:
         for dim in SIZES:
             rates[dim]["ray"] = asyncopt_rate(dim, "ray")
             rates[dim]["plain"] = plain_rate(ray, dim)
+            for servers in (1, 2):
+                rates[dim][servers] = sharded_rate(dim, servers)
     finally:
         ray.shutdown()
+    first = {runtime: time_to_first_update(runtime) for runtime in ("ray", "processes")}
+    report(rates, first)
+
+
+def report(rates: dict[int, dict], first: dict[str, float]) -> None:
+    """Write the section of RESULTS.md from the measured rates and start-up times."""
+    rows = ["| model | asyncopt, ray (updates/s) | plain Ray PS (updates/s) | ray / plain | "
+            "ray, 1 server actor | ray, 2 server actors | best / plain | "
+            "asyncopt, processes (updates/s) |", "|---|---|---|---|---|---|---|---|"]
     for dim in SIZES:
         r = rates[dim]
+        best = max(r["ray"], r[1], r[2])
         rows.append(f"| {dim:,} floats | {r['ray']:.0f} | {r['plain']:.0f} | "
-                    f"{r['ray'] / r['plain']:.2f}× | {r['processes']:.0f} |")
-        print(rows[-1], file=sys.stderr)
-    first = {runtime: time_to_first_update(runtime) for runtime in ("ray", "processes")}
+                    f"{r['ray'] / r['plain']:.2f}× | {r[1]:.0f} | {r[2]:.0f} | "
+                    f"{best / r['plain']:.2f}× | {r['processes']:.0f} |")
     body = "\n".join(rows) + f"""
 
 {WORKERS} workers, ASGD + SGD on the noiseless heterogeneous quadratic (its gradient costs a few
@@ -151,7 +189,12 @@ vector operations, so the transfers dominate), {UPDATES} updates per run, rate f
 the last, best of {REPEATS}; embedded local Ray (2 CPUs, worker actors 1 CPU each, the plain
 server actor 0 CPUs). The plain PS is Ray's documented asynchronous parameter server (server
 actor returns the weights, workers get them as an argument, a `ray.wait` loop in the driver).
-Measured under load on a shared 2-core machine: ratios are more telling than the rates.
+"asyncopt, ray" is the default layout (the driver is the server); the "server actor" columns are
+`runtime_options.servers = K` (K block server actors with `num_cpus = 0`, each answering a
+block's gradient with the block after the step; the driver only records), K = 1 built directly.
+Measured under load on a shared 2-core machine (load average about 5): ratios are more telling
+than the rates, and with 2 cores for 2 workers, K servers and the driver, K = 2 cannot run its
+servers in parallel.
 
 Time from starting `asyncopt run configs/quickstart.toml --set workers=2 --set budget.steps=1`
 (a fresh process) to its end, an upper bound on the time to the first update: Ray

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,7 @@ from asyncopt.problems.registry import make_problem  # noqa: E402
 from asyncopt.rules.registry import make_rule  # noqa: E402
 from asyncopt.runtimes.coordinator import Evaluation  # noqa: E402
 from asyncopt.runtimes.ray import cluster  # noqa: E402
+from asyncopt.runtimes.ray.servers import Layout  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
@@ -177,3 +179,49 @@ def test_unreachable_address_fails_fast():
 def _digest(run_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(run_dir.iterdir())}
+
+
+def test_block_servers_train_like_one_server_with_delays_from_versions():
+    one = _train(make_problem(QUADRATIC, 2, 0), steps=200)
+    two = _train(make_problem(QUADRATIC, 2, 0), options={"servers": 2}, steps=200)
+    arrivals = two.history.arrivals
+    assert two.summary["status"] == "completed" and two.summary["version"] >= 200
+    assert set(arrivals["worker"].tolist()) == {0, 1}
+    assert (arrivals["action"] == "step").all()
+    assert (arrivals["delay"] >= 0).all() and arrivals["delay"].max() >= 1
+    assert (np.diff(arrivals["version"]) >= 0).all()  # the largest min_b v_b reported so far
+    assert two.history.evaluations["loss"][0] > 10 * two.history.final("loss")
+    assert math.isclose(two.history.final("loss"), one.history.final("loss"), rel_tol=0.3)
+    # the final model is the servers' blocks side by side, and the result carries it
+    assert math.isclose(make_problem(QUADRATIC, 2, 0).evaluate(two.params)["loss"],
+                        two.history.final("loss"), rel_tol=1e-6)
+
+
+def test_block_servers_need_asgd_and_at_most_one_server_per_parameter():
+    with pytest.raises(ConfigError, match="'asgd' with runtime_options"):
+        _train(make_problem(QUADRATIC, 2, 0), "minibatch", options={"servers": 2}, steps=10)
+    with pytest.raises(ConfigError, match="at most the number of parameters"):
+        _train(make_problem(QUADRATIC, 2, 0), options={"servers": 11}, steps=10)
+
+
+def test_killed_worker_with_block_servers_is_lost_and_the_other_goes_on(tmp_path):
+    problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=5,
+                          marker=tmp_path / "killed")
+    with pytest.warns(RuntimeWarning, match="actor 1 died"):
+        result = _train(problem, options={"servers": 2}, steps=300)
+    arrivals = result.history.arrivals
+    assert result.summary["status"] == "completed" and result.summary["version"] >= 300
+    lost = arrivals["action"].tolist().index("lost")
+    assert arrivals["worker"][lost] == 1
+    assert set(arrivals["worker"][lost + 1:].tolist()) == {0}
+
+
+def test_layout_cuts_the_flat_model_into_balanced_ranges():
+    params = {"w": torch.zeros(3, 4), "b": torch.zeros(4)}
+    layout = Layout(params, 3)
+    assert layout.ranges() == [(0, 5), (5, 10), (10, 16)]
+    assert [{k: shape for k, (shape, _) in pieces.items()} for pieces in layout.pieces] == [
+        {"w": (5,)}, {"w": (5,)}, {"w": (2,), "b": (4,)}]
+    square = {"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}  # a tensor not cut keeps its shape
+    assert [{k: shape for k, (shape, _) in pieces.items()}
+            for pieces in Layout(square, 2).pieces] == [{"a": (2, 2)}, {"b": (2, 2)}]

@@ -12,14 +12,17 @@ The returned gradient is one contiguous numpy array: Ray stores it in the object
 pickling its data, and the driver reads it in place. Slow machines are emulated as in the
 processes runtime, by padding: a task lasts at least ``time_scale × speed.compute_time(i, now)``
 wall seconds. A restarted actor (Ray's ``max_restarts``) runs this constructor again: its
-minibatch stream starts over from (seed, worker).
+minibatch stream starts over from (seed, worker). :class:`ShardWorker` is the worker of the
+sharded layout (``servers = K ≥ 2``): one long task that talks to the server actors itself.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,8 +30,11 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.ray.servers import view
 from asyncopt.runtimes.sim.loop import worker_generators
 from asyncopt.tree import Params
+
+_REPORT = 0.01  # seconds between a sharded worker's reports of its rows
 
 
 class GradientWorker:
@@ -44,6 +50,7 @@ class GradientWorker:
         self.generator = worker_generators(seed, problem.num_workers)[worker]
         self.like = like
         self.grad = torch.empty(tree.numel(like), dtype=next(iter(like.values())).dtype)
+        self.flat = torch.empty_like(self.grad)  # the model, when it comes in blocks
 
     def ready(self) -> str:
         """Where this actor runs: its node id."""
@@ -59,12 +66,17 @@ class GradientWorker:
             warnings.simplefilter("ignore", UserWarning)  # simulator hands them the server's)
             params = tree.unflatten(torch.from_numpy(model), self.like)
         loss, grads = self.problem.loss_and_grad(params, self.worker, self.generator)
+        self.pad(start, now)
+        return flat_numpy(grads, self.grad), version, float(loss), time.perf_counter() - start
+
+    def pad(self, start: float, now: float) -> None:
+        """Emulate a slow machine: sleep until ``time_scale × τ_i(now)`` seconds have passed
+        since ``start``."""
         if self.time_scale > 0.0:
             rest = (self.time_scale * self.speed.compute_time(self.worker, now)
                     - (time.perf_counter() - start))
             if rest > 0.0:
                 time.sleep(rest)
-        return flat_numpy(grads, self.grad), version, float(loss), time.perf_counter() - start
 
     def pid(self) -> int:
         return os.getpid()
@@ -78,3 +90,59 @@ def flat_numpy(params: Params, out: torch.Tensor | None = None) -> np.ndarray:
         return leaves[0].detach().reshape(-1).numpy()
     flat = torch.cat([v.detach().reshape(-1) for v in leaves], out=out)
     return flat.numpy()
+
+
+class ShardWorker(GradientWorker):
+    """Worker ``worker`` with K server actors (:mod:`.servers`), looping on its own: the driver
+    is not on the path of an arrival. :meth:`run` is a Ray streaming generator:
+
+        (x_b, r_b) = server_b.pull() for every b ;  repeat:
+            x = the blocks side by side ;  (f, g) = ∇f_i(x; minibatch) ; pad ;
+            (x_b, v_b, δ_b) = server_b.step(g_b, r_b, i) for every b (in parallel) ; r_b = v_b ;
+            row = (action, min_b v_b, max_b δ_b, f, compute time)
+
+    and it yields its rows in batches (every ``_REPORT`` seconds) to the driver, which records
+    them. A non-finite loss or gradient is a ``reject`` row and is never sent. It stops after
+    the arrival whose answer says the run is stopping, or when a server dies (it yields the
+    reason, a string, and ends)."""
+
+    def run(self, servers: list[Any], ranges: list[tuple[int, int]], now: float,
+            ) -> Iterator[list[tuple[str, int, int, float, float]] | str]:
+        import ray
+
+        began = time.perf_counter() - now  # the driver's clock, give or take the call
+        rows: list[tuple[str, int, int, float, float]] = []
+        reported = time.perf_counter()
+        try:
+            answers = ray.get([server.pull.remote() for server in servers])
+            while True:
+                blocks, reads = [a[0] for a in answers], [a[1] for a in answers]
+                flat = view(blocks[0]) if len(blocks) == 1 else torch.cat(
+                    [view(block) for block in blocks], out=self.flat)
+                start = time.perf_counter()
+                loss, grads = self.problem.loss_and_grad(tree.unflatten(flat, self.like),
+                                                         self.worker, self.generator)
+                self.pad(start, start - began)
+                if not (math.isfinite(loss) and tree.all_finite(grads)):
+                    rows.append(("reject", min(reads), 0, float(loss),
+                                 time.perf_counter() - start))
+                    answers = ray.get([server.pull.remote() for server in servers])
+                else:
+                    g = flat_numpy(grads, self.grad)
+                    answers = ray.get([server.step.remote(g[lo:hi], read, self.worker)
+                                       for server, read, (lo, hi)
+                                       in zip(servers, reads, ranges, strict=True)])
+                    stepped = any(a[3] for a in answers)
+                    rows.append(("step" if stepped else "drop", min(a[1] for a in answers),
+                                 max(a[2] for a in answers), float(loss),
+                                 time.perf_counter() - start))
+                stopping = any(a[4] for a in answers)
+                if stopping or time.perf_counter() - reported > _REPORT:
+                    yield rows
+                    rows, reported = [], time.perf_counter()
+                if stopping:
+                    return
+        except ray.exceptions.RayActorError as error:
+            if rows:
+                yield rows
+            yield f"a server actor died; its block of the model is gone ({error})"

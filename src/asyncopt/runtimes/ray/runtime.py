@@ -24,6 +24,9 @@ slow worker. Past ``max_restarts`` it is lost for good
 (:meth:`~asyncopt.runtimes.coordinator.Coordinator.lost`). The server's state never leaves the
 driver; with ``checkpoint_every = N`` it is written to ``RUN_DIR/checkpoint.pt`` every N steps
 (:mod:`asyncopt.resume`), and ``asyncopt run --resume RUN_DIR`` continues from it.
+
+With ``runtime_options.servers = K ≥ 2`` the server is sharded among K server actors that the
+workers talk to directly, and the driver only records (:mod:`.sharded`, :mod:`.servers`).
 """
 
 from __future__ import annotations
@@ -243,7 +246,7 @@ class RayRuntime:
 
 def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,
           max_restarts: int, checkpoint_every: int, worker_cpus: float, placement: str,
-          startup_timeout: float) -> RayRuntime:
+          startup_timeout: float, servers: int) -> RayRuntime:
     """The runtime registry's constructor for ``runtime = "ray"``; options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`):
 
@@ -253,14 +256,17 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
     * ``checkpoint_every``: write the server state every N steps (0: never);
     * ``worker_cpus``: CPUs each worker actor reserves (fractions allowed);
     * ``placement``: ``spread`` (over nodes) or ``default`` (Ray packs);
-    * ``startup_timeout``: seconds the actors get to start.
+    * ``startup_timeout``: seconds the actors get to start;
+    * ``servers``: 1 = the driver is the one server (every protocol, restarts, checkpoints);
+      K ≥ 2 = K block server actors that the workers talk to directly (:mod:`.sharded`,
+      :mod:`.servers`; protocol ``asgd`` only).
     """
     if not isinstance(address, str):
         raise ConfigError("runtime_options.address", address, "'' or 'HOST:PORT'")
     if address:
         cluster.check_address(address)
-    return RayRuntime(
-        problem, speed, seed, address=address,
+    options = dict(
+        address=address,
         time_scale=check_float("runtime_options.time_scale", time_scale, 0.0),
         max_restarts=check_int("runtime_options.max_restarts", max_restarts, -1),
         checkpoint_every=check_int("runtime_options.checkpoint_every", checkpoint_every, 0),
@@ -269,3 +275,9 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
         placement=check_choice("runtime_options.placement", placement, ("default", "spread")),
         startup_timeout=check_float("runtime_options.startup_timeout", startup_timeout, 0.0,
                                     strict_minimum=True))
+    servers = check_int("runtime_options.servers", servers, 1)
+    if servers == 1:
+        return RayRuntime(problem, speed, seed, **options)
+    from asyncopt.runtimes.ray.sharded import ShardedRuntime
+
+    return ShardedRuntime(problem, speed, seed, servers=servers, **options)

@@ -1,0 +1,115 @@
+"""``runtime_options.servers = K ≥ 2`` on Ray: K server actors, one per block of the model.
+
+The flat parameter vector ``x ∈ ℝᴺ`` (the tensors concatenated in key order) is cut into K
+contiguous ranges of ``⌊N/K⌋`` or ``⌈N/K⌉`` elements (:class:`Layout`); server actor b owns
+range b: its parameters ``x_b``, the rule's state for them ``s_b = rule.init(x_b)`` and its
+version ``v_b`` (steps applied to the block). These are the "concurrent parameter servers" of
+the common framework (Kungurtsev et al., AAAI 2021) and the multi-master layout of APAM (Xu et
+al.: the coordinates split among masters), with actors: the server work of an arrival (rule,
+in-place update, the transfers of the block) is split K ways and runs in parallel. On worker
+i's block gradient ``g_b`` computed at the block's version ``r_b``, server b does
+
+    δ_b = v_b − r_b ;  (u_b, s_b) = rule.update(g_b, s_b, x_b, delay=δ_b, worker=i) ;
+    x_b += u_b (in place) ;  v_b += 1 ;  answer (x_b, v_b, δ_b)
+
+and its answer is the worker's next read of the block (as APAM's master sends the model back
+after the step): one round trip per block and arrival, through the object store, read in place.
+
+**Versions and delays**, as with the processes runtime's server processes: the model's version
+is ``v = min_b v_b``; an arrival's recorded delay is ``max_b δ_b``, each ``δ_b`` measured by
+block b's own counter. **Rule state is per block**: per-element state (moments, accumulators) is
+the same as with one server; whole-model state (step counters, AdaGrad-Norm's accumulator, a
+normalization's norm) becomes block-wise. Balance is exact because a range may cut a tensor:
+the rule then sees the two pieces as flat vectors under the tensor's name, which changes
+nothing for per-element rules but makes a per-tensor one (``newton_schulz`` normalization) act
+on each piece. A rule that drops a gradient decides per block; the row says ``drop`` only if
+every block dropped it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from asyncopt import tree
+from asyncopt.errors import check
+from asyncopt.rules.base import apply_updates
+from asyncopt.tree import Params
+
+Shapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+class Layout:
+    """The K contiguous ranges ``[bounds[b], bounds[b+1])`` of the flat model, and the pieces
+    (name → shape) of the tensors that each range holds."""
+
+    def __init__(self, params: Params, servers: int) -> None:
+        total = tree.numel(params)
+        check(servers <= total, "runtime_options.servers", servers,
+              f"at most the number of parameters ({total}): each server owns at least one")
+        self.bounds = [total * b // servers for b in range(servers + 1)]
+        self.dtype = next(iter(params.values())).dtype
+        self.pieces: list[Shapes] = []
+        for lo, hi in zip(self.bounds, self.bounds[1:], strict=False):
+            pieces, start = {}, 0
+            for name, leaf in params.items():
+                end = start + leaf.numel()
+                if start < hi and end > lo:  # the tensor overlaps the range
+                    whole = lo <= start and end <= hi
+                    shape = tuple(leaf.shape) if whole else (min(hi, end) - max(lo, start),)
+                    pieces[name] = (shape, leaf.dtype)
+                start = end
+            self.pieces.append(pieces)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return list(zip(self.bounds, self.bounds[1:], strict=False))
+
+
+def like(shapes: Shapes) -> Params:
+    """Empty tensors of ``shapes``: the layout that :func:`asyncopt.tree.unflatten` cuts by."""
+    return {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
+
+
+def view(array: np.ndarray) -> torch.Tensor:
+    """A tensor on a (read-only) numpy array from the object store, without a copy: rules and
+    problems never write into their inputs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+class BlockServer:
+    """Server of one block; wrapped by ``ray.remote(num_cpus=0)`` (its processes are titled
+    ``ray::BlockServer``). ``block`` is the block's initial values, ``pieces`` its layout."""
+
+    def __init__(self, rule: Any, block: np.ndarray, pieces: Shapes) -> None:
+        torch.set_num_threads(1)
+        self.rule, self.flat = rule, torch.tensor(block)
+        self.params = tree.unflatten(self.flat, like(pieces))  # views of self.flat
+        self.state = rule.init(self.params)
+        self.version, self.stopped = 0, False
+
+    def step(self, grad: np.ndarray, read: int, worker: int,
+             ) -> tuple[np.ndarray, int, int, bool, bool]:
+        """Apply worker ``worker``'s block gradient read at version ``read``; answer the block,
+        its version, the delay, whether it stepped, and whether the run is stopping."""
+        delay = self.version - read
+        grads = tree.unflatten(view(grad), self.params)
+        updates, self.state = self.rule.update(grads, self.state, self.params, delay=delay,
+                                               worker=worker)
+        if updates is not None:
+            apply_updates(self.params, updates)
+            self.version += 1
+        return self.flat.numpy(), self.version, delay, updates is not None, self.stopped
+
+    def pull(self) -> tuple[np.ndarray, int, int, bool, bool]:
+        """The block and its version, as :meth:`step` answers them, without a step (Ray
+        copies the answer into the object store)."""
+        return self.flat.numpy(), self.version, 0, False, self.stopped
+
+    def stop(self) -> None:
+        """From now on every answer tells the worker to stop after this arrival."""
+        self.stopped = True
