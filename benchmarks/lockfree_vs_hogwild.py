@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from processes_throughput import mlp, problem
-from results import write_section
+from results import one_thread, write_section
 
 from asyncopt import tree
 from asyncopt.api import train
@@ -86,9 +86,7 @@ def lockfree_rate(optimizer: str) -> tuple[float, float]:
 
 def copy_cost(seconds: float = 1.0) -> tuple[float, float]:
     """ms per gradient on the params directly, and per model copy (what a private copy adds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         built = problem(1, BATCH)
         params = built.init_params(torch.Generator().manual_seed(0))
         generator = worker_generators(0, 1)[0]
@@ -101,16 +99,12 @@ def copy_cost(seconds: float = 1.0) -> tuple[float, float]:
                 count += 1
             timings.append((time.perf_counter() - start) / count * 1e3)
         return timings[0], timings[1]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def step_costs(seconds: float = 1.0) -> dict[str, float]:
     """ms per piece of one SGD step, in this process with one torch thread: the reference's
     whole step, and the lock-free worker's gradient, finiteness check and rule + apply."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         built = problem(1, BATCH)
         params = built.init_params(torch.Generator().manual_seed(0))
         generator = worker_generators(0, 1)[0]
@@ -146,8 +140,6 @@ def step_costs(seconds: float = 1.0) -> dict[str, float]:
                 count += 1
             costs[name] = (time.perf_counter() - start) / count * 1e3
         return costs
-    finally:
-        torch.set_num_threads(threads)
 
 
 def main() -> None:

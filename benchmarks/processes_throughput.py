@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from results import write_section
+from results import one_thread, write_section
 from torch import nn
 
 from asyncopt.api import train
@@ -52,9 +52,7 @@ def problem(workers: int, batch_size: int) -> SupervisedProblem:
 
 def serial_rate(batch_size: int, seconds: float = 2.0) -> float:
     """Gradients per second of a plain single-threaded loop in this process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         built = problem(1, batch_size)
         params = built.init_params(torch.Generator().manual_seed(0))
         generator = worker_generators(0, 1)[0]
@@ -65,16 +63,12 @@ def serial_rate(batch_size: int, seconds: float = 2.0) -> float:
             built.loss_and_grad(params, 0, generator)
             count += 1
         return count / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def server_cost(seconds: float = 1.0) -> float:
     """ms the server spends per arrival (ASGD + SGD), in this process with one torch thread:
     copy the gradient out of its slot, the rule's step, publish the model."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         built = problem(1, 32)
         server = Server(built.init_params(torch.Generator().manual_seed(0)),
                         make_rule({"name": "sgd", "lr": 0.01}, 1))
@@ -93,8 +87,6 @@ def server_cost(seconds: float = 1.0) -> float:
             arrival()
             count += 1
         return (time.perf_counter() - start) / count * 1e3
-    finally:
-        torch.set_num_threads(threads)
 
 
 def runtime_rate(workers: int, batch_size: int, servers: int = 1

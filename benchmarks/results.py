@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -17,6 +19,17 @@ HEADER = ("# Benchmark results\n\n"
 def machine() -> str:
     return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch thread (as the simulator and every worker process do)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_section(name: str, command: str, body: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results import write_section
+from results import one_thread, write_section
 from torch.func import functional_call
 
 from asyncopt import config as configuration
@@ -87,13 +87,12 @@ def main() -> None:
     workers, seed = first["workers"], first["seed"]
     problems = {g: make_problem({**first["problem"], "gradient": g}, workers, seed)
                 for g in ("autograd", "closed_form")}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what the simulator runs with (runtime_options.threads = 1)
-    plain = max(plain_loop(problems["autograd"], arrivals) for _ in range(REPEATS))
-    rates = {(label, row): max(simulated(problems[gradient], method, batch, arrivals)
-                               for _ in range(REPEATS))
-             for label, method in methods.items() for row, (gradient, batch) in VARIANTS.items()}
-    torch.set_num_threads(threads)
+    with one_thread():  # what the simulator runs with (runtime_options.threads = 1)
+        plain = max(plain_loop(problems["autograd"], arrivals) for _ in range(REPEATS))
+        rates = {(label, row): max(simulated(problems[gradient], method, batch, arrivals)
+                                   for _ in range(REPEATS))
+                 for label, method in methods.items()
+                 for row, (gradient, batch) in VARIANTS.items()}
     # overall: all methods' arrivals over their summed wall time (a harmonic mean of the rates)
     overall = {row: len(methods) / sum(1 / rates[label, row] for label in methods)
                for row in VARIANTS}
