@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,15 @@ from asyncopt.api import Result, resume_run, run, train  # noqa: E402
 from asyncopt.errors import ConfigError  # noqa: E402
 from asyncopt.problems.base import Problem  # noqa: E402
 from asyncopt.problems.registry import make_problem  # noqa: E402
+from asyncopt.protocols.base import Server  # noqa: E402
+from asyncopt.protocols.registry import make_protocol  # noqa: E402
+from asyncopt.record import Recorder  # noqa: E402
 from asyncopt.rules.registry import make_rule  # noqa: E402
-from asyncopt.runtimes.coordinator import Evaluation  # noqa: E402
+from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation  # noqa: E402
 from asyncopt.runtimes.ray import cluster  # noqa: E402
 from asyncopt.runtimes.ray.servers import Layout  # noqa: E402
+from asyncopt.runtimes.registry import make_runtime  # noqa: E402
+from asyncopt.runtimes.sim.speed import make_speed_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
@@ -225,3 +232,22 @@ def test_layout_cuts_the_flat_model_into_balanced_ranges():
     square = {"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}  # a tensor not cut keeps its shape
     assert [{k: shape for k, (shape, _) in pieces.items()}
             for pieces in Layout(square, 2).pieces] == [{"a": (2, 2)}, {"b": (2, 2)}]
+
+
+def test_dead_server_actor_fails_the_run_with_the_reason():
+    problem = make_problem(QUADRATIC, 2, 0)
+    server = Server(problem.init_params(torch.Generator().manual_seed(0)),
+                    make_rule({"name": "sgd", "lr": 0.1}, 2))
+    coordinator = Coordinator(problem, make_protocol({"name": "asgd"}, server, 2), Recorder(),
+                              Budget(steps=10**6), Evaluation(10**9))
+    runtime = make_runtime("ray", problem, make_speed_model({}, 2, 0), 0,
+                           {"servers": 2, "worker_cpus": 0.5, "time_scale": 0.01})
+    thread = threading.Thread(target=runtime.run, args=(coordinator,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while coordinator.version < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ray.kill(runtime.servers[1])
+    thread.join(60)
+    assert not thread.is_alive()
+    assert coordinator.status == "failed" and "server actor died" in coordinator.stop_reason
