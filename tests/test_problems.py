@@ -191,7 +191,7 @@ def test_bad_losses_and_shards_are_refused():
 # --- registry ----------------------------------------------------------------------------------
 
 def test_registry_builds_every_problem_with_its_defaults_resolved():
-    assert problem_names() == ["logistic", "mlp", "pca", "quadratic"]
+    assert problem_names() == ["cnn", "logistic", "mlp", "pca", "quadratic"]
     assert resolve_problem_spec({"name": "quadratic"}) == {
         "name": "quadratic", "dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1}
     mlp = resolve_problem_spec({"name": "mlp"})
@@ -221,7 +221,7 @@ def test_registry_reads_libsvm_files(tmp_path):
 
 
 @pytest.mark.parametrize(("spec", "workers", "message"), [
-    ({"name": "cnn"}, 2, r"problem\.name = 'cnn' .*logistic, mlp, pca, quadratic"),
+    ({"name": "vgg"}, 2, r"problem\.name = 'vgg' .*cnn, logistic, mlp, pca, quadratic"),
     ({"name": "quadratic", "batch_size": 4}, 2, r"problem = 'batch_size' .*dim, heterogeneity"),
     ({"name": "mlp", "hiden": 4}, 2, r"problem = 'hiden' .*hidden"),
     ({"name": "mlp", "num_samples": 4}, 2, r"problem = 'num_samples'"),

@@ -8,7 +8,7 @@ import pytest
 
 from asyncopt import config as configuration
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("**/*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

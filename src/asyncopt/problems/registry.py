@@ -25,6 +25,7 @@ from asyncopt.problems.base import Problem
 from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
 from asyncopt.problems.pca import check_covariance, check_eigenvalues
+from asyncopt.problems.vision import check_model
 
 
 def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
@@ -33,7 +34,7 @@ def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
 
 def _path(field: str, value: Any) -> str:
     check(isinstance(value, str) and bool(value), field, value,
-          "the path of a LIBSVM file or of a directory of MNIST IDX files")
+          "the path of a LIBSVM file, or of a directory of MNIST IDX or CIFAR files")
     return str(value)
 
 
@@ -56,6 +57,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "test_fraction": _fraction,
     "l2": lambda f, v: check_float(f, v, 0.0),
     "hidden": lambda f, v: check_int(f, v, 1),
+    "model": check_model,
     "gradient": lambda f, v: check_choice(f, v, GRADIENTS),
     "num_samples": lambda f, v: check_int(f, v, 2),
     "num_features": _optional_int(1),
@@ -85,8 +87,8 @@ def resolve_problem_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in defaults.items():
         value = spec.get(key, default)
         if key == "path" and value is None:
-            raise ConfigError("problem.path", None, "the path of a LIBSVM file (dataset = "
-                              "'libsvm' reads one)")
+            raise ConfigError("problem.path", None, f"the path of the {resolved.get('dataset')} "
+                              "data (a LIBSVM file, or a directory of MNIST IDX or CIFAR files)")
         resolved[key] = CHECKS[key](f"problem.{key}", value)
     return resolved
 
