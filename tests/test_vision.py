@@ -129,3 +129,13 @@ def test_paper_scale_configs_resolve_without_their_data(path):
         resolved = configuration.resolve(raw)
         assert resolved["problem"]["name"] == "cnn"
     assert "needs" in path.read_text().split("\n\n")[0].lower()  # the header says what it needs
+
+
+@pytest.mark.parametrize("path", [p for p in PAPER_SCALE if "cifar" in p.stem],
+                         ids=[p.stem for p in PAPER_SCALE if "cifar" in p.stem])
+def test_paper_scale_cifar_configs_build_their_problem_on_cifar_files(tmp_path, path):
+    raw = configuration.read(path)
+    _write_cifar(tmp_path, raw["problem"]["dataset"], per_file=4)
+    resolved = configuration.resolve(configuration.methods(raw)[0][1])
+    problem = make_problem({**resolved["problem"], "path": str(tmp_path)}, 2, 0)
+    assert problem.X_train.shape[1:] == (3, 32, 32)
