@@ -166,9 +166,8 @@ is exact, and one set of moments), reports every step (in
 batches, every 10 ms) to the main process, which records it, checks every gradient for NaN/Inf,
 and runs the rule's functional update instead of `torch.optim`'s
 fused loop; its rate is measured from the recorded steps. The machine has **2 cores shared with
-other work**, so the figures move between runs by about ±15 % (more when the machine is loaded:
-measured under load, the lead re-runs on a quiet machine); the main process (recording)
-competes with the two workers for those 2 cores.
+other work**, and its speed drifts: the figures move between runs by up to a quarter; the
+main process (recording) competes with the two workers for those 2 cores.
 
 Gradient on the shared parameters directly vs on a private copy, one process: a gradient takes
 {grad_ms:.2f} ms, a model copy {copy_ms:.3f} ms ({copy_ms / grad_ms:.0%} more per step), so the

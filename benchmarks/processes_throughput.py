@@ -116,7 +116,7 @@ process. "compute ms/grad" is the workers' own wall time per gradient (model rea
 its growth from 1 to 2 workers is the slowdown each worker suffers from sharing the cores.
 "2 servers": `runtime_options.servers = 2`, the model's tensors split into 2 blocks of ~100k
 parameters, each stepped and published by its own server process (the main process only
-records). Measured under load (other jobs on the machine; the lead re-runs on a quiet one).
+records).
 
 Why 2 workers stay under 85 % of twice one worker on **{torch.get_num_threads()} cores**, in
 figures: let c be a worker's time per gradient, s the server's per arrival (copy the gradient

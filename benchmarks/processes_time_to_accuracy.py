@@ -82,8 +82,8 @@ seconds = wall time from the workers' start to the first evaluation with test ac
 {BUDGET:g} s: inf = not reached), seeds
 0..{REPEATS - 1}. "async / sync speed-up" = sync's median time over APAM's. Sync steps once
 per round on the mean of one gradient per worker, so each round waits for the slowest worker;
-APAM steps on every arrival, so the fast worker is never held back. Measured under load (other
-jobs on the 2-core machine): the spread between runs is large; the lead re-runs on a quiet one."""
+APAM steps on every arrival, so the fast worker is never held back. The spread between runs
+is large (each run's times are listed)."""
     write_section("Process runtime time to accuracy (APAM vs sync)",
                   "cd benchmarks && ../.venv/bin/python processes_time_to_accuracy.py", body)
     print(body)

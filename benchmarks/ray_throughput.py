@@ -192,9 +192,8 @@ actor returns the weights, workers get them as an argument, a `ray.wait` loop in
 "asyncopt, ray" is the default layout (the driver is the server); the "server actor" columns are
 `runtime_options.servers = K` (K block server actors with `num_cpus = 0`, each answering a
 block's gradient with the block after the step; the driver only records), K = 1 built directly.
-Measured under load on a shared 2-core machine (load average about 5): ratios are more telling
-than the rates, and with 2 cores for 2 workers, K servers and the driver, K = 2 cannot run its
-servers in parallel.
+Ratios are more telling than the rates, and with 2 cores for 2 workers, K servers and the
+driver, K = 2 cannot run its servers in parallel.
 
 Time from starting `asyncopt run configs/quickstart.toml --set workers=2 --set budget.steps=1`
 (a fresh process) to its end, an upper bound on the time to the first update: Ray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ HEADER = ("# Benchmark results\n\n"
 
 
 def machine() -> str:
+    """The machine, and its load average over the last minute (other jobs skew timings)."""
     return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}, "
+            f"load average {os.getloadavg()[0]:.1f} at the end, its own processes included")
 
 
 @contextmanager

