@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from processes_throughput import mlp, problem
-from results import one_thread, write_section
+from results import ms_per_call, one_thread, write_section
 
 from asyncopt import tree
 from asyncopt.api import train
@@ -90,15 +90,8 @@ def copy_cost(seconds: float = 1.0) -> tuple[float, float]:
         built = problem(1, BATCH)
         params = built.init_params(torch.Generator().manual_seed(0))
         generator = worker_generators(0, 1)[0]
-        timings = []
-        for work in (lambda: built.loss_and_grad(params, 0, generator),
-                     lambda: tree.clone(params)):
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                work()
-                count += 1
-            timings.append((time.perf_counter() - start) / count * 1e3)
-        return timings[0], timings[1]
+        return (ms_per_call(lambda: built.loss_and_grad(params, 0, generator), seconds, 0),
+                ms_per_call(lambda: tree.clone(params), seconds, 0))
 
 
 def step_costs(seconds: float = 1.0) -> dict[str, float]:
@@ -126,20 +119,11 @@ def step_costs(seconds: float = 1.0) -> dict[str, float]:
             updates, _ = rule.update(grads, state, params, delay=0, worker=0)
             apply_updates(params, updates)
 
-        costs = {}
-        for name, work in (("reference step", reference),
-                           ("gradient (problem.loss_and_grad)",
-                            lambda: built.loss_and_grad(params, 0, generator)),
-                           ("finiteness check", lambda: tree.all_finite(grads)),
-                           ("rule update + apply", rule_and_apply)):
-            for _ in range(20):
-                work()
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                work()
-                count += 1
-            costs[name] = (time.perf_counter() - start) / count * 1e3
-        return costs
+        return {name: ms_per_call(work, seconds) for name, work in (
+            ("reference step", reference),
+            ("gradient (problem.loss_and_grad)", lambda: built.loss_and_grad(params, 0, generator)),
+            ("finiteness check", lambda: tree.all_finite(grads)),
+            ("rule update + apply", rule_and_apply))}
 
 
 def main() -> None:

@@ -15,12 +15,11 @@ loop in this process with one torch thread (no runtime at all).
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from results import one_thread, write_section
+from results import ms_per_call, one_thread, write_section
 from torch import nn
 
 from asyncopt.api import train
@@ -56,13 +55,7 @@ def serial_rate(batch_size: int, seconds: float = 2.0) -> float:
         built = problem(1, batch_size)
         params = built.init_params(torch.Generator().manual_seed(0))
         generator = worker_generators(0, 1)[0]
-        for _ in range(20):
-            built.loss_and_grad(params, 0, generator)
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            built.loss_and_grad(params, 0, generator)
-            count += 1
-        return count / (time.perf_counter() - start)
+        return 1e3 / ms_per_call(lambda: built.loss_and_grad(params, 0, generator), seconds)
 
 
 def server_cost(seconds: float = 1.0) -> float:
@@ -80,13 +73,7 @@ def server_cost(seconds: float = 1.0) -> float:
             server.step(slots.take(0), delay=0, worker=0)
             model.publish(server.params, server.version)
 
-        for _ in range(20):
-            arrival()
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            arrival()
-            count += 1
-        return (time.perf_counter() - start) / count * 1e3
+        return ms_per_call(arrival, seconds)
 
 
 def runtime_rate(workers: int, batch_size: int, servers: int = 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -33,6 +34,17 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def ms_per_call(work: Callable[[], object], seconds: float, warmup: int = 20) -> float:
+    """Milliseconds per call of ``work``, timed for ``seconds`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        work()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        work()
+        count += 1
+    return (time.perf_counter() - start) / count * 1e3
 
 
 def write_section(name: str, command: str, body: str) -> None:

@@ -98,3 +98,12 @@ class BlockChooser:
             if not self._alternate:
                 return "partition", self.own
         return "whole", self.names
+
+
+def check_block_servers_protocol(name: str) -> None:
+    """Concurrent parameter servers (processes and Ray) run only ``asgd``: each block's server
+    steps on every arrival by itself, and no one server could buffer, wait or synchronize."""
+    check(name == "asgd", "protocol.name", name,
+          "'asgd' with runtime_options.servers > 1 (each block's server steps on every "
+          "arrival by itself; there is no one server to buffer or synchronize): use "
+          "servers = 1 for other protocols")

@@ -47,7 +47,7 @@ from asyncopt.errors import check
 from asyncopt.problems.base import Problem
 from asyncopt.rules.base import apply_updates
 from asyncopt.runtimes.coordinator import Coordinator
-from asyncopt.runtimes.processes.blocks import partition
+from asyncopt.runtimes.processes.blocks import check_block_servers_protocol, partition
 from asyncopt.runtimes.processes.lockfree import dump_rule
 from asyncopt.runtimes.processes.pool import WorkerPool
 from asyncopt.runtimes.processes.servers_worker import servers_worker_main
@@ -78,10 +78,7 @@ class ServersRuntime(Watcher):
     def run(self, coordinator: Coordinator) -> None:
         """Share the blocks, start servers and workers, record until stop, stop them all."""
         name, server = coordinator.protocol.name, coordinator.protocol.server
-        check(name == "asgd", "protocol.name", name,
-              "'asgd' with runtime_options.servers > 1 (each block's server steps on every "
-              "arrival by itself; there is no one server to buffer or synchronize): use "
-              "servers = 1 for other protocols")
+        check_block_servers_protocol(name)
         check(self.num_servers <= len(server.params), "runtime_options.servers",
               self.num_servers, f"at most the number of parameter tensors "
               f"({len(server.params)}): each server owns at least one")

@@ -34,6 +34,7 @@ from asyncopt import tree
 from asyncopt.errors import check
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.blocks import check_block_servers_protocol
 from asyncopt.runtimes.processes.pool import poll_timeout
 from asyncopt.runtimes.ray import actors, cluster
 from asyncopt.runtimes.ray.runtime import RayRuntime
@@ -52,10 +53,7 @@ class ShardedRuntime(RayRuntime):
     def run(self, coordinator: Coordinator) -> None:
         """Start the servers and workers, record until stop, read the final model back."""
         name, server = coordinator.protocol.name, coordinator.protocol.server
-        check(name == "asgd", "protocol.name", name,
-              "'asgd' with runtime_options.servers > 1 (each block's server steps on every "
-              "arrival by itself; there is no one server to buffer or synchronize): use "
-              "servers = 1 for other protocols")
+        check_block_servers_protocol(name)
         check(self.checkpoint_every == 0, "runtime_options.checkpoint_every",
               self.checkpoint_every, "0 with runtime_options.servers > 1 (the rule state is "
                                      "spread over the server actors)")
