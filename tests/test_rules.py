@@ -29,6 +29,7 @@ from asyncopt.rules import (
 )
 from asyncopt.rules.base import Rule
 from asyncopt.rules.normalize import CUBIC_COEFFICIENTS
+from asyncopt.rules.transforms import AdamState
 from asyncopt.tree import Params, clone, norm
 
 WORKERS = 4
@@ -187,6 +188,27 @@ def test_amsgrad_with_eps_adds_eps_to_the_root() -> None:
     updates, _ = rule.update(g, rule.init(g), g, delay=0, worker=0)
     assert updates is not None
     torch.testing.assert_close(updates["w"], torch.tensor([0.0, 2.0 / 2.5]))
+
+
+@pytest.mark.parametrize("spec", [{"name": "adam", "lr": 0.1},
+                                  {"name": "amsgrad", "lr": 0.1, "bias_correction": True}])
+def test_adam_family_counts_steps_per_leaf_for_block_steps(spec: dict[str, Any]) -> None:
+    # a block-coordinate step (lock-free PASSM+ / Gratton–Toint) advances only its leaves'
+    # counters: a leaf's first step gets the first-step bias correction, |u| = lr·|g|/(|g| + ε),
+    # however many steps the other leaves took (with one shared k it would be ~(1 − β1) lr)
+    rule = make_rule(spec, 1)
+    params = {"a": torch.zeros(3, dtype=torch.float64), "b": torch.zeros(2, dtype=torch.float64)}
+    state = rule.init(params)
+    for _ in range(50):
+        _, state = rule.update({"a": torch.ones(3, dtype=torch.float64)}, state, params,
+                               delay=0, worker=0)
+    updates, state = rule.update({"b": torch.full((2,), 2.0, dtype=torch.float64)}, state,
+                                 params, delay=0, worker=0)
+    assert set(updates) == {"b"}
+    torch.testing.assert_close(updates["b"].abs(), torch.full((2,), 0.1, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+    moments = next(s for s in state.states if isinstance(s, AdamState))
+    assert {k: int(c) for k, c in moments.count.items()} == {"a": 50, "b": 1}
 
 
 def test_adagrad_norm_uses_one_scalar_weight_including_the_current_gradient() -> None:

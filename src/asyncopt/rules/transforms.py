@@ -3,10 +3,10 @@
 Every block is a function returning a :class:`~asyncopt.rules.base.Rule`. Notation: ``g`` is the
 block's input (the gradient, or the previous block's output), ``u`` its output, ``p`` the
 parameters, ``k = 1, 2, ...`` the block's own step counter (a shared-memory-ready tensor, see
-:func:`~asyncopt.rules.base.new_count`); products, squares, roots and divisions act element by
-element unless a norm ``‖·‖`` (over all leaves) is written. None of these blocks reads ``delay``
-or ``worker``: staleness enters through the blocks of :mod:`asyncopt.rules.delay`, or through a
-protocol's choice of which gradients to apply.
+:func:`~asyncopt.rules.base.new_count`; one per leaf for the Adam family); products, squares,
+roots and divisions act element by element unless a norm ``‖·‖`` (over all leaves) is written.
+None of these blocks reads ``delay`` or ``worker``: staleness enters through the blocks of
+:mod:`asyncopt.rules.delay`, or through a protocol's choice of which gradients to apply.
 
 Per-leaf state is a tree keyed like the parameters and looked up by the keys of ``grads``, so a
 gradient holding a subset of the leaves (a block-coordinate step) updates only that part of it.
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from asyncopt.rules.base import Rule, Schedule, as_schedule, new_count, stateless, tick
+from asyncopt.rules.base import Rule, Schedule, as_schedule, new_count, stateless, tick, tick_each
 from asyncopt.tree import Params, zeros_like
 
 
@@ -46,7 +46,10 @@ class RmsState(NamedTuple):
 
 
 class AdamState(NamedTuple):
-    count: Tensor
+    count: Params
+    """One step counter per leaf, as torch.optim keeps ``state["step"]`` per parameter: a
+    block-coordinate step (PASSM+ partitions, Gratton–Toint random blocks) advances only the
+    counters of the leaves it updates, so each leaf's bias correction sees its own k."""
     mu: Params
     nu: Params
     nu_max: Params
@@ -195,25 +198,26 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8) -> Rule:
 
 
 def _init_moments(params: Params, keep_max: bool) -> AdamState:
-    return AdamState(new_count(), zeros_like(params), zeros_like(params),
+    return AdamState({k: new_count() for k in params}, zeros_like(params), zeros_like(params),
                      zeros_like(params) if keep_max else {})
 
 
 def _update_moments(grads: Params, state: AdamState, b1: float, b2: float,
-                    keep_max: bool) -> tuple[int, list[Tensor], list[Tensor]]:
+                    keep_max: bool) -> tuple[list[int], list[Tensor], list[Tensor]]:
     """``m ← b1 m + (1−b1) g``, ``v ← b2 v + (1−b2) g²`` (and ``v̂ ← max(v̂, v)``), in place.
 
-    Returns ``k`` and the leaves of ``m`` and of the second moment in use (``v̂`` or ``v``).
+    Returns each leaf's ``k`` and the leaves of ``m`` and of the second moment in use (``v̂`` or
+    ``v``), all in the order of ``grads``.
     """
     g, m, v = list(grads.values()), leaves(state.mu, grads), leaves(state.nu, grads)
     torch._foreach_lerp_(m, g, 1 - b1)
     torch._foreach_mul_(v, b2)
     torch._foreach_addcmul_(v, g, g, value=1 - b2)
     if not keep_max:
-        return tick(state.count), m, v
+        return tick_each(leaves(state.count, grads)), m, v
     v_max = leaves(state.nu_max, grads)
     torch._foreach_maximum_(v_max, v)
-    return tick(state.count), m, v_max
+    return tick_each(leaves(state.count, grads)), m, v_max
 
 
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -230,12 +234,12 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
     def update(grads: Params, state: AdamState, params: Params, *, delay: int,
                worker: int) -> tuple[Params, AdamState]:
-        k, m, second = _update_moments(grads, state, b1, b2, amsgrad)
+        ks, m, second = _update_moments(grads, state, b1, b2, amsgrad)
         denom = torch._foreach_sqrt(second)
-        torch._foreach_div_(denom, math.sqrt(1 - b2**k))
+        torch._foreach_div_(denom, [math.sqrt(1 - b2**k) for k in ks])
         torch._foreach_add_(denom, eps)
         out = torch._foreach_div(m, denom)
-        torch._foreach_div_(out, 1 - b1**k)
+        torch._foreach_div_(out, [1 - b1**k for k in ks])
         return as_tree(grads, out), state
 
     return Rule(init, update)
@@ -264,7 +268,7 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 0.0,
 
     def update(grads: Params, state: AdamState, params: Params, *, delay: int,
                worker: int) -> tuple[Params, AdamState]:
-        k, m, v_max = _update_moments(grads, state, b1, b2, True)
+        ks, m, v_max = _update_moments(grads, state, b1, b2, True)
         denom = torch._foreach_sqrt(v_max)
         if eps > 0:
             torch._foreach_add_(denom, eps)
@@ -272,7 +276,7 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 0.0,
         else:
             out = [torch.where(d > 0, mi / d, 0.0) for mi, d in zip(m, denom, strict=True)]
         if bias_correction:
-            torch._foreach_mul_(out, math.sqrt(1 - b2**k) / (1 - b1**k))
+            torch._foreach_mul_(out, [math.sqrt(1 - b2**k) / (1 - b1**k) for k in ks])
         return as_tree(grads, out), state
 
     return Rule(init, update)
