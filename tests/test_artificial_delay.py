@@ -76,3 +76,14 @@ def test_a_runtime_that_never_asks_which_model_is_refused():
     with pytest.raises(ConfigError) as error:
         protocol.handle(Arrival(0, 0, {"x": torch.ones(1)}, 0.0))
     assert error.value.field == "protocol.artificial_delay"
+
+
+@pytest.mark.parametrize("overrides", [["runtime=processes"],
+                                       ["runtime=processes", "runtime_options.servers=0"]])
+def test_a_refused_run_leaves_no_run_directory(tmp_path, overrides):
+    # refused before any worker starts: the run directory made for it is removed again
+    config = {**_config(3, workers=2, steps=5), "output": {"dir": str(tmp_path)}}
+    with pytest.raises(ConfigError) as error:
+        run(config, overrides=overrides)
+    assert error.value.field == ("runtime" if len(overrides) == 1 else "runtime_options.servers")
+    assert list(tmp_path.iterdir()) == []

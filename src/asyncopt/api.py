@@ -25,7 +25,7 @@ from torch import nn
 from asyncopt import config as configuration
 from asyncopt import tree
 from asyncopt.checkpoint import save_model
-from asyncopt.errors import check_keys
+from asyncopt.errors import ConfigError, check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import LossFn, Metric
@@ -66,14 +66,18 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
     speed = make_speed_model(resolved["speed"], workers, seed)
-    if save and run_dir is None:
-        run_dir = new_run_dir(resolved)
-    return train(problem, rule, resolved["protocol"], speed=speed, runtime=resolved["runtime"],
-                 runtime_options=resolved["runtime_options"],
-                 budget=configuration.budget_of(resolved),
-                 evaluation=configuration.evaluation_of(resolved), seed=seed,
-                 run_dir=run_dir if save else None, progress=progress, config=resolved,
-                 resume=resume)
+    created = new_run_dir(resolved) if save and run_dir is None else None
+    try:
+        return train(problem, rule, resolved["protocol"], speed=speed,
+                     runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],
+                     budget=configuration.budget_of(resolved),
+                     evaluation=configuration.evaluation_of(resolved), seed=seed,
+                     run_dir=(created or run_dir) if save else None, progress=progress,
+                     config=resolved, resume=resume)
+    except BaseException:
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()  # refused before anything ran (e.g. a runtime option): no trace
+        raise
 
 
 def resume_run(run_dir: str | Path, *, overrides: Iterable[str] = (),
@@ -133,6 +137,10 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     spec = {"name": protocol} if isinstance(protocol, str) else protocol
     driver: Protocol = make_protocol(spec, server, num_workers)
     engine = make_runtime(runtime, problem, speed, seed, runtime_options)
+    if driver.needs_model_for and not engine.asks_model_for:
+        raise ConfigError("runtime", runtime, f"a runtime that starts each worker at the model "
+                          f"the protocol hands out (protocol {spec['name']!r} with these "
+                          f"options needs it): 'sim', or 'ray' with one server")
     if resume is not None:
         from asyncopt import resume as resuming
 

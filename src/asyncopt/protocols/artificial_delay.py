@@ -11,10 +11,11 @@ measured (server version at arrival − version handed out) and recorded, never 
 
 The server steps out of place, so the window is D references to past versions' parameter dicts
 (no copy). A worker is handed a past version through :meth:`Protocol.model_for`, which every
-runtime should ask when it starts a worker; the simulator does. A runtime that does not (today
-the real-process runtime) is refused at the first arrival instead of silently running without the
-artificial delay. The draws come from their own generator: ``seed``, or, when
-left out, a seed derived from the initial model, so that the draws follow the run's seed.
+runtime should ask when it starts a worker; the simulator and Ray do. A runtime that does not
+(today the real-process runtime) is refused before the run starts (``needs_model_for``), and at
+the first arrival should one slip through, instead of silently running without the delay. The
+draws come from their own generator: ``seed``, or, when left out, a seed derived from the
+initial model, so that the draws follow the run's seed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from asyncopt.tree import Params
 
 class ArtificialDelayASGD(ASGD):
     """ASGD whose workers compute at a model drawn uniformly from the last ``window`` versions."""
+
+    needs_model_for = True
 
     def __init__(self, server: Server, num_workers: int, window: int,
                  seed: int | None = None) -> None:

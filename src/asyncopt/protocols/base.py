@@ -101,6 +101,9 @@ class Protocol(ABC):
     needs_every_worker: bool = False
     """True when the update needs a contribution from every worker (Malenia, Ringleader,
     IA²SGD): such a protocol cannot go on once a worker is lost."""
+    needs_model_for: bool = False
+    """True when a worker must compute at the model :meth:`model_for` hands out (the artificial
+    delay): only a runtime that asks it (``asks_model_for``) can run the protocol."""
 
     def __init__(self, server: Server, num_workers: int) -> None:
         self.server = server

@@ -24,6 +24,9 @@ from asyncopt.runtimes.coordinator import Coordinator
 class Runtime(Protocol):
     name: str
     now: float
+    asks_model_for: bool
+    """Whether each worker starts at ``coordinator.protocol.model_for(worker)`` (the simulator,
+    Ray with one server), rather than at whatever model it reads itself."""
 
     def run(self, coordinator: Coordinator) -> None: ...
 

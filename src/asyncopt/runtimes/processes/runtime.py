@@ -50,6 +50,7 @@ class ProcessRuntime:
     """Drives a coordinator with gradients from ``problem.num_workers`` worker processes."""
 
     name = "processes"
+    asks_model_for = False  # workers read the latest published model themselves
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
                  time_scale: float, startup_timeout: float) -> None:

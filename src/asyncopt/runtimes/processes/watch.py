@@ -32,6 +32,7 @@ class Watcher:
     """Base class: start the reporting workers, record their rows until stop, drain them."""
 
     name = "processes"
+    asks_model_for = False  # workers read (and step) the shared model themselves
     pool: WorkerPool
     counters: SharedCounters
 

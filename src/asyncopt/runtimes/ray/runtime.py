@@ -56,6 +56,7 @@ class RayRuntime:
     """Drives a coordinator with gradients from ``problem.num_workers`` Ray worker actors."""
 
     name = "ray"
+    asks_model_for = True
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, address: str,
                  time_scale: float, max_restarts: int, checkpoint_every: int,

@@ -46,6 +46,8 @@ _DRAIN = 5.0  # seconds the workers get to report their last arrival once told t
 class ShardedRuntime(RayRuntime):
     """K block server actors and N worker actors; the driver records and evaluates."""
 
+    asks_model_for = False  # workers pull the servers' latest blocks themselves
+
     def __init__(self, *args: Any, servers: int, **options: Any) -> None:
         super().__init__(*args, **options)
         self.num_servers = servers

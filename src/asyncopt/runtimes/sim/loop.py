@@ -66,6 +66,7 @@ class Simulator:
     """Runs a coordinator's protocol in virtual time with gradients from ``problem``."""
 
     name = "sim"
+    asks_model_for = True
 
     def __init__(self, problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
                  batch: int = 1) -> None:
