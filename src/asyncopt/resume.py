@@ -1,21 +1,37 @@
 """Checkpoints of the server's state, and resuming a run from one.
 
 A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
-``runtime_options.checkpoint_every`` steps) holds what the server owns: the parameters, the
-rule's state (its tensors in ``torch.utils._pytree`` order, restored into the structure
-``rule.init`` builds), the version, the clock, the budget counters, and the history position
-(how many arrival and evaluation rows were recorded). It is a dict of tensors and numbers,
-saved by ``torch.save`` and read with ``torch.load(weights_only=True)``: loading never runs
-pickled code.
+``runtime_options.checkpoint_every`` steps) holds what the server owns:
+
+* the parameters, and the rule's state (its tensors in ``torch.utils._pytree`` order, restored
+  into the structure ``rule.init`` builds);
+* the protocol's state (:meth:`~asyncopt.protocols.base.Protocol.state_dict`): which workers
+  are alive and which were computing, and each protocol's own buffers, tables and counters:
+  minibatch's waiting gradients and ``wait_for``, Rennala's running sum and count, the gradient
+  tables of Malenia and IA²SGD, Ringleader's current and buffer tables, round position and
+  counters, the artificial delay's window of past models and its generator;
+* the version, the clock, the budget counters and the history position (how many arrival and
+  evaluation rows were recorded).
+
+It is a dict of tensors, numbers, strings and lists, saved by ``torch.save`` and read with
+``torch.load(weights_only=True)``: loading never runs pickled code.
 
     asyncopt run --resume runs/<run>      # continues in runs/<run>-resumed
 
 Resuming never writes into the old run directory. It reads ``config.toml`` and the checkpoint,
-checks both against the problem and rule they build (names, shapes, counts), and only then
-creates a new run directory that starts with the old history up to the checkpoint and goes on
-from there. Not restored: the protocol's buffers and tables (minibatch, Ringleader) and the
-gradients in flight, which restart empty, as after a ``restart_all``; the workers' minibatch
-streams restart from their seeds.
+checks both against the problem, rule and protocol they build (format, names, worker count,
+every saved shape and kind), and only then creates a new run directory that starts with the old
+history up to the checkpoint and goes on from there. A checkpoint that does not fit is a
+:class:`~asyncopt.errors.ConfigError` naming the field, its value and what is allowed, before
+any directory is created.
+
+Not restored, because the server does not own it: the gradients in flight (they are the
+workers', and the workers restart). The workers that were computing at the checkpoint restart
+at the checkpoint's version v, exactly those (a worker idle then, such as one whose gradient
+waits in a minibatch, stays idle); so each one's next delay counts from v, not from the older
+version its lost computation had started at, and no ``cancel`` row records the lost work. The
+workers' minibatch streams restart from their seeds, and the divergence test compares losses
+with the loss at the resume, not with the first run's initial loss.
 """
 
 from __future__ import annotations
@@ -33,7 +49,9 @@ from asyncopt.record import History, load
 from asyncopt.runtimes.coordinator import Coordinator
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2  # 2: with the protocol's state ("protocol_state")
+KEYS = ("format", "protocol", "protocol_state", "params", "rule_state", "version", "now",
+        "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval")
 
 
 def save(coordinator: Coordinator, path: Path) -> None:
@@ -44,6 +62,7 @@ def save(coordinator: Coordinator, path: Path) -> None:
     state = {
         "format": FORMAT,
         "protocol": coordinator.protocol.name,
+        "protocol_state": coordinator.protocol.state_dict(),
         "params": {k: v.detach().clone() for k, v in server.params.items()},
         "rule_state": [v.detach().clone() if isinstance(v, torch.Tensor) else v
                        for v in leaves],
@@ -71,12 +90,17 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
     except Exception as error:  # torch raises many kinds for a damaged file
         raise ConfigError("--resume", str(path), f"a readable checkpoint; loading it failed: "
                           f"{type(error).__name__}: {str(error)[:200]}") from error
-    keys = ("format", "protocol", "params", "rule_state", "version", "now",
-            "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval")
-    if not isinstance(state, dict) or any(k not in state for k in keys) or (
-            state["format"] != FORMAT):
-        raise ConfigError("--resume", str(path), f"a checkpoint of format {FORMAT} with keys "
-                          f"{', '.join(keys)}")
+    if not isinstance(state, dict):
+        raise ConfigError("--resume", str(path), "a checkpoint: a dict of the server's state")
+    if state.get("format") != FORMAT:
+        raise ConfigError("checkpoint format", state.get("format"),
+                          f"{FORMAT}, the format this asyncopt writes and resumes (with the "
+                          f"protocol's state); {path} was written by another version: resume it "
+                          f"with that version, or start a new run")
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise ConfigError("checkpoint keys", sorted(state), f"a checkpoint of format {FORMAT} "
+                          f"with {', '.join(KEYS)} (missing: {', '.join(missing)})")
     history = load(run_dir)
     rows = len(history.arrivals.get("now", ()))
     if rows < state["arrival_rows"]:
@@ -92,8 +116,10 @@ def check(state: dict[str, Any], protocol: Protocol) -> None:
     _check(protocol.name == state["protocol"], "protocol", state["protocol"], protocol.name)
     params = state["params"]
     _check(isinstance(params, dict) and list(params) == list(server.params) and all(
-        params[k].shape == server.params[k].shape for k in params), "parameters",
-        {k: tuple(v.shape) for k, v in params.items()} if isinstance(params, dict) else params,
+        isinstance(v, torch.Tensor) and v.shape == server.params[k].shape
+        and v.dtype == server.params[k].dtype for k, v in params.items()), "parameters",
+        {k: tuple(getattr(v, "shape", ())) for k, v in params.items()}
+        if isinstance(params, dict) else params,
         {k: tuple(v.shape) for k, v in server.params.items()})
     leaves, _ = pytree.tree_flatten(server.state)
     saved = state["rule_state"]
@@ -102,6 +128,7 @@ def check(state: dict[str, Any], protocol: Protocol) -> None:
         and (not isinstance(a, torch.Tensor) or a.shape == b.shape)
         for a, b in zip(leaves, saved, strict=True)), "rule state",
         f"{len(saved)} leaves", f"{len(leaves)} leaves shaped as rule.init builds them")
+    protocol.check_state(state["protocol_state"])
 
 
 def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -> None:
@@ -119,6 +146,7 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
         spec)
     server.params = {k: v.clone() for k, v in state["params"].items()}
     server.version = int(state["version"])
+    coordinator.protocol.load_state_dict(state["protocol_state"])  # after the model: it uses it
     _replay(coordinator, history, int(state["arrival_rows"]), int(state["evaluation_rows"]))
     coordinator.arrivals = int(state["arrival_budget_count"])
     coordinator.now = float(state["now"])

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from typing import Any
 
 import numpy as np
 
 from asyncopt.errors import ConfigError, check_int
+from asyncopt.protocols import state as saved
 from asyncopt.protocols.asgd import ASGD
 from asyncopt.protocols.base import Arrival, Reply, Server
 from asyncopt.tree import Params
@@ -64,6 +66,43 @@ class ArtificialDelayASGD(ASGD):
         self.in_flight[worker] = version
         self._handed.add(worker)
         return version, params
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the window (its versions and models, copied) and the draws' generator state;
+        which workers were handed a model is in-flight bookkeeping, rebuilt by ``begin``."""
+        return {**super().state_dict(), "versions": [v for v, _ in self._versions],
+                "models": [{k: t.detach().clone() for k, t in p.items()}
+                           for _, p in self._versions],
+                "rng": self._rng.bit_generator.state}
+
+    def check_state(self, state: Any) -> None:
+        super().check_state(state)
+        versions = saved.entry(state, "versions", "")
+        saved.need(isinstance(versions, list) and 1 <= len(versions) <= self.window and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in versions)
+            and versions == sorted(set(versions)), "versions", versions,
+            f"1 to artificial_delay = {self.window} increasing versions")
+        models = saved.entry(state, "models", "")
+        saved.need(isinstance(models, list) and len(models) == len(versions), "models", models,
+                   f"one model per saved version ({len(versions)})")
+        for i, model in enumerate(models):
+            saved.params(model, f"models[{i}]", self.server.params)
+        rng, kind = saved.entry(state, "rng", ""), type(self._rng.bit_generator)
+        try:
+            kind().state = rng
+        except (TypeError, ValueError, KeyError) as error:
+            saved.need(False, "rng", rng, f"a {kind.__name__} state ({error})")
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        like = self.server.params
+        self._versions.clear()
+        for version, model in zip(state["versions"], state["models"], strict=True):
+            # the newest is the server's own model: share it, as the uninterrupted run does
+            same = version == self.server.version
+            self._versions.append((version, like if same else saved.to_like(model, like)))
+        self._rng.bit_generator.state = state["rng"]
+        self._handed.clear()
 
 
 def _seed_of(params: Params) -> int:

@@ -20,8 +20,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from asyncopt import tree
+from asyncopt.protocols.state import entry, integer, need, workers
 from asyncopt.rules.base import Rule
 from asyncopt.tree import Params
 
@@ -110,14 +112,18 @@ class Protocol(ABC):
         self.num_workers = num_workers
         self.in_flight: dict[int, int] = {}  # worker -> version its current computation started at
         self.alive: set[int] = set(range(num_workers))
+        self._resumed = False  # load_state_dict happened and begin has not yet
 
     @property
     def version(self) -> int:
         return self.server.version
 
     def begin(self) -> Reply:
-        """Start every worker at the initial model. Override to start fewer (Rennala with S < n)."""
-        return self._track(Reply(start=tuple(range(self.num_workers))))
+        """Start every worker at the initial model; after :meth:`load_state_dict`, restart
+        exactly the workers that were computing at the checkpoint, at the restored model."""
+        start = sorted(self.in_flight) if self._resumed else range(self.num_workers)
+        self._resumed = False
+        return self._track(Reply(start=tuple(start)))
 
     def handle(self, arrival: Arrival) -> Reply:
         """Process one arrival; the worker that sent it is no longer in flight."""
@@ -152,6 +158,55 @@ class Protocol(ABC):
     def on_lost(self, worker: int) -> Reply:
         """Override to react to a lost worker (e.g. stop waiting for its gradient)."""
         return Reply(Action.LOST)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The protocol's state as numbers, lists, dicts and tensors (copies), which
+        ``torch.load(weights_only=True)`` reads back: here what every protocol has, which
+        workers are alive and which compute since which version; subclasses add their
+        buffers, tables and counters. Options fixed by the configuration are not saved."""
+        return {"kind": type(self).__name__, "num_workers": self.num_workers,
+                "alive": sorted(self.alive),
+                "in_flight": [[w, v] for w, v in sorted(self.in_flight.items())]}
+
+    def check_state(self, state: Any) -> None:
+        """Raise :class:`~asyncopt.errors.ConfigError` naming the first field of a saved
+        ``state`` that this protocol (its class, worker count, model) cannot restore."""
+        kind, name = entry(state, "kind", ""), type(self).__name__
+        need(kind == name, "kind", kind, f"{name!r}, the protocol the run's configuration "
+             f"builds (protocol {self.name!r} with these options)")
+        n = entry(state, "num_workers", "")
+        need(n == self.num_workers, "num_workers", n, f"{self.num_workers}, the run's workers")
+        alive = workers(entry(state, "alive", ""), "alive", n)
+        need(bool(alive), "alive", alive, "at least one live worker")
+        pairs = entry(state, "in_flight", "")
+        need(isinstance(pairs, list) and all(isinstance(p, list | tuple) and len(p) == 2
+                                             for p in pairs), "in_flight", pairs,
+             "a list of [worker, version] pairs")
+        computing = workers([p[0] for p in pairs], "in_flight", n)
+        need(set(computing) <= set(alive), "in_flight", pairs, f"live workers only ({alive})")
+        for _, version in pairs:
+            integer(version, "in_flight")
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore a :meth:`state_dict` into this fresh protocol, whose server already holds
+        the checkpoint's model and version. ``state`` is checked first (:meth:`check_state`):
+        nothing changes if it does not fit.
+
+        The gradients in flight at the checkpoint are lost with the workers that computed
+        them, so the next :meth:`begin` restarts exactly the workers that were computing, at
+        the restored version v, and no others (a worker idle at the checkpoint, e.g. one whose
+        gradient waits in a minibatch, stays idle). A restarted worker's next delay counts
+        from v, not from the older version its lost computation had started at: the first
+        delays after a resume are those of workers synchronized at v (smaller than the
+        uninterrupted run's), and the ``in_flight`` start versions saved are not reused."""
+        self.check_state(state)
+        self._load_state(state)
+        self._resumed = True
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checked state; overrides call this and then restore their own fields."""
+        self.alive = set(state["alive"])
+        self.in_flight = {int(w): int(v) for w, v in state["in_flight"]}
 
     @abstractmethod
     def receive(self, arrival: Arrival, delay: int) -> Reply:

@@ -14,9 +14,11 @@ No gradient is ever stale: every delay is 0.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from asyncopt import tree
 from asyncopt.errors import check_int
+from asyncopt.protocols import state as saved
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
 from asyncopt.tree import Params
 
@@ -44,6 +46,31 @@ class Minibatch(Protocol):
         if self.alive and len(self.batch) >= self.wait_for:
             return replace(self._step(worker, 0), action=Action.LOST)
         return Reply(Action.LOST)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the gradients waiting in the batch and ``wait_for`` (lowered by lost workers);
+        their senders are idle, so a resumed run does not restart them (:meth:`begin`)."""
+        return {**super().state_dict(), "wait_for": self.wait_for,
+                "batch": [tree.clone(g) for g in self.batch]}
+
+    def check_state(self, state: Any) -> None:
+        super().check_state(state)
+        alive = len(state["alive"])
+        wait_for = saved.entry(state, "wait_for", "")
+        expected = max(1, min(self.wait_for, alive))
+        saved.need(wait_for == expected, "wait_for", wait_for,
+                   f"{expected}: the configuration's wait_for = {self.wait_for}, at most the "
+                   f"{alive} live workers")
+        batch = saved.entry(state, "batch", "")
+        saved.need(isinstance(batch, list) and len(batch) < wait_for, "batch", batch,
+                   f"a list of fewer than wait_for = {wait_for} gradients")
+        for i, grads in enumerate(batch):
+            saved.params(grads, f"batch[{i}]", self.server.params)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self.wait_for = int(state["wait_for"])
+        self.batch = [saved.to_like(g, self.server.params) for g in state["batch"]]
 
     def _step(self, worker: int, delay: int) -> Reply:
         average = tree.mean(self.batch)

@@ -22,8 +22,11 @@ cancelled work of the others.
 
 from __future__ import annotations
 
+from typing import Any
+
 from asyncopt import tree
 from asyncopt.errors import check_int
+from asyncopt.protocols import state as saved
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
 from asyncopt.tree import Params
 
@@ -56,3 +59,23 @@ class Rennala(Protocol):
         average = tree.scale(self._sum, 1.0 / self.batch_size)
         stepped = self.server.step(average, delay=0, worker=arrival.worker)
         return self.restart_all(Action.STEP if stepped else Action.DROP, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the running sum of the gradients at x_k and their count (None while 0)."""
+        total = tree.clone(self._sum) if self._count and self._sum is not None else None
+        return {**super().state_dict(), "count": self._count, "sum": total}
+
+    def check_state(self, state: Any) -> None:
+        super().check_state(state)
+        count = saved.integer(saved.entry(state, "count", ""), "count", 0, self.batch_size - 1)
+        total = saved.entry(state, "sum", "")
+        if count:
+            saved.params(total, "sum", self.server.params)
+        else:
+            saved.need(total is None, "sum", total, "None: the count is 0")
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self._count = int(state["count"])
+        if self._count:
+            self._sum = saved.to_like(state["sum"], self.server.params)

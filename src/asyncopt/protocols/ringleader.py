@@ -34,7 +34,10 @@ round's later steps.
 
 from __future__ import annotations
 
+from typing import Any
+
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
+from asyncopt.protocols.state import entry, integer, need
 from asyncopt.protocols.table import GradientTable
 
 
@@ -77,6 +80,31 @@ class Ringleader(Protocol):
         if self._num_updated == self.num_workers:
             self._end_round()
         return Reply(Action.STEP if stepped else Action.DROP, start=(worker,), delay=delay)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds both tables, which workers were updated this round, and the counters."""
+        return {**super().state_dict(), "current": self.current.state_dict(),
+                "buffer": self.buffer.state_dict(), "updated": list(self._updated),
+                "rounds": self.rounds, "retired": self.retired}
+
+    def check_state(self, state: Any) -> None:
+        super().check_state(state)
+        for key in ("current", "buffer"):
+            getattr(self, key).check_state(entry(state, key, ""), self.server.params, key)
+        updated, n = entry(state, "updated", ""), self.num_workers
+        need(isinstance(updated, list) and len(updated) == n
+             and all(isinstance(u, bool) for u in updated) and not all(updated), "updated",
+             updated, f"a list of {n} booleans, not all true (a round ends at its n-th step)")
+        integer(entry(state, "rounds", ""), "rounds")
+        integer(entry(state, "retired", ""), "retired")
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self.current.load_state_dict(state["current"], self.server.params)
+        self.buffer.load_state_dict(state["buffer"], self.server.params)
+        self._updated = list(state["updated"])
+        self._num_updated = sum(self._updated)
+        self.rounds, self.retired = int(state["rounds"]), int(state["retired"])
 
     def _end_round(self) -> None:
         self.retired += self.current.total

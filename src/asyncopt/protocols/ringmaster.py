@@ -18,7 +18,9 @@ Without stops it equals ``asgd`` with the rule option ``max_delay = R − 1``.
 
 Cost: the computations to stop are found through a queue of (start version, worker) in start
 order, which is also version order, so each step pops only the expired ones: O(1) amortized
-per arrival, never a scan of all n workers.
+per arrival, never a scan of all n workers. The queue holds only computations in flight, so a
+checkpoint saves nothing of Ringmaster's own: at a resume the workers restart at the restored
+version (:meth:`~asyncopt.protocols.base.Protocol.load_state_dict`) and ``begin`` queues them.
 """
 
 from __future__ import annotations

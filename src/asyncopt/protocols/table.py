@@ -25,11 +25,13 @@ evaluation, :class:`~asyncopt.tree.FlatParams`) updates the table in three vecto
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from asyncopt import tree
+from asyncopt.protocols.state import entry, integer, need
 from asyncopt.tree import Params
 
 _CHUNK = 32  # rows summed at a time while the table is not full
@@ -96,6 +98,59 @@ class GradientTable:
         if self._rows is None or self._like is None:
             raise RuntimeError("the gradient table has never held a gradient")
         return tree.unflatten(self._exact_sum().div_(self.num_workers), self._like)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The entries as tensors (copies): ``counts`` b_i, ``means`` the n × d rows m_i (an
+        empty entry's row saved as zeros; None before the first gradient), ``average`` the
+        running ḡ as it is (its rounding included, so a restored table steps exactly as the
+        saved one would) and ``since_exact``, the updates since ḡ was last re-summed."""
+        means = average = None
+        if self._rows is not None and self._vector is not None:
+            means = self._rows.detach().clone()
+            empty = torch.tensor([b == 0 for b in self.counts], device=means.device)
+            means[empty] = 0  # never read (an empty row is overwritten), saved clean
+            average = self._vector.detach().clone()
+        return {"counts": torch.tensor(self.counts, dtype=torch.int64), "means": means,
+                "average": average, "since_exact": self._since_exact}
+
+    def check_state(self, state: Any, like: Params, path: str) -> None:
+        """ConfigError naming the first field of a saved table that does not fit n workers and
+        gradients shaped like ``like`` (the model)."""
+        n, size = self.num_workers, tree.numel(like)
+        dtype = next(iter(like.values())).dtype
+        counts = entry(state, "counts", path)
+        need(isinstance(counts, Tensor) and counts.shape == (n,)
+             and counts.dtype == torch.int64 and bool((counts >= 0).all()),
+             f"{path}.counts", counts, f"an int64 tensor of {n} counts >= 0")
+        means, average = entry(state, "means", path), entry(state, "average", path)
+        if means is None and average is None:
+            need(not bool(counts.any()), f"{path}.means", means,
+                 "a tensor: the counts say the table holds gradients")
+        else:
+            for key, value, shape in (("means", means, (n, size)), ("average", average, (size,))):
+                need(isinstance(value, Tensor) and tuple(value.shape) == shape
+                     and value.dtype == dtype, f"{path}.{key}", value,
+                     f"a tensor of shape {shape} and dtype {dtype} ({n} workers, a model of "
+                     f"{size} numbers)")
+        integer(entry(state, "since_exact", path), f"{path}.since_exact", 0, n - 1)
+
+    def load_state_dict(self, state: dict[str, Any], like: Params) -> None:
+        """Restore a checked :meth:`state_dict` into this table (gradients shaped like
+        ``like``, on its device)."""
+        self.counts = [int(b) for b in state["counts"].tolist()]
+        self.filled = sum(1 for b in self.counts if b)
+        self.total = sum(self.counts)
+        self._since_exact = int(state["since_exact"])
+        self._row_views = [None] * self.num_workers
+        if state["means"] is None:
+            self._rows = self._vector = self._average = self._like = None
+            return
+        # shapes only: expanded scalars, so that the table keeps no model alive
+        self._allocate({k: torch.empty((), dtype=v.dtype, device=v.device).expand(v.shape)
+                        for k, v in like.items()})
+        assert self._rows is not None and self._vector is not None
+        self._rows.copy_(state["means"])
+        self._vector.copy_(state["average"])
 
     def _exact_sum(self, out: Tensor | None = None) -> Tensor:
         """Σ_i m_i over the filled rows (an empty row holds stale values or none at all), as
