@@ -21,7 +21,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from asyncopt import cli  # noqa: E402
+from asyncopt import cli, resume  # noqa: E402
 from asyncopt.api import Result, resume_run, run, train  # noqa: E402
 from asyncopt.errors import ConfigError  # noqa: E402
 from asyncopt.problems.base import Problem  # noqa: E402
@@ -156,6 +156,35 @@ def test_checkpoint_resume_continues_in_a_new_directory(tmp_path):
         :prefix].tolist()
     assert len(arrivals["now"]) == prefix + 100  # the resumed run took the 100 steps left
     assert resumed.history.final("loss") < first.history.evaluations["loss"][0]
+
+
+def test_ringleader_tables_and_round_survive_a_resume(tmp_path, monkeypatch):
+    config = _config(tmp_path, checkpoint_every=35)  # the last at version 105: mid-round
+    first = run({**config, "protocol": {"name": "ringleader"}})
+    saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)["protocol_state"]
+    assert saved["kind"] == "Ringleader" and saved["rounds"] == 52
+    assert saved["updated"].count(True) == 1  # one of the 2 workers updated in round 53
+    assert (saved["current"]["counts"] >= 1).all()  # its table full: Phase 2, it steps
+    restored = []
+    original = resume.restore
+
+    def restore(coordinator, state, history):
+        original(coordinator, state, history)
+        restored.append((coordinator.protocol, coordinator.protocol.state_dict()))
+
+    monkeypatch.setattr(resume, "restore", restore)
+    resumed = resume_run(first.run_dir, overrides=["budget.steps=160"])
+    protocol, state = restored[0]
+    for key in ("current", "buffer"):  # the tables as saved, bit for bit
+        for field in ("counts", "means", "average"):
+            assert torch.equal(state[key][field], saved[key][field])
+    assert (state["updated"], state["rounds"], state["retired"]) == (
+        saved["updated"], saved["rounds"], saved["retired"])
+    # the round went on where it stopped: n = 2 steps per round since version 0
+    assert resumed.summary["version"] == 160 and protocol.rounds == 80
+    assert protocol.retired > saved["retired"]
+    prefix = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)["arrival_rows"]
+    assert (resumed.history.arrivals["delay"][prefix:] <= 2).all()  # Ringleader's δ ≤ 2n − 2
 
 
 def test_corrupt_or_mismatched_checkpoint_is_refused_and_nothing_is_written(tmp_path, capsys):
