@@ -176,6 +176,18 @@ def test_workers_idle_at_the_checkpoint_stay_idle_and_delays_count_from_the_resu
     assert reply.action is Action.STEP and reply.delay == 0  # it would have been older
 
 
+def test_the_resumed_coordinator_keeps_the_initial_loss_and_evaluates_nothing_twice(tmp_path):
+    # asgd steps on every arrival: the 10th is version 10, evaluated (every 5) before the save
+    original, run_dir = _checkpointed(tmp_path, {"name": "asgd"}, arrivals=10)
+    fresh = _restored(tmp_path, run_dir)
+    rows = len(fresh.recorder._evaluations)
+    assert fresh.recorder._evaluations[-1][1:3] == (10, 10)
+    fresh.begin(fresh.now)
+    assert len(fresh.recorder._evaluations) == rows  # not a second row at version 10
+    # divergence is judged against the first run's initial loss, not the loss at the resume
+    assert fresh._initial_loss == original._initial_loss > fresh._last_metrics["loss"]
+
+
 def _corrupt(run_dir: Path, change: Any) -> None:
     path = run_dir / resume.CHECKPOINT
     state = torch.load(path, weights_only=True)

@@ -10,8 +10,8 @@ A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
   minibatch's waiting gradients and ``wait_for``, Rennala's running sum and count, the gradient
   tables of Malenia and IA²SGD, Ringleader's current and buffer tables, round position and
   counters, the artificial delay's window of past models and its generator;
-* the version, the clock, the budget counters and the history position (how many arrival and
-  evaluation rows were recorded).
+* the version, the clock, the budget counters, the history position (how many arrival and
+  evaluation rows were recorded) and the initial loss that divergence is judged against.
 
 It is a dict of tensors, numbers, strings and lists, saved by ``torch.save`` and read with
 ``torch.load(weights_only=True)``: loading never runs pickled code.
@@ -30,8 +30,8 @@ workers', and the workers restart). The workers that were computing at the check
 at the checkpoint's version v, exactly those (a worker idle then, such as one whose gradient
 waits in a minibatch, stays idle); so each one's next delay counts from v, not from the older
 version its lost computation had started at, and no ``cancel`` row records the lost work. The
-workers' minibatch streams restart from their seeds, and the divergence test compares losses
-with the loss at the resume, not with the first run's initial loss.
+workers' minibatch streams restart from their seeds. The model at the checkpoint is evaluated
+again at the start only when no evaluation row was recorded at its version just before it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from asyncopt.runtimes.coordinator import Coordinator
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 2  # 2: with the protocol's state ("protocol_state")
 KEYS = ("format", "protocol", "protocol_state", "params", "rule_state", "version", "now",
-        "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval")
+        "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval", "initial_loss")
 
 
 def save(coordinator: Coordinator, path: Path) -> None:
@@ -72,6 +72,7 @@ def save(coordinator: Coordinator, path: Path) -> None:
         "arrival_rows": len(recorder._arrivals),
         "evaluation_rows": len(recorder._evaluations),
         "next_eval": coordinator._next_eval,
+        "initial_loss": coordinator._initial_loss,  # the divergence test's reference
     }
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
@@ -151,6 +152,14 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
     coordinator.arrivals = int(state["arrival_budget_count"])
     coordinator.now = float(state["now"])
     coordinator._next_eval = float(state["next_eval"])
+    coordinator._initial_loss = float(state["initial_loss"])
+    e, last = history.evaluations, int(state["evaluation_rows"]) - 1
+    if 0 <= last < len(e.get("now", ())) and (int(e["version"][last]), int(
+            e["arrivals"][last])) == (server.version, coordinator.arrivals):
+        # the checkpoint's model was evaluated just before it: begin() need not repeat the row
+        coordinator._last_eval_key = (server.version, coordinator.arrivals)
+        coordinator._last_metrics = {m: float(e[m][last]) for m in e
+                                     if m not in ("now", "version", "arrivals")}
 
 
 def _replay(coordinator: Coordinator, history: History, rows: int, evaluations: int) -> None:

@@ -94,7 +94,8 @@ class Coordinator:
 
     def begin(self, now: float = 0.0) -> Reply:
         self._evaluate(now)
-        self._initial_loss = self._last_metrics.get("loss", math.nan)
+        if math.isnan(self._initial_loss):  # else restored from a checkpoint (resume.restore)
+            self._initial_loss = self._last_metrics.get("loss", math.nan)
         return self.protocol.begin()
 
     def advance(self, now: float) -> bool:
