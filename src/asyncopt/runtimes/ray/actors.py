@@ -9,7 +9,10 @@ one torch thread. Each task is
     g = ∇f_i(x_v; minibatch) ; pad to time_scale × τ_i(now) ; return (g flat, v, loss, time)
 
 The returned gradient is one contiguous numpy array: Ray stores it in the object store without
-pickling its data, and the driver reads it in place. Slow machines are emulated as in the
+pickling its data, and the driver reads it in place. A worker on the driver's node is told
+:meth:`~GradientWorker.connect` and then gets :meth:`~GradientWorker.compute_shared` jobs: the
+model and its gradient go through shared memory (:mod:`.shm`), the task returns only
+(read?, loss, time). Slow machines are emulated as in the
 processes runtime, by padding: a task lasts at least ``time_scale × speed.compute_time(i, now)``
 wall seconds. A restarted actor (Ray's ``max_restarts``) runs this constructor again: its
 minibatch stream starts over from (seed, worker). :class:`ShardWorker` is the worker of the
@@ -30,6 +33,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.ray import shm
 from asyncopt.runtimes.ray.servers import view
 from asyncopt.runtimes.sim.loop import worker_generators
 from asyncopt.tree import Params
@@ -51,12 +55,49 @@ class GradientWorker:
         self.like = like
         self.grad = torch.empty(tree.numel(like), dtype=next(iter(like.values())).dtype)
         self.flat = torch.empty_like(self.grad)  # the model, when it comes in blocks
+        self.shared: shm.Segment | None = None
+        self.slot = -1
 
     def ready(self) -> str:
         """Where this actor runs: its node id."""
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+    def connect(self, spec: shm.Spec | None, slot: int) -> bool:
+        """Map the driver's shared memory and write gradients into ``slot``, if this actor runs
+        on the driver's node and the segment is there; answer whether it does (else the object
+        store it is). A restarted actor is asked again."""
+        self.shared = None
+        if spec is None or self.ready() != spec.node:
+            return False
+        try:
+            self.shared, self.slot = shm.Segment.attach(spec), slot
+        except OSError:
+            return False
+        return True
+
+    def compute_shared(self, version: int, now: float) -> tuple[bool, float, float]:
+        """As :meth:`compute`, at the model of ``version`` in shared memory (in place, under the
+        seqlock), the gradient written into this worker's slot; answer (False, nan, 0) when that
+        model was overwritten before or while it was read (the gradient is thrown away and the
+        driver sends the job again through the object store)."""
+        start = time.perf_counter()
+        shared = self.shared
+        if shared is None:
+            raise RuntimeError("compute_shared before connect")  # a bug in the runtime
+        seen = shared.model.view_at(version)
+        if seen is None:
+            return False, math.nan, 0.0
+        with warnings.catch_warnings():  # problems never write into params (see compute)
+            warnings.simplefilter("ignore", UserWarning)
+            loss, grads = self.problem.loss_and_grad(tree.unflatten(seen[0], self.like),
+                                                     self.worker, self.generator)
+        if not shared.model.unchanged(version, seen[1]):
+            return False, math.nan, 0.0  # computed at a torn model: thrown away
+        self.pad(start, now)
+        shared.grads.write(self.slot, grads)
+        return True, float(loss), time.perf_counter() - start
 
     def compute(self, model: np.ndarray, version: int, now: float,
                 ) -> tuple[np.ndarray, int, float, float]:

@@ -25,6 +25,13 @@ slow worker. Past ``max_restarts`` it is lost for good
 driver; with ``checkpoint_every = N`` it is written to ``RUN_DIR/checkpoint.pt`` every N steps
 (:mod:`asyncopt.resume`), and ``asyncopt run --resume RUN_DIR`` continues from it.
 
+Transport (``runtime_options.transport``): with ``"auto"`` a worker actor on the driver's node
+(same Ray node id, decided when it starts and again when it restarts) gets its model and
+returns its gradient through shared memory (:mod:`.shm`, the processes runtime's seqlocked
+double buffer and gradient slots in one ``/dev/shm`` file), its task carrying only the version
+and returning (loss, time); workers on other nodes, or every worker with ``"object_store"``,
+use the object store as above. Delays are measured from versions on both paths.
+
 With ``runtime_options.servers = K ≥ 2`` the server is sharded among K server actors that the
 workers talk to directly, and the driver only records (:mod:`.sharded`, :mod:`.servers`).
 """
@@ -44,12 +51,13 @@ from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.pool import poll_timeout
-from asyncopt.runtimes.ray import actors, cluster
+from asyncopt.runtimes.ray import actors, cluster, shm
 
 _PROBE = -1  # the job number of a ``ready`` probe sent to a restarting actor
 _PROBE_EVERY = 0.05  # seconds between probes of an actor that is not back yet
 _KEPT_MODELS = 8
 _INLINE_BYTES = 64 * 1024
+TRANSPORTS = ("auto", "object_store")
 
 
 class RayRuntime:
@@ -60,7 +68,8 @@ class RayRuntime:
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, address: str,
                  time_scale: float, max_restarts: int, checkpoint_every: int,
-                 worker_cpus: float, placement: str, startup_timeout: float) -> None:
+                 worker_cpus: float, placement: str, startup_timeout: float,
+                 transport: str = "auto") -> None:
         self.problem, self.speed, self.seed = problem, speed, seed
         self.address, self.time_scale = address, time_scale
         self.max_restarts, self.checkpoint_every = max_restarts, checkpoint_every
@@ -76,6 +85,12 @@ class RayRuntime:
         self._job_counter = 0
         self._models: dict[int, Any] = {}  # version -> object ref of its flat model
         self._checkpointed = -1
+        self.transport = transport
+        self._segment: shm.Segment | None = None
+        self._slots: dict[int, int] = {}  # worker on the driver's node -> its gradient slot
+        self.shared = [False] * problem.num_workers  # whether a worker uses shared memory now
+        self._shared_jobs: dict[int, tuple[int, Any]] = {}  # job -> (version, params) by shm
+        self.misses = 0  # shared-memory jobs whose model was overwritten before it was read
 
     def run(self, coordinator: Coordinator) -> None:
         """Start the worker actors, serve their gradients until the coordinator says stop."""
@@ -96,11 +111,14 @@ class RayRuntime:
                                           self.seed, self.time_scale) for w in range(n)]
             try:
                 self._wait_ready(ray)
+                self._connect(ray, shapes)
                 self._serve(coordinator)
             finally:
                 for worker in self.workers:
                     ray.kill(worker, no_restart=True)
                 self._models.clear()
+                if self._segment is not None:
+                    self._segment.close()
 
     def _check_room(self, ray: Any, n: int) -> None:
         cpus = cluster.free_cpus(ray)
@@ -121,6 +139,27 @@ class RayRuntime:
         except ray.exceptions.RayActorError as error:
             raise RuntimeError(f"a Ray worker actor failed to start (the problem must be "
                                f"importable on every node):\n{error}") from error
+
+    def _connect(self, ray: Any, shapes: dict[str, Any]) -> None:
+        """``transport = "auto"``: one shared-memory segment with a gradient slot for each worker
+        on the driver's node, and those workers attached to it (a worker that cannot attach,
+        or a machine without ``/dev/shm`` or room in it, uses the object store)."""
+        node = ray.get_runtime_context().get_node_id()
+        local = [w for w, where in enumerate(self.nodes) if where == node]
+        if (self.transport != "auto" or not local or not shm.available()
+                or len({dtype for _, dtype in shapes.values()}) != 1):
+            return
+        try:
+            self._segment = shm.Segment.create(node, shapes, len(local))
+        except OSError as error:
+            warnings.warn(f"no shared memory for the worker actors on this node ({error}); "
+                          f"they use Ray's object store", RuntimeWarning, stacklevel=2)
+            return
+        self._slots = {w: slot for slot, w in enumerate(local)}
+        answers = ray.get([self.workers[w].connect.remote(self._segment.spec, slot)
+                           for w, slot in self._slots.items()])
+        for w, attached in zip(self._slots, answers, strict=True):
+            self.shared[w] = attached
 
     def _serve(self, coordinator: Coordinator) -> None:
         ray = self.ray
@@ -152,19 +191,34 @@ class RayRuntime:
         try:
             result = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as error:
+            self._shared_jobs.pop(job, None)
             self._failed(coordinator, worker, job, error)
             return
         if job == _PROBE:
             del self._restarting[worker]
+            self.shared[worker] = result is True  # a `connect` probe: attached again
             self._apply(coordinator, coordinator.restarted(self.now, worker))
             return
-        grad, version, loss, compute_time = result
+        by_shm = self._shared_jobs.pop(job, None)
+        if by_shm is not None:
+            read, loss, compute_time = result
+            version = by_shm[0]
+            if read and job == self._jobs[worker] and coordinator.stop_reason is None:
+                # a private copy: protocols may keep gradients, the worker reuses its slot
+                flat = self._segment.grads.buffers[self._slots[worker]].clone()
+            elif not read and job == self._jobs[worker]:
+                self.misses += 1  # the model was overwritten: same job, by the object store
+                self._submit(worker, job, *by_shm, by_shm=False)
+                return
+        else:
+            grad, version, loss, compute_time = result
         if job != self._jobs[worker] or coordinator.stop_reason is not None:
             return  # a cancelled or superseded job
         self._jobs[worker] = None
-        with warnings.catch_warnings():  # a read-only view of the object store: rules and
-            warnings.simplefilter("ignore", UserWarning)  # protocols never write into grads
-            flat = torch.from_numpy(grad)
+        if by_shm is None:
+            with warnings.catch_warnings():  # a read-only view of the object store: rules
+                warnings.simplefilter("ignore", UserWarning)  # and protocols never write it
+                flat = torch.from_numpy(grad)
         arrival = Arrival(worker, version, tree.unflatten(flat, coordinator.protocol.server
                                                            .params), loss, compute_time)
         self._apply(coordinator, coordinator.arrive(self.now, arrival))
@@ -180,9 +234,30 @@ class RayRuntime:
             version, params = coordinator.protocol.model_for(worker)
             self._job_counter += 1
             self._jobs[worker], self._started[worker] = self._job_counter, version
+            self._submit(worker, self._job_counter, version, params,
+                         by_shm=self.shared[worker] and self._publish(version, params))
+
+    def _submit(self, worker: int, job: int, version: int, params: Any, *,
+                by_shm: bool) -> None:
+        """Send job ``job`` (the model of ``version``) to ``worker``, through shared memory or
+        the object store."""
+        if by_shm:
+            ref = self.workers[worker].compute_shared.remote(version, self.now)
+            self._shared_jobs[job] = (version, params)
+        else:
             ref = self.workers[worker].compute.remote(self._model_ref(version, params), version,
                                                       self.now)
-            self._pending[ref] = (worker, self._job_counter)
+        self._pending[ref] = (worker, job)
+
+    def _publish(self, version: int, params: Any) -> bool:
+        """Make the model of ``version`` readable in shared memory: publish it if it is newer
+        than the latest published; answer False for an older one no longer there (a protocol
+        that hands out old versions, ``Protocol.model_for``: the object store serves it)."""
+        model = self._segment.model
+        if version > model.latest:
+            model.publish(params, version)
+            return True
+        return model.holds(version)
 
     def _model_ref(self, version: int, params: Any) -> Any:
         """The model of ``version`` as a task argument: put into the object store once and
@@ -215,6 +290,7 @@ class RayRuntime:
                 self._restarting[worker] = self.now + _PROBE_EVERY  # not back yet: ask again
             return
         self._jobs[worker] = None
+        self.shared[worker] = False
         self.deaths[worker] += 1
         warnings.warn(f"Ray worker actor {worker} died at {self.now:.3f} s"
                       + ("; no restarts left" if gone else "; Ray restarts it"),
@@ -234,7 +310,10 @@ class RayRuntime:
         for worker, due in list(self._restarting.items()):
             if due is not None and due <= time.perf_counter() - self._t0:
                 self._restarting[worker] = None
-                self._pending[self.workers[worker].ready.remote()] = (worker, _PROBE)
+                slot = self._slots.get(worker)  # a worker with a slot is asked to attach again
+                probe = (self.workers[worker].ready.remote() if slot is None else
+                         self.workers[worker].connect.remote(self._segment.spec, slot))
+                self._pending[probe] = (worker, _PROBE)
 
     def _checkpoint(self, coordinator: Coordinator) -> None:
         run_dir = coordinator.recorder.run_dir
@@ -247,7 +326,7 @@ class RayRuntime:
 
 def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,
           max_restarts: int, checkpoint_every: int, worker_cpus: float, placement: str,
-          startup_timeout: float, servers: int) -> RayRuntime:
+          startup_timeout: float, servers: int, transport: str) -> RayRuntime:
     """The runtime registry's constructor for ``runtime = "ray"``; options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`):
 
@@ -258,6 +337,8 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
     * ``worker_cpus``: CPUs each worker actor reserves (fractions allowed);
     * ``placement``: ``spread`` (over nodes) or ``default`` (Ray packs);
     * ``startup_timeout``: seconds the actors get to start;
+    * ``transport``: ``auto`` = shared memory for worker actors on the driver's node, the
+      object store for the others (:mod:`.shm`); ``object_store`` = the object store for all;
     * ``servers``: 1 = the driver is the one server (every protocol, restarts, checkpoints);
       K ≥ 2 = K block server actors that the workers talk to directly (:mod:`.sharded`,
       :mod:`.servers`; protocol ``asgd`` only).
@@ -275,7 +356,8 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
                                 strict_minimum=True),
         placement=check_choice("runtime_options.placement", placement, ("default", "spread")),
         startup_timeout=check_float("runtime_options.startup_timeout", startup_timeout, 0.0,
-                                    strict_minimum=True))
+                                    strict_minimum=True),
+        transport=check_choice("runtime_options.transport", transport, TRANSPORTS))
     servers = check_int("runtime_options.servers", servers, 1)
     if servers == 1:
         return RayRuntime(problem, speed, seed, **options)
