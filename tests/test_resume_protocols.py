@@ -18,6 +18,7 @@ from asyncopt.api import resume_run
 from asyncopt.errors import ConfigError
 from asyncopt.problems.registry import make_problem
 from asyncopt.protocols.base import Action, Arrival, Protocol, Server
+from asyncopt.protocols.minibatch import Minibatch
 from asyncopt.protocols.registry import make_protocol, protocol_names
 from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
@@ -176,6 +177,25 @@ def test_workers_idle_at_the_checkpoint_stay_idle_and_delays_count_from_the_resu
     assert reply.action is Action.STEP and reply.delay == 0  # it would have been older
 
 
+def test_a_lost_worker_stays_lost_and_minibatch_waits_for_the_live_ones():
+    def fresh() -> Minibatch:
+        rule = make_rule({"name": "sgd", "lr": 0.1}, WORKERS)
+        return Minibatch(Server({"x": torch.zeros(2)}, rule), WORKERS)
+
+    old = fresh()
+    old.begin()
+    old.handle(Arrival(0, 0, {"x": torch.ones(2)}, 1.0))
+    old.lose(3)
+    assert old.wait_for == 3
+    new = fresh()
+    new.load_state_dict(old.state_dict())
+    assert new.alive == {0, 1, 2} and new.wait_for == 3 and len(new.batch) == 1
+    assert new.begin().start == (1, 2)  # 0 waits in the batch, 3 is gone
+    assert new.handle(Arrival(1, 0, {"x": torch.ones(2)}, 1.0)).action is Action.BUFFER
+    reply = new.handle(Arrival(2, 0, {"x": torch.ones(2)}, 1.0))
+    assert reply.action is Action.STEP and reply.start == (0, 1, 2)
+
+
 def test_the_resumed_coordinator_keeps_the_initial_loss_and_evaluates_nothing_twice(tmp_path):
     # asgd steps on every arrival: the 10th is version 10, evaluated (every 5) before the save
     original, run_dir = _checkpointed(tmp_path, {"name": "asgd"}, arrivals=10)
@@ -226,9 +246,14 @@ def test_a_checkpoint_that_does_not_fit_is_refused_and_no_directory_is_created(
 
 
 def test_a_checkpoint_of_another_protocol_or_worker_count_is_refused(tmp_path):
+    _, run_dir = _checkpointed(tmp_path / "minibatch", {"name": "minibatch"}, arrivals=3)
+    with pytest.raises(ConfigError, match=r"protocol_state\.batch = \[.*\(3 items\).*"
+                                          r"fewer than wait_for = 2"):
+        resume_run(run_dir, overrides=["protocol.wait_for=2"])  # 3 gradients already wait
     _, run_dir = _checkpointed(tmp_path, {"name": "ringleader"})
     with pytest.raises(ConfigError, match=r"checkpoint protocol ringleader"):
         resume_run(run_dir, overrides=["protocol.name=ia2sgd"])
     with pytest.raises(ConfigError, match=r"protocol_state\.num_workers = 4.*3"):
         resume_run(run_dir, overrides=["workers=3", "speed.times=[1.0, 2.0, 3.0]"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minibatch", "run"]
+    assert sorted(p.name for p in (tmp_path / "minibatch").iterdir()) == ["run"]

@@ -7,9 +7,10 @@ A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
   into the structure ``rule.init`` builds);
 * the protocol's state (:meth:`~asyncopt.protocols.base.Protocol.state_dict`): which workers
   are alive and which were computing, and each protocol's own buffers, tables and counters:
-  minibatch's waiting gradients and ``wait_for``, Rennala's running sum and count, the gradient
-  tables of Malenia and IA²SGD, Ringleader's current and buffer tables, round position and
-  counters, the artificial delay's window of past models and its generator;
+  minibatch's waiting gradients, Rennala's running sum and count, the gradient tables of
+  Malenia and IA²SGD, Ringleader's current and buffer tables, round position and counters, the
+  artificial delay's window of past models and its generator (a protocol's options come from
+  the configuration, so ``--set protocol.…`` may change them, within what the state allows);
 * the version, the clock, the budget counters, the history position (how many arrival and
   evaluation rows were recorded) and the initial loss that divergence is judged against.
 

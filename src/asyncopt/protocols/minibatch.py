@@ -42,25 +42,20 @@ class Minibatch(Protocol):
 
     def on_lost(self, worker: int) -> Reply:
         """Wait for one fewer gradient (at least one); step now if those are all in."""
-        self.wait_for = max(1, min(self.wait_for, len(self.alive)))
+        self.wait_for = self._waiting_for(len(self.alive))
         if self.alive and len(self.batch) >= self.wait_for:
             return replace(self._step(worker, 0), action=Action.LOST)
         return Reply(Action.LOST)
 
     def state_dict(self) -> dict[str, Any]:
-        """Adds the gradients waiting in the batch and ``wait_for`` (lowered by lost workers);
-        their senders are idle, so a resumed run does not restart them (:meth:`begin`)."""
-        return {**super().state_dict(), "wait_for": self.wait_for,
-                "batch": [tree.clone(g) for g in self.batch]}
+        """Adds the gradients waiting in the batch; their senders are idle, so a resumed run
+        does not restart them (:meth:`begin`). ``wait_for`` is the configuration's, lowered
+        to the live workers at the resume as :meth:`on_lost` lowers it."""
+        return {**super().state_dict(), "batch": [tree.clone(g) for g in self.batch]}
 
     def check_state(self, state: Any) -> None:
         super().check_state(state)
-        alive = len(state["alive"])
-        wait_for = saved.entry(state, "wait_for", "")
-        expected = max(1, min(self.wait_for, alive))
-        saved.need(wait_for == expected, "wait_for", wait_for,
-                   f"{expected}: the configuration's wait_for = {self.wait_for}, at most the "
-                   f"{alive} live workers")
+        wait_for = self._waiting_for(len(state["alive"]))
         batch = saved.entry(state, "batch", "")
         saved.need(isinstance(batch, list) and len(batch) < wait_for, "batch", batch,
                    f"a list of fewer than wait_for = {wait_for} gradients")
@@ -69,8 +64,11 @@ class Minibatch(Protocol):
 
     def _load_state(self, state: dict[str, Any]) -> None:
         super()._load_state(state)
-        self.wait_for = int(state["wait_for"])
+        self.wait_for = self._waiting_for(len(self.alive))
         self.batch = [saved.to_like(g, self.server.params) for g in state["batch"]]
+
+    def _waiting_for(self, alive: int) -> int:
+        return max(1, min(self.wait_for, alive))
 
     def _step(self, worker: int, delay: int) -> Reply:
         average = tree.mean(self.batch)
