@@ -124,6 +124,10 @@ class ClosedFormProblem(SupervisedProblem):
     gradient to the autograd path (to float rounding), several times cheaper for small models.
     Raises a ConfigError naming ``model`` if the model is not such a chain."""
 
+    concurrent_gradients = True
+    """Two ``loss_and_grad`` calls may run at once on two threads (they only read the problem's
+    tensors and write fresh ones): the simulator's ``ahead`` option then computes on two cores."""
+
     def __init__(self, model: Callable[[], nn.Module], X_train: Tensor, y_train: Tensor,
                  shards: Sequence[np.ndarray], **kwargs: Any) -> None:
         super().__init__(model, F.cross_entropy, X_train, y_train, shards, **kwargs)

@@ -34,7 +34,7 @@ class Runtime(Protocol):
 RuntimeFactory = Callable[..., Runtime]
 
 RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1, "batch": 1}),
+    "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1, "batch": 1, "ahead": 0}),
     "processes": ("asyncopt.runtimes.processes.runtime",
                   {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
                    "mode": "server", "blocks": "whole", "block_fraction": 0.5,

@@ -22,6 +22,10 @@ batches are large. The history is the same as without batching (to float roundin
 worker still draws its minibatch from its own generator, in the order of its own computations,
 and a computation that is cancelled after being evaluated early gives its draw back (the
 generator's state is restored), as if it had never been evaluated.
+
+Computing ahead (``ahead`` = k ≥ 1): a background thread computes pending gradients in event
+order, at most k ahead of the loop, while the loop runs the protocol, the rule and the recorder
+(:mod:`asyncopt.runtimes.sim.ahead`); the same history, on two cores.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from asyncopt.errors import check_int
+from asyncopt.errors import ConfigError, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.sim.ahead import Ahead
 from asyncopt.runtimes.sim.speed import SpeedModel
 from asyncopt.tree import Params
 
@@ -45,10 +50,11 @@ class _Job:
     worker: int
     order: int
     version: int
-    params: Params
+    params: Params | None
     started: float
     result: tuple[float, Params] | None = None  # evaluated early, in a batch
     state: torch.Tensor | None = None  # the worker's generator state before that evaluation
+    stage: int = 0  # computing ahead: queued, running, done or dropped (see sim.ahead)
 
 
 def worker_generators(seed: int, num_workers: int) -> list[torch.Generator]:
@@ -69,12 +75,14 @@ class Simulator:
     asks_model_for = True
 
     def __init__(self, problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
-                 batch: int = 1) -> None:
+                 batch: int = 1, ahead: int = 0) -> None:
         self.problem = problem
         self.threads = threads
         # batching pays only where the problem has a batched path of its own
         batched = type(problem).loss_and_grads is not Problem.loss_and_grads
         self.batch = batch if batched else 1
+        self.ahead = ahead
+        self._ahead: Ahead | None = None
         self.speed = speed
         self.generators = worker_generators(seed, problem.num_workers)
         self.now = 0.0
@@ -87,9 +95,13 @@ class Simulator:
         """Simulate until the coordinator says stop or no worker is computing."""
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        if self.ahead:
+            self._ahead = Ahead(self.problem, self.generators, self.ahead, self.threads)
         try:
             self._loop(coordinator)
         finally:
+            if self._ahead is not None:
+                self._ahead.close()
             torch.set_num_threads(threads)
 
     def _loop(self, coordinator: Coordinator) -> None:
@@ -109,7 +121,10 @@ class Simulator:
                 continue  # this computation was cancelled
             del jobs[worker]
             self.now = finish
-            loss, grads = job.result if job.result is not None else self._evaluate(job)
+            if self._ahead is not None:
+                loss, grads = self._ahead.take(job)
+            else:
+                loss, grads = job.result if job.result is not None else self._evaluate(job)
             arrival = Arrival(worker, job.version, grads, loss, finish - job.started)
             self._apply(coordinator, coordinator.arrive(finish, arrival))
 
@@ -138,7 +153,9 @@ class Simulator:
         for worker in reply.cancel:
             job = self._jobs.pop(worker, None)
             if job is not None:
-                if job.state is not None:  # evaluated early: give the minibatch draw back
+                if self._ahead is not None:
+                    self._ahead.cancel(job)
+                elif job.state is not None:  # evaluated early: give the minibatch draw back
                     self.generators[worker].set_state(job.state)
                 coordinator.cancelled(self.now, worker, job.version)
         for worker in reply.start:
@@ -149,13 +166,15 @@ class Simulator:
         self._order += 1
         # the server never changes a version's params in place: the reference is the snapshot
         job = self._jobs[worker] = _Job(worker, self._order, version, params, self.now)
-        if self.batch > 1:
+        if self._ahead is not None:
+            self._ahead.submit(job, finish)
+        elif self.batch > 1:
             self._waiting.setdefault(version, []).append(job)
         heapq.heappush(self._heap, (finish, self._order, worker))
 
 
 def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
-          batch: int = 1) -> Simulator:
+          batch: int = 1, ahead: int = 0) -> Simulator:
     """The runtime registry's constructor for ``runtime = "sim"``.
 
     ``threads``: torch intra-op threads while simulating (restored afterwards). One gradient at
@@ -166,7 +185,16 @@ def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
     CPU it made the MNIST comparison slower, not faster (benchmarks/RESULTS.md, "Simulator
     speed"), since a 100k-parameter gradient costs its memory traffic whether batched or not
     and early work that a protocol then cancels is wasted.
+    ``ahead``: compute up to this many pending gradients ahead of the event loop, in a
+    background thread (0, the default: none); see :mod:`asyncopt.runtimes.sim.ahead`. The
+    problem's ``loss_and_grad`` then runs on another thread than its ``evaluate``. Not together
+    with ``batch`` > 1.
     """
+    ahead = check_int("runtime_options.ahead", ahead, 0)
+    batch = check_int("runtime_options.batch", batch, 1)
+    if ahead and batch > 1:
+        raise ConfigError("runtime_options.ahead", ahead,
+                          "0 when runtime_options.batch > 1 (one or the other)")
     return Simulator(problem, speed, seed,
                      threads=check_int("runtime_options.threads", threads, 1),
-                     batch=check_int("runtime_options.batch", batch, 1))
+                     batch=batch, ahead=ahead)
