@@ -1,28 +1,36 @@
 """Simulator speed (issue 7): simulated gradients per wall second on the Ringleader comparison,
 all seven methods, against a plain loop that calls autograd once per gradient.
 
-    .venv/bin/python benchmarks/sim_speed.py [config] [arrivals]
+    .venv/bin/python benchmarks/sim_speed.py [config] [arrivals] [repeats]
 
 Setting: ``config`` (default configs/ringleader_mnist.toml: 100 workers, MNIST subset, MLP
 784-128-10 ≈ 100k parameters, batch 4, equal-size Dirichlet(0.1) shards, the paper's speeds);
 every ``[[methods]]`` entry with its tuned step size, the budget replaced by ``arrivals`` arrivals
 per method and one evaluation at the start and one at the end. Rows, each the total arrivals of
-all methods over their total wall time (best of REPEATS):
+all methods over their total wall time (best of ``repeats``, the rows interleaved so that a
+change in the machine's load hits them all):
 
 (a) a plain ``for`` loop, 1 torch thread: per gradient a random worker's minibatch,
     ``functional_call`` and ``torch.autograd.grad`` (no simulator, no server step);
-(b) the simulator, ``gradient = "autograd"``, ``runtime_options.batch = 1``;
-(c) the simulator, ``gradient = "closed_form"``, ``batch = 1``;
-(d) the simulator, ``gradient = "closed_form"``, ``batch = 64`` (opt-in; the default is 1):
-    pending gradients at one snapshot evaluated together (large for Malenia and Rennala, which
-    restart every worker at one model).
+(b) the simulator, ``gradient = "autograd"``;
+(c) the simulator, ``gradient = "closed_form"``, its gradient as one flat vector, as it returns
+    it (so checking it for NaN and adding it to a gradient table are one operation each);
+(c0) the same with the gradient handed on as a plain dict of leaves (what it was before);
+(d) (c) with ``runtime_options.ahead = AHEAD``: a background thread computes pending gradients
+    while the loop runs the protocol, the rule and the recorder (two cores);
+(e) (c) with ``runtime_options.batch = 64`` (pending gradients at one snapshot evaluated together;
+    opt-in, for reference).
 
-Goal: (d) ≥ 3 × (a). A lever's share is its factor's part of the log of (d)/(a).
+Each simulated rate is given twice: over the whole ``train`` call, and without the time of its
+two evaluations of f and ∇f on the 4,000 training images (each costs ~100 gradients; the plain
+loop evaluates nothing). Goal: (d) ≥ 3 × (a). A lever's share is its factor's part of the log of
+(d)/(a); "wasted" is the share of gradients computed ahead for jobs the protocol then cancelled.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,11 +46,14 @@ from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.sim import ahead as ahead_module
 from asyncopt.runtimes.sim.speed import make_speed_model
 
 CONFIG = Path(__file__).parents[1] / "configs" / "ringleader_mnist.toml"
-REPEATS = 3
-VARIANTS = {"b": ("autograd", 1), "c": ("closed_form", 1), "d": ("closed_form", 64)}
+AHEAD = 4
+# row -> (problem variant, runtime options)
+VARIANTS = {"b": ("autograd", {}), "c0": ("dict", {}), "c": ("closed_form", {}),
+            "d": ("closed_form", {"ahead": AHEAD}), "e": ("closed_form", {"batch": 64})}
 
 
 def plain_loop(problem: SupervisedProblem, count: int) -> float:
@@ -63,23 +74,60 @@ def plain_loop(problem: SupervisedProblem, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def simulated(problem, method: dict, batch: int, arrivals: int) -> float:
-    """Arrivals per wall second of the simulator running ``method`` for ``arrivals`` arrivals."""
+class Timed:
+    """Wraps ``problem.evaluate`` and adds up its wall time (the problem is used as it is)."""
+
+    def __init__(self, problem) -> None:
+        self.seconds, self.evaluate = 0.0, problem.evaluate
+        problem.evaluate = self
+
+    def __call__(self, params):
+        start = time.perf_counter()
+        try:
+            return self.evaluate(params)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def as_dict(problem) -> None:
+    """Make ``problem`` hand its closed-form gradients on as a plain dict of leaves (row c0)."""
+    flat = problem.loss_and_grad
+    problem.loss_and_grad = lambda params, worker, generator: (
+        lambda out: (out[0], dict(out[1])))(flat(params, worker, generator))
+
+
+def simulated(problem, timer: Timed, method: dict, options: dict,
+              arrivals: int) -> tuple[float, float, float]:
+    """(arrivals per wall second, the same without evaluations, share of gradients computed
+    ahead and wasted) of the simulator running ``method`` for ``arrivals`` arrivals."""
     workers, seed = method["workers"], method["seed"]
+    wasted = []
+    close = ahead_module.Ahead.close
+
+    def counted(self):  # the real close, its counts noted
+        wasted.append(self.wasted / max(self.computed, 1))
+        close(self)
+
+    ahead_module.Ahead.close = counted
+    timer.seconds = 0.0
     start = time.perf_counter()
-    result = train(problem, make_rule(method["rule"], workers), method["protocol"],
-                   speed=make_speed_model(method["speed"], workers, seed), seed=seed,
-                   budget={"arrivals": arrivals}, evaluation=Evaluation(10 * arrivals, "steps"),
-                   runtime_options={"batch": batch})
+    try:
+        result = train(problem, make_rule(method["rule"], workers), method["protocol"],
+                       speed=make_speed_model(method["speed"], workers, seed), seed=seed,
+                       budget={"arrivals": arrivals},
+                       evaluation=Evaluation(10 * arrivals, "steps"), runtime_options=options)
+    finally:
+        ahead_module.Ahead.close = close
     wall = time.perf_counter() - start
     if result.summary["arrivals"] != arrivals:  # a diverged run would measure nothing
         raise RuntimeError(f"benchmark run stopped early: {result.summary['reason']}")
-    return arrivals / wall
+    return arrivals / wall, arrivals / (wall - timer.seconds), wasted[0] if wasted else 0.0
 
 
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else CONFIG
     arrivals = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     raw = configuration.read(path)
     methods = {label: configuration.load(path, method=label)
                for label, _ in configuration.methods(raw)}
@@ -87,40 +135,64 @@ def main() -> None:
     workers, seed = first["workers"], first["seed"]
     problems = {g: make_problem({**first["problem"], "gradient": g}, workers, seed)
                 for g in ("autograd", "closed_form")}
+    problems["dict"] = make_problem({**first["problem"], "gradient": "closed_form"}, workers,
+                                    seed)
+    as_dict(problems["dict"])
+    timers = {name: Timed(problem) for name, problem in problems.items()}
+    plain, rates, bare, wasted = 0.0, {}, {}, {}
+    loads = []
     with one_thread():  # what the simulator runs with (runtime_options.threads = 1)
-        plain = max(plain_loop(problems["autograd"], arrivals) for _ in range(REPEATS))
-        rates = {(label, row): max(simulated(problems[gradient], method, batch, arrivals)
-                                   for _ in range(REPEATS))
-                 for label, method in methods.items()
-                 for row, (gradient, batch) in VARIANTS.items()}
-    # overall: all methods' arrivals over their summed wall time (a harmonic mean of the rates)
-    overall = {row: len(methods) / sum(1 / rates[label, row] for label in methods)
-               for row in VARIANTS}
-    factors = {"simulator (server step, protocol, event loop) with autograd": overall["b"] / plain,
-               "closed-form gradients": overall["c"] / overall["b"],
-               "batched evaluation at shared snapshots": overall["d"] / overall["c"]}
-    total = math.log(overall["d"] / plain)
+        for _ in range(repeats):  # interleaved: every row sees the same spells of load
+            plain = max(plain, plain_loop(problems["autograd"], arrivals))
+            for label, method in methods.items():
+                for row, (variant, options) in VARIANTS.items():
+                    rate, rate_bare, waste = simulated(problems[variant], timers[variant],
+                                                       method, options, arrivals)
+                    if rate_bare > bare.get((label, row), 0.0):
+                        bare[label, row], rates[label, row] = rate_bare, rate
+                        wasted[label, row] = waste
+            loads.append(os.getloadavg()[0])
+
+    def overall(table: dict, row: str) -> float:  # all arrivals over their summed wall time
+        return len(methods) / sum(1 / table[label, row] for label in methods)
+
+    total = {row: overall(rates, row) for row in VARIANTS}
+    sim = {row: overall(bare, row) for row in VARIANTS}
+    factors = {
+        "simulator (server step, protocol, event loop) with autograd": sim["b"] / plain,
+        "closed-form gradients (as a dict of leaves)": sim["c0"] / sim["b"],
+        "closed-form gradient as one flat vector": sim["c"] / sim["c0"],
+        f"computing ahead on a second core (ahead = {AHEAD})": sim["d"] / sim["c"],
+    }
+    log_total = math.log(sim["d"] / plain)
     body = (
         f"{path.name}: {workers} workers, {first['problem']['dataset']} MLP "
         f"(hidden {first['problem']['hidden']}), batch {first['problem']['batch_size']}, "
         f"{first['problem']['partition']}({first['problem']['alpha']}); {arrivals:,} arrivals "
-        f"per method, best of {REPEATS}, 1 torch thread. Gradients per wall second:\n\n"
-        "| method | (b) autograd | (c) closed form | (d) closed form + batched | (d) / (a) |\n"
-        "|---|---|---|---|---|\n"
-        + "".join(f"| {label} | {rates[label, 'b']:,.0f} | {rates[label, 'c']:,.0f} | "
-                  f"{rates[label, 'd']:,.0f} | {rates[label, 'd'] / plain:.2f} |\n"
+        f"per method, best of {repeats} interleaved, 1 torch thread per thread. Load average "
+        f"after each round: {', '.join(f'{x:.1f}' for x in loads)}. Simulated gradients per "
+        "wall second without the two evaluations (in brackets: with them):\n\n"
+        "| method | (b) autograd | (c0) closed form, dict | (c) closed form, flat | "
+        f"(d) (c) + ahead {AHEAD} | wasted ahead | (e) (c) + batch 64 | (d) / (a) |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        + "".join(f"| {label} | "
+                  + " | ".join(f"{bare[label, row]:,.0f} ({rates[label, row]:,.0f})"
+                               for row in ("b", "c0", "c", "d"))
+                  + f" | {wasted[label, 'd']:.0%} | {bare[label, 'e']:,.0f} | "
+                  f"{bare[label, 'd'] / plain:.2f} |\n"
                   for label in methods)
-        + f"| **all methods** | {overall['b']:,.0f} | {overall['c']:,.0f} | {overall['d']:,.0f} "
-        f"| **{overall['d'] / plain:.2f}** |\n\n"
+        + "| **all methods** | "
+        + " | ".join(f"{sim[row]:,.0f} ({total[row]:,.0f})" for row in ("b", "c0", "c", "d"))
+        + f" |  | {sim['e']:,.0f} | **{sim['d'] / plain:.2f}** |\n\n"
         f"(a) plain autograd loop: {plain:,.0f} gradients / s ({1e6 / plain:.0f} µs each). "
-        f"Overall (d)/(a) = {overall['d'] / plain:.2f}, (c)/(a) = {overall['c'] / plain:.2f} "
-        "(goal ≥ 3).\n\n"
+        f"Overall (d)/(a) = {sim['d'] / plain:.2f} without evaluations, "
+        f"{total['d'] / plain:.2f} with them; (c)/(a) = {sim['c'] / plain:.2f} (goal ≥ 3).\n\n"
         "| lever | factor | share of log((d)/(a)) |\n|---|---|---|\n"
-        + "".join(f"| {name} | × {factor:.2f} | {math.log(factor) / total:+.0%} |\n"
+        + "".join(f"| {name} | × {factor:.2f} | {math.log(factor) / log_total:+.0%} |\n"
                   for name, factor in factors.items()))
     print(body)
     write_section("Simulator speed (issue 7)", f"python benchmarks/sim_speed.py {path.name} "
-                  f"{arrivals}", body)
+                  f"{arrivals} {repeats}", body)
 
 
 if __name__ == "__main__":

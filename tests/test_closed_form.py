@@ -128,3 +128,17 @@ def test_bad_gradient_values_and_models_name_their_field():
     assert dense_relu_layers(mlp(5, 4, 3)) == [("0.weight", "0.bias"), ("2.weight", "2.bias")]
     assert dense_relu_layers(nn.Linear(5, 3, bias=False)) is None
     assert dense_relu_layers(nn.Sequential(nn.Linear(5, 3), nn.ReLU())) is None
+
+
+def test_closed_form_gradients_are_one_flat_vector_that_survives_pickling():
+    from asyncopt import tree
+
+    problem = make_problem({"name": "mlp", "dataset": "digits", "hidden": 8, "batch_size": 4},
+                           3, 0)
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    _, grads = problem.loss_and_grad(params, 1, torch.Generator().manual_seed(1))
+    assert isinstance(grads, tree.FlatParams) and list(grads) == list(params)
+    back = pickle.loads(pickle.dumps(grads))
+    assert torch.equal(back.vector, grads.vector)
+    back["0.weight"].zero_()  # leaves are views of the vector again, as before pickling
+    assert float(back.vector[:back["0.weight"].numel()].abs().sum()) == 0.0

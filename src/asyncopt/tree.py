@@ -29,6 +29,10 @@ class FlatParams(dict):
         super().__init__(leaves)
         self.vector = vector
 
+    def __reduce__(self) -> tuple:
+        # unpickled leaves must be views of the unpickled vector again, not copies
+        return _unflatten_shapes, (self.vector, [(k, v.shape) for k, v in self.items()])
+
 
 def map_tree(fn: Callable[..., Tensor], tree: Params, *rest: Params) -> Params:
     """Apply ``fn`` leaf by leaf: ``{k: fn(tree[k], rest[0][k], ...)}``."""
@@ -119,6 +123,10 @@ def unflatten(vector: Tensor, like: Params) -> FlatParams:
         raise ValueError(f"vector has {vector.numel()} elements, the tree needs {sum(sizes)}")
     return FlatParams(vector, {k: piece.view(v.shape) for (k, v), piece
                                in zip(like.items(), vector.split_with_sizes(sizes), strict=True)})
+
+
+def _unflatten_shapes(vector: Tensor, shapes: list[tuple[str, torch.Size]]) -> FlatParams:
+    return unflatten(vector, {k: vector.new_empty(()).expand(shape) for k, shape in shapes})
 
 
 def same_structure(a: Params, b: Params) -> bool:

@@ -70,11 +70,12 @@ def has_closed_form(model: Callable[[], nn.Module]) -> bool:
 
 
 def cross_entropy_grad(params: Mapping[str, Tensor], layers: Layers, X: Tensor,
-                       T: Tensor) -> tuple[float, dict[str, Tensor]]:
+                       T: Tensor, out: Params | None = None) -> tuple[float, dict[str, Tensor]]:
     """The mean cross-entropy of the dense–ReLU chain ``layers`` on inputs ``X`` (B × d) and its
     gradient by parameter name (see the module docstring). ``T = −Y/B`` holds the one-hot
     targets, negated and divided by the batch size, so that L = ⟨log P, T⟩ and
-    G_L = P/B + T cost one operation each."""
+    G_L = P/B + T cost one operation each. ``out``: tensors to write the gradient into (e.g.
+    the leaves of a :class:`~asyncopt.tree.FlatParams`), returned as the gradient."""
     inputs = [X]
     for weight, bias in layers[:-1]:
         inputs.append(torch.relu(F.linear(inputs[-1], params[weight], params[bias])))
@@ -86,7 +87,11 @@ def cross_entropy_grad(params: Mapping[str, Tensor], layers: Layers, X: Tensor,
     for index in range(len(layers) - 1, -1, -1):
         weight, bias = layers[index]
         h = inputs[index]
-        grads[weight], grads[bias] = G.t().mm(h), G.sum(0)
+        if out is None:
+            grads[weight], grads[bias] = G.t().mm(h), G.sum(0)
+        else:
+            grads[weight] = torch.mm(G.t(), h, out=out[weight])
+            grads[bias] = torch.sum(G, 0, out=out[bias])
         if index > 0:
             G = _relu_backward(G.mm(params[weight]), h, 0)
     return loss, grads
@@ -155,14 +160,17 @@ class ClosedFormProblem(SupervisedProblem):
     def loss_and_grad(self, params: Params, worker: int,
                       generator: torch.Generator) -> tuple[float, Params]:
         """∇ of the mean loss over ``batch_size`` samples drawn with replacement from shard i,
-        the parent's minibatch and l2 term, with the backward pass in closed form."""
+        the parent's minibatch and l2 term, with the backward pass in closed form. The gradient
+        is one flat vector (a :class:`~asyncopt.tree.FlatParams`): checking it for NaN and adding
+        it to a gradient table are then one operation each, not one per leaf."""
         picks = self._picks(worker, generator)
         X = self._shard_data[worker][0].index_select(0, picks)
-        loss, by_name = cross_entropy_grad(params, self.layers, X,
-                                           self._targets[worker].index_select(0, picks))
-        grads = [by_name[name] for name in params]
-        value = self._add_l2(loss, grads, params)
-        return value, dict(zip(params, grads, strict=True))
+        first = next(iter(params.values()))
+        grads = tree.unflatten(first.new_empty(tree.numel(params)), params)
+        loss, _ = cross_entropy_grad(params, self.layers, X,
+                                     self._targets[worker].index_select(0, picks), out=grads)
+        value = self._add_l2(loss, list(grads.values()), params)
+        return value, grads
 
     def loss_and_grads(self, params: Params, workers: Sequence[int],
                        generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:
