@@ -48,6 +48,25 @@ class Problem(ABC):
         and ``test_loss`` where the problem has a test set.
         """
 
+    @property
+    def movable(self) -> bool:
+        """Whether :meth:`to` can put this problem's computations on another device (a GPU)."""
+        return type(self).to is not Problem.to
+
+    def to(self, device: torch.device | str, *, worker: int | None = None) -> Problem:
+        """Compute on ``device`` from now on, in place; answer ``self``.
+
+        With ``worker = i`` only what worker i's :meth:`loss_and_grad` needs moves (a worker
+        process moves its own shard once, at start-up); with None, everything, evaluation
+        included, and :meth:`init_params` answers tensors on ``device``. What the problem
+        pickles stays on the CPU, so a moved problem is still sent to worker processes through
+        CPU shared memory. Minibatch draws keep coming from the workers' CPU generators, so the
+        sampled minibatches do not depend on the device. Problems that keep their data on the
+        CPU (the default) raise ``TypeError``; see :attr:`movable`.
+        """
+        raise TypeError(f"{type(self).__name__} keeps its data on the CPU: it cannot move to "
+                        f"{device}")
+
     def to_module(self, params: Params) -> nn.Module | None:
         """``params`` loaded into the problem's ``nn.Module`` (with its buffers), or None for a
         problem that has no module (the quadratic)."""

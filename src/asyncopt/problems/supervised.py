@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 from asyncopt import tree
 from asyncopt.errors import ConfigError, check, check_float, check_int
-from asyncopt.problems import running_stats
+from asyncopt.problems import batched, running_stats
 from asyncopt.problems.base import Problem
 from asyncopt.problems.dry_run import dry_run
 from asyncopt.tree import Params
@@ -97,6 +97,8 @@ class SupervisedProblem(Problem):
         self._random = running_stats.has_dropout(self.module)
         # per-shard copies make a minibatch one gather instead of two
         self._shard_data = [(self.X_train[s], self.y_train[s]) for s in self.shards]
+        self._test = (self.X_test, self.y_test)
+        self._on: torch.device | None = None  # the device computations run on, None: the CPU
 
     def init_params(self, generator: torch.Generator) -> Params:
         """A fresh module's own default initialization (e.g. kaiming-uniform bounds for
@@ -104,7 +106,8 @@ class SupervisedProblem(Problem):
         global RNG is left as it was, and the same generator state gives the same x⁰."""
         seed = int(torch.randint(2**62, (), generator=generator))
         module = _build(self.model_factory, seed)
-        return {name: p.detach().clone() for name, p in module.named_parameters()}
+        return {name: p.detach().clone() if self._on is None else p.detach().to(self._on)
+                for name, p in module.named_parameters()}
 
     def loss_and_grad(self, params: Params, worker: int,
                       generator: torch.Generator) -> tuple[float, Params]:
@@ -119,9 +122,22 @@ class SupervisedProblem(Problem):
         value = self._add_l2(loss.item(), grads, params)
         return value, dict(zip(leaves, grads, strict=True))
 
+    def loss_and_grads(self, params: Params, workers: Sequence[int],
+                       generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:
+        """The same gradients as :meth:`loss_and_grad` (to float rounding), all ``workers`` in
+        one ``torch.func.vmap`` pass over their stacked minibatches (:mod:`.batched`): what the
+        simulator's ``runtime_options.batch`` uses, worth it on a GPU."""
+        return batched.loss_and_grads(self, params, workers, generators)
+
     def _picks(self, worker: int, generator: torch.Generator) -> Tensor:
         """The minibatch: ``batch_size`` positions in shard ``worker``, drawn with replacement."""
         return torch.randint(len(self.shards[worker]), (self.batch_size,), generator=generator)
+
+    def _picks_on_device(self, worker: int, generator: torch.Generator) -> Tensor:
+        """:meth:`_picks` drawn on the CPU generator, then moved to the problem's device (set
+        by :meth:`to` in place of :meth:`_picks`, so the CPU path has no extra branch)."""
+        picks = type(self)._picks(self, worker, generator)
+        return picks.to(self._on, non_blocking=True)
 
     def _add_l2(self, value: float, grads: Sequence[Tensor], params: Params) -> float:
         """Add the l2 term's gradient l2·x to ``grads`` in place; return ``value`` + (l2/2)‖x‖²."""
@@ -152,8 +168,52 @@ class SupervisedProblem(Problem):
             tree.add_(grad, params, alpha=self.l2)
         metrics = {"loss": total, "grad_norm_sq": tree.sq_norm(grad)}
         if self.X_test is not None and self.y_test is not None and len(self.X_test) > 0:
-            metrics.update(self.test_metrics({**params, **buffers}, self.X_test, self.y_test))
+            metrics.update(self.test_metrics({**params, **buffers}, *self._test))
         return metrics
+
+    @property
+    def movable(self) -> bool:
+        """True, unless a subclass computes gradients its own way and does not say how it moves
+        (the closed-form problems keep their data on the CPU)."""
+        own = (type(self).loss_and_grad is SupervisedProblem.loss_and_grad
+               and type(self)._setup is SupervisedProblem._setup)
+        return own or type(self).to is not SupervisedProblem.to
+
+    def to(self, device: torch.device | str, *, worker: int | None = None) -> SupervisedProblem:
+        """Compute on ``device`` (see :meth:`Problem.to`): the cached modules, the shards'
+        data, the evaluation chunks and the test set move; the pickled tensors (``X_train``,
+        ``X_test``, ...) stay on the CPU. With ``worker`` only that shard and the training
+        module move. On a GPU, dropout masks come from the GPU's generator, not from the
+        worker's stream (:func:`running_stats.seeded` seeds the CPU one): runs with dropout
+        are then not reproducible."""
+        if not self.movable:
+            raise TypeError(f"{type(self).__name__} computes its gradients its own way and "
+                            f"keeps its data on the CPU: it cannot move to {device}")
+        device = torch.device(device)
+        self.module.to(device)
+        self.__dict__.pop("_vmap_module", None)  # the batched path's copy, rebuilt when needed
+        if worker is not None:
+            X, y = self._shard_data[worker]
+            self._shard_data[worker] = (X.to(device), y.to(device))
+        elif device.type == "cpu":
+            self._eval_module.to(device)
+            self._shard_data = [(self.X_train[s], self.y_train[s]) for s in self.shards]
+            self._test = (self.X_test, self.y_test)
+            self.__dict__.pop("_eval_chunks", None)  # rebuilt from the CPU tensors when needed
+            self.__dict__.pop("_stat_batches", None)
+        else:
+            self._eval_module.to(device)
+            self._shard_data = [(X.to(device), y.to(device)) for X, y in self._shard_data]
+            self._test = tuple(None if t is None else t.to(device) for t in self._test)
+            self._eval_chunks = [tuple(t.to(device) for t in chunk)
+                                 for chunk in self._eval_chunks]
+            self._stat_batches = [X.to(device) for X in self._stat_batches]
+        self._on = None if device.type == "cpu" else device
+        if self._on is None:
+            self.__dict__.pop("_picks", None)
+        else:
+            self._picks = self._picks_on_device  # type: ignore[method-assign]
+        return self
 
     def buffers(self, params: Params) -> Params:
         """The running statistics at ``params`` (empty for a model without BatchNorm)."""

@@ -27,9 +27,11 @@ from asyncopt.problems.base import Problem
 from asyncopt.rules.base import Rule
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import check_blocks
+from asyncopt.runtimes.processes.device import DevicePlan, place, restore
+from asyncopt.runtimes.processes.device_shared import shared_counters
 from asyncopt.runtimes.processes.lockfree_worker import lockfree_main
 from asyncopt.runtimes.processes.pool import WorkerPool
-from asyncopt.runtimes.processes.shared import SharedCounters, share_tree
+from asyncopt.runtimes.processes.shared import share_tree
 from asyncopt.runtimes.processes.watch import Watcher
 
 
@@ -49,8 +51,9 @@ class LockFreeRuntime(Watcher):
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
                  time_scale: float, startup_timeout: float, blocks: str, block_fraction: float,
-                 warmup_steps: int) -> None:
+                 warmup_steps: int, devices: DevicePlan | None = None) -> None:
         super().__init__(problem)
+        self.devices = devices  # None: the CPU (see .device for a GPU)
         self.start_method, self.startup_timeout = start_method, startup_timeout
         self.blocks = blocks
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale,
@@ -65,16 +68,18 @@ class LockFreeRuntime(Watcher):
               "there is no server to buffer or synchronize): use mode = 'server' for it")
         server = coordinator.protocol.server
         check_blocks(self.blocks, len(server.params), self.problem.num_workers)
+        place(self.devices, server, self.problem)  # on a GPU, the shared tensors are IPC'd
         self.state = share_tree(server.state)
         self.params = share_tree(server.params)
         self._version = server.version
         budget = coordinator.budget.steps
         options = {**self.options, "max_version": budget if budget is not None else 2**62}
-        self.counters = SharedCounters(mp.get_context(self.start_method))
+        self.counters = shared_counters(self.devices, mp.get_context(self.start_method))
         self.counters.header[0] = server.version
         self.pool = WorkerPool(self.problem.num_workers, lockfree_main,
                                (self.problem, self.params, self.state, dump_rule(server.rule),
-                                self.counters, options), start_method=self.start_method)
+                                self.counters, options), start_method=self.start_method,
+                               devices=self.devices)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in server mode: the cores are the workers'
         try:
@@ -83,3 +88,4 @@ class LockFreeRuntime(Watcher):
             self.counters.stop()
             self.pool.close()
             torch.set_num_threads(threads)
+            restore(self.devices, server, self.problem)

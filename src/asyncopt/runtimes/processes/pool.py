@@ -29,6 +29,7 @@ from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.user import check_portable
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.device import DevicePlan, worker_args
 from asyncopt.runtimes.processes.worker import STOP
 
 _JOIN_TIMEOUT = 2.0  # seconds a stopped worker gets to exit before it is terminated
@@ -75,10 +76,12 @@ class WorkerPool:
 
     def __init__(self, num_workers: int, target: Callable[..., None], args: tuple[Any, ...], *,
                  start_method: str, own: Sequence[tuple[Any, ...]] | None = None,
-                 role: str = "worker") -> None:
+                 role: str = "worker", devices: DevicePlan | None = None) -> None:
         """``own[i]``: extra arguments for process i only (after ``args``); ``role`` names the
-        processes (``asyncopt-worker-0``, ``asyncopt-server-0``, ...)."""
+        processes (``asyncopt-worker-0``, ``asyncopt-server-0``, ...); ``devices``: each
+        process first moves to its device (:func:`.device.device_main`)."""
         context = mp.get_context(start_method)
+        target, args, own = worker_args(devices, target, args, own, num_workers)
         self.num_workers = num_workers
         self.died: list[int] = []
         self.processes: list[Any] = []

@@ -28,21 +28,22 @@ stopped before :meth:`ProcessRuntime.run` returns or raises.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 import torch
 
-from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int
+from asyncopt.errors import check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
+from asyncopt.runtimes.processes.device import DevicePlan, check_plan, place, plan_devices, restore
+from asyncopt.runtimes.processes.device_shared import gradient_slots, shared_model
 from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
 from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable, poll_timeout
 from asyncopt.runtimes.processes.servers import ServersRuntime
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel, template
+from asyncopt.runtimes.processes.shared import GradientSlots, template
 from asyncopt.runtimes.processes.worker import CANCEL, worker_main
 
 
@@ -53,8 +54,10 @@ class ProcessRuntime:
     asks_model_for = False  # workers read the latest published model themselves
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
-                 time_scale: float, startup_timeout: float) -> None:
+                 time_scale: float, startup_timeout: float,
+                 devices: DevicePlan | None = None) -> None:
         self.problem, self.speed, self.seed = problem, speed, seed
+        self.devices = devices  # None: the CPU (see .device for a GPU)
         self.start_method, self.time_scale = start_method, time_scale
         self.startup_timeout = startup_timeout
         self.now = 0.0
@@ -66,12 +69,21 @@ class ProcessRuntime:
 
     def run(self, coordinator: Coordinator) -> None:
         """Start the workers, serve their gradients until the coordinator says stop, stop them."""
+        server = coordinator.protocol.server
+        place(self.devices, server, self.problem)
+        try:
+            self._serve(coordinator)
+        finally:
+            restore(self.devices, server, self.problem)
+
+    def _serve(self, coordinator: Coordinator) -> None:
         params = coordinator.protocol.server.params
-        self.model = SharedModel(template(params))
-        slots = GradientSlots(self.model.like, self.problem.num_workers)
+        self.model = shared_model(self.devices, template(params))
+        slots = gradient_slots(self.devices, self.model.like, self.problem.num_workers)
         self.pool = WorkerPool(self.problem.num_workers, worker_main,
                                (self.problem, self.model, slots, self.speed, self.seed,
-                                self.time_scale), start_method=self.start_method)
+                                self.time_scale), start_method=self.start_method,
+                               devices=self.devices)
         threads = torch.get_num_threads()
         # The server's work per arrival is memory-bound and small; with several intra-op threads
         # it waits for threads the OS lent to the workers (an 800 KB clone took 9 ms instead of
@@ -169,9 +181,10 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       ``partition`` takes full-model steps only;
     * ``servers`` (server mode only): K ≥ 1 server processes, one per block of tensors
       (:mod:`.servers`, protocol ``asgd`` only); 1 = the main process is the one server;
-    * ``device``: ``cpu`` (:func:`check_device`).
+    * ``device``: ``cpu`` (default), ``cuda``, ``cuda:K``, or a list of them, one per worker
+      round-robin (:mod:`.device`: written for GPUs, never run on one yet).
     """
-    check_device(device)
+    plan = plan_devices(device, problem.num_workers)
     check_picklable(problem)
     common = {
         "start_method": check_choice("runtime_options.start_method", start_method,
@@ -185,35 +198,18 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
                                  strict_minimum=True)
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
     servers = check_int("runtime_options.servers", servers, 1)
+    if plan is not None:
+        check_plan(plan, device, problem, mode=mode, servers=servers)
     if mode == "server":
         check(blocks == "whole", "runtime_options.blocks", blocks,
               "'whole' with mode = 'server' (blocks are a lock-free option)")
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
             return ServersRuntime(problem, speed, seed, **common, servers=servers)
-        return ProcessRuntime(problem, speed, seed, **common)
+        return ProcessRuntime(problem, speed, seed, **common, devices=plan)
     check(servers == 1, "runtime_options.servers", servers,
           "1 with mode = 'lockfree' (there is no server: the workers step the model)")
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
-                           block_fraction=block_fraction, warmup_steps=warmup_steps)
-
-
-def check_device(device: Any) -> str:
-    """``runtime_options.device``: ``cpu``, ``cuda`` or ``cuda:K`` are the accepted forms, and
-    only ``cpu`` runs today. A CUDA device is refused here, before any process starts: with the
-    reason that the machine has none (or not that one), else that the processes runtime does
-    not run on CUDA yet (its problems hold their data on the CPU; issue 8)."""
-    field = "runtime_options.device"
-    check(isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device) is not None,
-          field, device, "'cpu', 'cuda' or 'cuda:K'")
-    if device == "cpu":
-        return device
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(device.partition(":")[2] or 0)
-    check(index < count, field, device,
-          f"'cpu': this machine has {count} CUDA device(s)" + (
-              " (torch.cuda.is_available() is False)" if count == 0 else
-              f", so cuda:0..cuda:{count - 1}"))
-    raise ConfigError(field, device, "'cpu': the processes runtime does not run on CUDA yet "
-                                     "(its problems keep their data on the CPU)")
+                           block_fraction=block_fraction, warmup_steps=warmup_steps,
+                           devices=plan)

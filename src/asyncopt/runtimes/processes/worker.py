@@ -36,6 +36,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.processes.device import local_device
 from asyncopt.runtimes.processes.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.sim.loop import worker_generators
 
@@ -80,7 +81,7 @@ class _Worker:
         self.worker, self.conn, self.problem = worker, conn, problem
         self.model, self.slots, self.speed, self.time_scale = model, slots, speed, time_scale
         self.generator = worker_generators(seed, problem.num_workers)[worker]
-        self.flat = torch.empty_like(model.slots[0])
+        self.flat = torch.empty_like(model.slots[0], device=local_device())  # None: the slots'
         self.params = tree.unflatten(self.flat, model.like)  # views into ``flat``
         self.parent = os.getppid()
 
