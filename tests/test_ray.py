@@ -187,6 +187,34 @@ def test_ringleader_tables_and_round_survive_a_resume(tmp_path, monkeypatch):
     assert (resumed.history.arrivals["delay"][prefix:] <= 2).all()  # Ringleader's δ ≤ 2n − 2
 
 
+def test_block_servers_checkpoint_their_blocks_and_resume_from_them(tmp_path):
+    config = _config(tmp_path, checkpoint_every=50, servers=2)
+    config["rule"], config["eval"] = {"name": "adam", "lr": 0.05}, {"every": 10**6}
+    first = run(config)
+    saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["rule_state"] == [] and len(saved["blocks"]) == 2
+    versions = [block["version"] for block in saved["blocks"]]
+    assert min(versions) >= 50 and saved["version"] >= 50  # each server's own count
+    flat = torch.cat([block["block"] for block in saved["blocks"]])
+    assert torch.equal(flat, torch.cat([v.reshape(-1) for v in saved["params"].values()]))
+    with pytest.raises(ConfigError, match=r"runtime_options\.servers = 3.*2, the checkpoint"):
+        resume_run(first.run_dir, overrides=["runtime_options.servers=3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    resumed = resume_run(first.run_dir, overrides=["budget.steps=250"])
+    assert resumed.summary["status"] == "completed"
+    # the servers start from their blocks: the model evaluated at the resume is the saved one
+    evaluations = resumed.history.evaluations
+    at = evaluations["version"].tolist().index(saved["version"], 1)
+    loss = make_problem(QUADRATIC, 2, 0).evaluate(saved["params"])["loss"]
+    assert math.isclose(evaluations["loss"][at], loss, rel_tol=1e-6)
+    # ... and their versions: 250 is reached with about 250 - v steps more, not 250
+    actions = resumed.history.arrivals["action"][saved["arrival_rows"]:]
+    assert 250 - max(versions) <= (actions == "step").sum() <= 250 - min(versions) + 40
+    last = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
+    assert min(block["version"] for block in last["blocks"]) >= 200
+    assert resumed.history.final("loss") < resumed.history.evaluations["loss"][0]
+
+
 def test_corrupt_or_mismatched_checkpoint_is_refused_and_nothing_is_written(tmp_path, capsys):
     first = run(_config(tmp_path, checkpoint_every=60))
     before = _digest(first.run_dir)

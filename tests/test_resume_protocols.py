@@ -6,6 +6,7 @@ computations in flight; and checkpoints that do not fit are refused before anyth
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,33 @@ def test_a_checkpoint_of_another_protocol_or_worker_count_is_refused(tmp_path):
         resume_run(run_dir, overrides=["workers=3", "speed.times=[1.0, 2.0, 3.0]"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["minibatch", "run"]
     assert sorted(p.name for p in (tmp_path / "minibatch").iterdir()) == ["run"]
+
+
+def test_a_block_server_goes_on_from_its_snapshot_exactly():
+    # the K >= 2 block servers of the Ray runtime (plain objects here): block, rule state, version
+    from asyncopt.runtimes.ray.servers import BlockServer, Layout
+
+    params = {"w": torch.linspace(-1, 1, 12).reshape(3, 4), "b": torch.ones(3)}
+    layout = Layout(params, 2)
+    rule = make_rule({"name": "amsgrad", "lr": 0.1}, 2)
+    flat = torch.cat([v.reshape(-1) for v in params.values()]).numpy()
+    lo, hi = layout.ranges()[1]
+    server = BlockServer(rule, flat[lo:hi], layout.pieces[1])
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(hi - lo, generator=generator).numpy() for _ in range(10)]
+    for k, g in enumerate(grads[:5]):
+        server.step(g, max(0, k - 1), k % 2)
+    snapshot = torch.load(_saved(server.snapshot()), weights_only=True)
+    assert snapshot["version"] == 5
+    again = BlockServer(rule, flat[lo:hi], layout.pieces[1])
+    again.restore(snapshot)
+    for k, g in enumerate(grads[5:], start=5):
+        a, b = server.step(g, k - 2, k % 2), again.step(g, k - 2, k % 2)
+        assert (a[1], a[2]) == (b[1], b[2]) and (a[0] == b[0]).all()
+
+
+def _saved(value: Any) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    return buffer

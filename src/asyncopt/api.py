@@ -144,7 +144,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     if resume is not None:
         from asyncopt import resume as resuming
 
-        resuming.check(resume[0], driver)  # before anything is written
+        # before anything is written; block servers: the same number as the checkpoint's
+        resuming.check(resume[0], driver, getattr(engine, "num_servers", 1))
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)

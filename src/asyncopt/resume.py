@@ -40,10 +40,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.utils._pytree as pytree
 
+from asyncopt import tree
 from asyncopt.errors import ConfigError
 from asyncopt.protocols.base import Protocol
 from asyncopt.record import History, load
@@ -52,21 +54,48 @@ from asyncopt.runtimes.coordinator import Coordinator
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 2  # 2: with the protocol's state ("protocol_state")
 KEYS = ("format", "protocol", "protocol_state", "params", "rule_state", "version", "now",
-        "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval", "initial_loss")
+        "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval", "initial_loss",
+        "blocks")
+_BLOCKS: WeakKeyDictionary[Coordinator, list[dict[str, Any]]] = WeakKeyDictionary()
 
 
-def save(coordinator: Coordinator, path: Path) -> None:
-    """Write the server's state at this moment to ``path``, atomically."""
+def rule_leaves(state: Any) -> list[Any]:
+    """A rule state's leaves in ``torch.utils._pytree`` order, tensors copied: what a
+    checkpoint saves of it."""
+    leaves, _ = pytree.tree_flatten(state)
+    return [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in leaves]
+
+
+def with_rule_leaves(state: Any, saved: list[Any]) -> Any:
+    """``state`` (as ``rule.init`` builds it) holding checked saved leaves: tensors copied in
+    place, so that the rule's state objects stay the rule's own; numbers replaced."""
+    leaves, spec = pytree.tree_flatten(state)
+    for fresh, value in zip(leaves, saved, strict=True):
+        if isinstance(fresh, torch.Tensor):
+            fresh.copy_(value)
+    return pytree.tree_unflatten(
+        [f if isinstance(f, torch.Tensor) else v for f, v in zip(leaves, saved, strict=True)],
+        spec)
+
+
+def save(coordinator: Coordinator, path: Path, blocks: list[dict[str, Any]] | None = None,
+         ) -> None:
+    """Write the server's state at this moment to ``path``, atomically. With block servers
+    (``runtime_options.servers = K``), ``blocks`` are their snapshots (``block``, ``rule_state``
+    leaves, ``version``): the model is theirs, and ``params`` is their blocks side by side."""
     server, recorder = coordinator.protocol.server, coordinator.recorder
     recorder.flush()  # the history position below must be on disk
-    leaves, _ = pytree.tree_flatten(server.state)
+    if blocks is None:
+        params, rule_state = server.params, rule_leaves(server.state)
+    else:
+        flat = torch.cat([b["block"].reshape(-1) for b in blocks])
+        params, rule_state = tree.unflatten(flat, server.params), []
     state = {
         "format": FORMAT,
         "protocol": coordinator.protocol.name,
         "protocol_state": coordinator.protocol.state_dict(),
-        "params": {k: v.detach().clone() for k, v in server.params.items()},
-        "rule_state": [v.detach().clone() if isinstance(v, torch.Tensor) else v
-                       for v in leaves],
+        "params": {k: v.detach().clone() for k, v in params.items()},
+        "rule_state": rule_state,
         "version": server.version,
         "now": coordinator.now,
         "arrival_budget_count": coordinator.arrivals,
@@ -74,6 +103,7 @@ def save(coordinator: Coordinator, path: Path) -> None:
         "evaluation_rows": len(recorder._evaluations),
         "next_eval": coordinator._next_eval,
         "initial_loss": coordinator._initial_loss,  # the divergence test's reference
+        "blocks": blocks,
     }
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
@@ -112,9 +142,14 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
     return state, history
 
 
-def check(state: dict[str, Any], protocol: Protocol) -> None:
-    """Refuse a checkpoint that does not belong to this protocol, model and rule (ConfigError)."""
-    server = protocol.server
+def check(state: dict[str, Any], protocol: Protocol, servers: int = 1) -> None:
+    """Refuse a checkpoint that does not belong to this protocol, model, rule and number of
+    block servers (ConfigError)."""
+    server, blocks = protocol.server, state["blocks"]
+    saved_servers = 1 if blocks is None else len(blocks) if isinstance(blocks, list) else blocks
+    if saved_servers != servers:
+        raise ConfigError("runtime_options.servers", servers, f"{saved_servers}, the checkpoint's "
+                          f"number of servers (a block's rule state cannot be cut again)")
     _check(protocol.name == state["protocol"], "protocol", state["protocol"], protocol.name)
     params = state["params"]
     _check(isinstance(params, dict) and list(params) == list(server.params) and all(
@@ -123,29 +158,56 @@ def check(state: dict[str, Any], protocol: Protocol) -> None:
         {k: tuple(getattr(v, "shape", ())) for k, v in params.items()}
         if isinstance(params, dict) else params,
         {k: tuple(v.shape) for k, v in server.params.items()})
-    leaves, _ = pytree.tree_flatten(server.state)
-    saved = state["rule_state"]
+    if blocks is None:
+        _check_rule_state(server.state, state["rule_state"], "rule state")
+    else:
+        _check_blocks(blocks, server)
+    protocol.check_state(state["protocol_state"])
+
+
+def _check_rule_state(fresh: Any, saved: Any, what: str) -> None:
+    leaves, _ = pytree.tree_flatten(fresh)
     _check(isinstance(saved, list) and len(saved) == len(leaves) and all(
         isinstance(a, torch.Tensor) == isinstance(b, torch.Tensor)
         and (not isinstance(a, torch.Tensor) or a.shape == b.shape)
-        for a, b in zip(leaves, saved, strict=True)), "rule state",
-        f"{len(saved)} leaves", f"{len(leaves)} leaves shaped as rule.init builds them")
-    protocol.check_state(state["protocol_state"])
+        for a, b in zip(leaves, saved, strict=True)), what,
+        f"{len(saved) if isinstance(saved, list) else saved} leaves",
+        f"{len(leaves)} leaves shaped as rule.init builds them")
+
+
+def _check_blocks(blocks: list[Any], server: Any) -> None:
+    """Each block server's snapshot against the block that ``Layout`` gives it."""
+    from asyncopt.runtimes.ray.servers import Layout, like
+
+    layout = Layout(server.params, len(blocks))
+    for b, (saved, (lo, hi), pieces) in enumerate(zip(blocks, layout.ranges(), layout.pieces,
+                                                       strict=True)):
+        block = saved.get("block") if isinstance(saved, dict) else None
+        _check(isinstance(block, torch.Tensor) and tuple(block.shape) == (hi - lo,)
+               and block.dtype == layout.dtype, f"block {b}",
+               getattr(block, "shape", block), f"a {layout.dtype} vector of {hi - lo}")
+        version = saved.get("version")
+        _check(isinstance(version, int) and version >= 0, f"block {b} version", version,
+               "an integer >= 0")
+        fresh = server.rule.init(tree.unflatten(block.clone(), like(pieces)))
+        _check_rule_state(fresh, saved.get("rule_state"), f"block {b} rule state")
+
+
+def restored_blocks(coordinator: Coordinator) -> list[dict[str, Any]] | None:
+    """The block servers' snapshots that :func:`restore` put into ``coordinator`` (block
+    servers start from them), or None."""
+    return _BLOCKS.get(coordinator)
 
 
 def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -> None:
     """Put a checked checkpoint's server state into a fresh coordinator (its recorder empty),
     and replay the history up to the checkpoint into its recorder."""
-    server = coordinator.protocol.server
-    check(state, coordinator.protocol)
-    leaves, spec = pytree.tree_flatten(server.state)
-    saved = state["rule_state"]
-    for fresh, value in zip(leaves, saved, strict=True):
-        if isinstance(fresh, torch.Tensor):
-            fresh.copy_(value)  # in place: the rule's state objects stay the rule's own
-    server.state = pytree.tree_unflatten(
-        [f if isinstance(f, torch.Tensor) else v for f, v in zip(leaves, saved, strict=True)],
-        spec)
+    server, blocks = coordinator.protocol.server, state["blocks"]
+    check(state, coordinator.protocol, 1 if blocks is None else len(blocks))
+    if blocks is None:
+        server.state = with_rule_leaves(server.state, state["rule_state"])
+    else:  # the block servers hold the rule's state: they start from these
+        _BLOCKS[coordinator] = blocks
     server.params = {k: v.clone() for k, v in state["params"].items()}
     server.version = int(state["version"])
     coordinator.protocol.load_state_dict(state["protocol_state"])  # after the model: it uses it

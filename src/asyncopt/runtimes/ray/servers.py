@@ -36,6 +36,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.errors import check
+from asyncopt.resume import rule_leaves, with_rule_leaves
 from asyncopt.rules.base import apply_updates
 from asyncopt.tree import Params
 
@@ -113,3 +114,15 @@ class BlockServer:
     def stop(self) -> None:
         """From now on every answer tells the worker to stop after this arrival."""
         self.stopped = True
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint saves of this server (copies): its block, the rule's state for it
+        (leaves in pytree order) and its version."""
+        return {"block": self.flat.clone(), "rule_state": rule_leaves(self.state),
+                "version": self.version}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Go on from a :meth:`snapshot` (checked against this block by ``resume.check``)."""
+        self.flat.copy_(saved["block"])  # in place: self.params are views of it
+        self.state = with_rule_leaves(self.state, saved["rule_state"])
+        self.version = int(saved["version"])

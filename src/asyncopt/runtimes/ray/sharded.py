@@ -17,8 +17,15 @@ runtime's main process with server processes (:mod:`asyncopt.runtimes.processes.
 
 Only ``protocol = "asgd"`` (each server steps on every arrival for itself: no one buffers, waits
 or cancels). A dead worker actor is recorded as ``lost`` and the others go on (it is not
-restarted); a dead server actor fails the run. No checkpoints (the state is spread over the
-servers): ``checkpoint_every`` must stay 0.
+restarted); a dead server actor fails the run.
+
+Checkpoints (``checkpoint_every = N``): each time the recorded version passes a multiple of N,
+the driver asks every server for a snapshot (its block, the rule's state for it, its version)
+and writes them with its own state (:func:`asyncopt.resume.save`); a resumed run starts each
+server from its snapshot (a checkpoint is resumed with the same K). The servers do not stop
+for it: each snapshot is taken at its server's own moment, as an evaluation reads the blocks,
+and the workers' latest steps may be in the blocks before their rows reach the driver, so the
+resumed history can lack the rows of the last report interval (10 ms) before the checkpoint.
 """
 
 from __future__ import annotations
@@ -30,8 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asyncopt import tree
-from asyncopt.errors import check
+from asyncopt import resume, tree
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import check_block_servers_protocol
@@ -56,9 +62,6 @@ class ShardedRuntime(RayRuntime):
         """Start the servers and workers, record until stop, read the final model back."""
         name, server = coordinator.protocol.name, coordinator.protocol.server
         check_block_servers_protocol(name)
-        check(self.checkpoint_every == 0, "runtime_options.checkpoint_every",
-              self.checkpoint_every, "0 with runtime_options.servers > 1 (the rule state is "
-                                     "spread over the server actors)")
         layout = Layout(server.params, self.num_servers)
         n = self.problem.num_workers
         with cluster.connected(self.address, num_cpus=None if self.address else
@@ -70,6 +73,10 @@ class ShardedRuntime(RayRuntime):
             self.servers = [ray.remote(BlockServer).options(num_cpus=0, max_restarts=0).remote(
                 rule, flat[lo:hi], pieces) for (lo, hi), pieces
                 in zip(layout.ranges(), layout.pieces, strict=True)]
+            snapshots = resume.restored_blocks(coordinator)
+            if snapshots is not None:  # a resumed run (checked against this layout)
+                ray.get([server.restore.remote(snapshot) for server, snapshot
+                         in zip(self.servers, snapshots, strict=True)])
             shapes = {k: (tuple(v.shape), v.dtype) for k, v in server.params.items()}
             shared = ray.put(self.problem)
             remote = ray.remote(actors.ShardWorker).options(
@@ -93,9 +100,11 @@ class ShardedRuntime(RayRuntime):
         ray = self.ray
         self._version = coordinator.version
         self._t0 = time.perf_counter() - coordinator.now
+        self._checkpointed = coordinator.version
         coordinator.begin(coordinator.now)
+        alive = coordinator.protocol.alive  # a worker lost before a checkpoint stays lost
         running = {worker.run.remote(self.servers, layout.ranges(), coordinator.now): w
-                   for w, worker in enumerate(self.workers)}
+                   for w, worker in enumerate(self.workers) if w in alive}
         while coordinator.stop_reason is None and running:
             ready, _ = ray.wait(list(running), num_returns=1,
                                 timeout=poll_timeout(coordinator, self._t0))
@@ -104,6 +113,7 @@ class ShardedRuntime(RayRuntime):
                 break
             for generator in ready:
                 self._report(coordinator, running, generator)
+            self._checkpoint(coordinator)
         if coordinator.stop_reason is None:
             coordinator.stop(f"every worker stopped at version {self._version}")
         try:
@@ -139,6 +149,19 @@ class ShardedRuntime(RayRuntime):
                 self._version = max(self._version, version)
             coordinator.applied(self.now, worker, self._version, delay, loss, compute_time,
                                 action)
+
+    def _checkpoint(self, coordinator: Coordinator) -> None:
+        """The servers' snapshots and the driver's state, once the recorded version has
+        passed the next multiple of ``checkpoint_every``."""
+        every, run_dir = self.checkpoint_every, coordinator.recorder.run_dir
+        if not every or run_dir is None or self._version // every <= self._checkpointed // every:
+            return
+        self._checkpointed = self._version
+        try:
+            snapshots = self.ray.get([server.snapshot.remote() for server in self.servers])
+        except self.ray.exceptions.RayActorError:
+            return  # a dead server: a worker reports it and the run fails
+        resume.save(coordinator, run_dir / resume.CHECKPOINT, blocks=snapshots)
 
     def _fetch(self, params: Any) -> None:
         """Copy the servers' blocks, side by side, into ``params``."""
