@@ -12,7 +12,10 @@ A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
   artificial delay's window of past models and its generator (a protocol's options come from
   the configuration, so ``--set protocol.…`` may change them, within what the state allows);
 * the version, the clock, the budget counters, the history position (how many arrival and
-  evaluation rows were recorded) and the initial loss that divergence is judged against.
+  evaluation rows were recorded) and the initial loss that divergence is judged against;
+* with K ≥ 2 block servers (Ray, ``runtime_options.servers``), instead of the rule's state,
+  ``blocks``: each server's block, rule state and version, read at its own moment
+  (:mod:`asyncopt.runtimes.ray.sharded`); such a checkpoint resumes only with the same K.
 
 It is a dict of tensors, numbers, strings and lists, saved by ``torch.save`` and read with
 ``torch.load(weights_only=True)``: loading never runs pickled code.
