@@ -209,7 +209,7 @@ def test_block_servers_checkpoint_their_blocks_and_resume_from_them(tmp_path):
     assert math.isclose(evaluations["loss"][at], loss, rel_tol=1e-6)
     # ... and their versions: 250 is reached with about 250 - v steps more, not 250
     actions = resumed.history.arrivals["action"][saved["arrival_rows"]:]
-    assert 250 - max(versions) <= (actions == "step").sum() <= 250 - min(versions) + 40
+    assert 250 - max(versions) <= (actions == "step").sum() <= 250 - min(versions) + 60
     last = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=True)
     assert min(block["version"] for block in last["blocks"]) >= 200
     assert resumed.history.final("loss") < resumed.history.evaluations["loss"][0]
