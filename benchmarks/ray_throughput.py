@@ -5,10 +5,14 @@
 Updates per second with 2 workers, for a 10k-float and a 1M-float model: the heterogeneous
 quadratic without gradient noise (its gradient is three vector operations, so the transfers
 dominate), ASGD + SGD, one
-server step per gradient. Three ways:
+server step per gradient. The ways:
 
-* **asyncopt, ray**: ``runtime = "ray"`` (driver-side server, one object-store copy of the model
-  per version, gradients read in place);
+* **asyncopt, ray, shared memory**: ``runtime = "ray"`` with ``runtime_options.transport =
+  "auto"`` (the default; driver-side server): the worker actors are on the driver's node, so
+  they compute on the model in a ``/dev/shm`` segment and write their gradients there
+  (:mod:`asyncopt.runtimes.ray.shm`), and a task carries only the version;
+* **asyncopt, ray, object store**: ``transport = "object_store"``: one object-store copy of the
+  model per version, gradients read in place;
 * **plain Ray PS**: the asynchronous parameter server of Ray's documentation ("Parameter Server"
   example): a server actor with a torch model and optimizer whose ``apply_gradients`` returns the
   weights as a dict of numpy arrays, worker actors whose ``compute_gradients(weights)`` returns a
@@ -58,12 +62,12 @@ def quadratic(dim: int) -> QuadraticProblem:
     return QuadraticProblem(dim, WORKERS, noise=0.0, heterogeneity=1.0, seed=0)
 
 
-def asyncopt_rate(dim: int, runtime: str) -> float:
+def asyncopt_rate(dim: int, runtime: str, options: dict | None = None) -> float:
     best = 0.0
     for _ in range(REPEATS):
         result = train(quadratic(dim), make_rule({"name": "sgd", "lr": LR}, WORKERS), "asgd",
                        budget={"arrivals": UPDATES}, evaluation=Evaluation(10**9),
-                       runtime=runtime, progress=False)
+                       runtime=runtime, runtime_options=options, progress=False)
         now = result.history.arrivals["now"]
         best = max(best, (len(now) - 1 - SKIP) / (now[-1] - now[SKIP]))
     return best
@@ -161,7 +165,8 @@ def main() -> None:
     ray = cluster.start_local(num_cpus=WORKERS)
     try:
         for dim in SIZES:
-            rates[dim]["ray"] = asyncopt_rate(dim, "ray")
+            rates[dim]["shm"] = asyncopt_rate(dim, "ray", {"transport": "auto"})
+            rates[dim]["store"] = asyncopt_rate(dim, "ray", {"transport": "object_store"})
             rates[dim]["plain"] = plain_rate(ray, dim)
             for servers in (1, 2):
                 rates[dim][servers] = sharded_rate(dim, servers)
@@ -173,27 +178,32 @@ def main() -> None:
 
 def report(rates: dict[int, dict], first: dict[str, float]) -> None:
     """Write the section of RESULTS.md from the measured rates and start-up times."""
-    rows = ["| model | asyncopt, ray (updates/s) | plain Ray PS (updates/s) | ray / plain | "
-            "ray, 1 server actor | ray, 2 server actors | best / plain | "
-            "asyncopt, processes (updates/s) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | plain Ray PS | ray, shared memory | shm / plain | ray, object store | "
+            "store / plain | ray, 1 server actor | ray, 2 server actors | "
+            "asyncopt, processes |", "|---|---|---|---|---|---|---|---|---|"]
     for dim in SIZES:
         r = rates[dim]
-        best = max(r["ray"], r[1], r[2])
-        rows.append(f"| {dim:,} floats | {r['ray']:.0f} | {r['plain']:.0f} | "
-                    f"{r['ray'] / r['plain']:.2f}× | {r[1]:.0f} | {r[2]:.0f} | "
-                    f"{best / r['plain']:.2f}× | {r['processes']:.0f} |")
+        rows.append(f"| {dim:,} floats | {r['plain']:.0f} | {r['shm']:.0f} | "
+                    f"{r['shm'] / r['plain']:.2f}× | {r['store']:.0f} | "
+                    f"{r['store'] / r['plain']:.2f}× | {r[1]:.0f} | {r[2]:.0f} | "
+                    f"{r['processes']:.0f} |")
     body = "\n".join(rows) + f"""
 
-{WORKERS} workers, ASGD + SGD on the noiseless heterogeneous quadratic (its gradient costs a few
-vector operations, so the transfers dominate), {UPDATES} updates per run, rate from update {SKIP} to
-the last, best of {REPEATS}; embedded local Ray (2 CPUs, worker actors 1 CPU each, the plain
-server actor 0 CPUs). The plain PS is Ray's documented asynchronous parameter server (server
-actor returns the weights, workers get them as an argument, a `ray.wait` loop in the driver).
-"asyncopt, ray" is the default layout (the driver is the server); the "server actor" columns are
-`runtime_options.servers = K` (K block server actors with `num_cpus = 0`, each answering a
-block's gradient with the block after the step; the driver only records), K = 1 built directly.
-Ratios are more telling than the rates, and with 2 cores for 2 workers, K servers and the
-driver, K = 2 cannot run its servers in parallel.
+Updates per second. {WORKERS} workers, ASGD + SGD on the noiseless heterogeneous quadratic (its
+gradient costs a few vector operations, so the transfers dominate), {UPDATES} updates per run,
+rate from update {SKIP} to the last, best of {REPEATS}; embedded local Ray (2 CPUs, worker actors
+1 CPU each, the plain server actor 0 CPUs). The plain PS is Ray's documented asynchronous
+parameter server (server actor returns the weights, workers get them as an argument, a
+`ray.wait` loop in the driver). "ray, shared memory" is the default layout (the driver is the
+server) with the default `runtime_options.transport = "auto"`: both worker actors are on the
+driver's node, so the model and the gradients go through one `/dev/shm` segment (a seqlocked
+double buffer that workers compute on in place, one gradient slot each) and a task carries only
+the version; "ray, object store" is the same with `transport = "object_store"` (the model put
+once per version, the gradient returned through the store and read in place). The "server
+actor" columns are `runtime_options.servers = K` (K block server actors with `num_cpus = 0`,
+each answering a block's gradient with the block after the step; the driver only records),
+K = 1 built directly. Ratios are more telling than the rates, and with 2 cores for 2 workers,
+K servers and the driver, K = 2 cannot run its servers in parallel.
 
 Time from starting `asyncopt run configs/quickstart.toml --set workers=2 --set budget.steps=1`
 (a fresh process) to its end, an upper bound on the time to the first update: Ray

@@ -1,6 +1,7 @@
 """The Ray runtime on an embedded local Ray: training, loopback only, a killed worker actor,
-checkpoints and ``--resume``, bad input. One Ray serves the whole module (about 5 s to start)
-and is shut down at its end, whatever happened.
+checkpoints and ``--resume``, bad input, the shared-memory transport of co-located workers (and
+that it leaves nothing in /dev/shm). One Ray serves the whole module (about 5 s to start) and is
+shut down at its end, whatever happened.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from asyncopt.protocols.registry import make_protocol  # noqa: E402
 from asyncopt.record import Recorder  # noqa: E402
 from asyncopt.rules.registry import make_rule  # noqa: E402
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation  # noqa: E402
-from asyncopt.runtimes.ray import cluster  # noqa: E402
+from asyncopt.runtimes.ray import cluster, shm  # noqa: E402
 from asyncopt.runtimes.ray.servers import Layout  # noqa: E402
 from asyncopt.runtimes.registry import make_runtime  # noqa: E402
 from asyncopt.runtimes.sim.speed import make_speed_model  # noqa: E402
@@ -77,6 +78,26 @@ def _train(problem: Problem, protocol: str | dict = "asgd", *, options: dict | N
     return train(problem, make_rule({"name": "sgd", "lr": 0.1}, problem.num_workers), protocol,
                  budget=budget, evaluation=Evaluation(50), runtime="ray",
                  runtime_options={"worker_cpus": 0.5, **(options or {})})
+
+
+def _drive(problem: Problem, protocol: str = "asgd", *, options: dict | None = None,
+           steps: int = 200) -> tuple:
+    """Run the Ray runtime itself (as ``train`` does), to look at it afterwards: answer
+    (runtime, history, summary)."""
+    server = Server(problem.init_params(torch.Generator().manual_seed(0)),
+                    make_rule({"name": "sgd", "lr": 0.1}, problem.num_workers))
+    recorder = Recorder()
+    coordinator = Coordinator(problem, make_protocol({"name": protocol}, server,
+                                                     problem.num_workers),
+                              recorder, Budget(steps=steps), Evaluation(50))
+    runtime = make_runtime("ray", problem, make_speed_model({}, problem.num_workers, 0), 0,
+                           {"worker_cpus": 0.5, **(options or {})})
+    runtime.run(coordinator)
+    return runtime, recorder.history(), coordinator.finish()
+
+
+def _left_in_dev_shm(runtime) -> bool:
+    return runtime.segment is not None and runtime.segment.path.exists()
 
 
 def _config(tmp_path: Path, **options) -> dict:
@@ -128,17 +149,20 @@ def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path):
     problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=20,
                           marker=tmp_path / "killed")
     with pytest.warns(RuntimeWarning, match="actor 1 died"):
-        result = _train(problem, options=paced, steps=300)
-    arrivals = result.history.arrivals
+        runtime, history, summary = _drive(problem, options=paced, steps=300)
+    arrivals = history.arrivals
     rows = [(a, w) for a, w in zip(arrivals["action"], arrivals["worker"], strict=True)
             if a in ("lost", "restart")]
     assert (tmp_path / "killed").exists()
     assert rows == [("lost", 1), ("restart", 1)]
-    assert result.summary["status"] == "completed" and result.summary["version"] == 300
+    assert summary["status"] == "completed" and summary["version"] == 300
     after = arrivals["action"].tolist().index("restart")
     assert 1 in arrivals["worker"][after + 1:][arrivals["action"][after + 1:] == "step"]
-    assert math.isclose(result.history.final("loss"), undisturbed.history.final("loss"),
+    assert math.isclose(history.final("loss"), undisturbed.history.final("loss"),
                         rel_tol=0.5, abs_tol=0.02)
+    # it died on the shared-memory path and its restarted actor mapped the segment again
+    assert runtime.deaths == [0, 1] and runtime.shared == [True, True]
+    assert not _left_in_dev_shm(runtime)
 
 
 def test_checkpoint_resume_continues_in_a_new_directory(tmp_path):
@@ -308,3 +332,110 @@ def test_dead_server_actor_fails_the_run_with_the_reason():
     thread.join(60)
     assert not thread.is_alive()
     assert coordinator.status == "failed" and "server actor died" in coordinator.stop_reason
+
+
+def test_colocated_workers_use_shared_memory_and_train_like_the_object_store():
+    problem = make_problem(QUADRATIC, 2, 0)
+    by_shm, shm_history, shm_summary = _drive(problem)
+    by_store, store_history, store_summary = _drive(problem, options={"transport":
+                                                                       "object_store"})
+    assert by_shm.shared == [True, True] and by_shm.segment is not None  # both on this node
+    assert by_store.shared == [False, False] and by_store.segment is None
+    for history, summary in ((shm_history, shm_summary), (store_history, store_summary)):
+        arrivals = history.arrivals
+        assert summary["status"] == "completed" and summary["version"] == 200
+        assert set(arrivals["worker"].tolist()) == {0, 1}
+        assert (arrivals["delay"] >= 0).all() and arrivals["delay"].max() >= 1
+        assert history.final("loss") < 0.1 * history.evaluations["loss"][0]
+    assert math.isclose(shm_history.final("loss"), store_history.final("loss"), rel_tol=0.3)
+    assert not _left_in_dev_shm(by_shm)
+
+
+class _Slow(Problem):
+    """The quadratic, with worker ``slow`` sleeping ``seconds`` inside each gradient: the
+    driver publishes many versions meanwhile, so its model is overwritten while it reads."""
+
+    def __init__(self, inner: Problem, slow: int, seconds: float) -> None:
+        self.inner, self.num_workers, self.slow, self.seconds = (inner, inner.num_workers,
+                                                                  slow, seconds)
+
+    def init_params(self, generator):
+        return self.inner.init_params(generator)
+
+    def loss_and_grad(self, params, worker, generator):
+        loss, grads = self.inner.loss_and_grad(params, worker, generator)
+        if worker == self.slow:
+            time.sleep(self.seconds)
+        return loss, grads
+
+    def evaluate(self, params):
+        return self.inner.evaluate(params)
+
+
+def test_a_model_overwritten_while_read_is_sent_again_through_the_object_store():
+    runtime, history, summary = _drive(_Slow(make_problem(QUADRATIC, 2, 0), 0, 0.03),
+                                       steps=300)
+    arrivals = history.arrivals
+    slow = arrivals["worker"] == 0
+    assert summary["status"] == "completed" and runtime.misses >= 1
+    assert slow.any() and arrivals["delay"][slow].max() >= 10  # at the version it carried
+    assert (arrivals["delay"] >= 0).all()
+    assert history.final("loss") < 0.1 * history.evaluations["loss"][0]
+
+
+class _Interrupted(Problem):
+    """The quadratic, whose evaluation on the driver raises ``error`` at its ``at``-th call
+    (a Ctrl-C or a bug in the middle of a run)."""
+
+    def __init__(self, inner: Problem, error: type[BaseException], at: int) -> None:
+        self.inner, self.num_workers, self.error, self.at = inner, inner.num_workers, error, at
+        self.calls = 0
+
+    def init_params(self, generator):
+        return self.inner.init_params(generator)
+
+    def loss_and_grad(self, params, worker, generator):
+        return self.inner.loss_and_grad(params, worker, generator)
+
+    def evaluate(self, params):
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error("stopped here")
+        return self.inner.evaluate(params)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_run_that_ends_by_ctrl_c_or_an_error_leaves_nothing_in_dev_shm(error):
+    problem = _Interrupted(make_problem(QUADRATIC, 2, 0), error, at=3)
+    server = Server(problem.init_params(torch.Generator().manual_seed(0)),
+                    make_rule({"name": "sgd", "lr": 0.1}, 2))
+    coordinator = Coordinator(problem, make_protocol({"name": "asgd"}, server, 2), Recorder(),
+                              Budget(steps=10**6), Evaluation(20))
+    runtime = make_runtime("ray", problem, make_speed_model({}, 2, 0), 0, {"worker_cpus": 0.5})
+    with pytest.raises(error, match="stopped here"):
+        runtime.run(coordinator)
+    assert runtime.segment is not None and runtime.shared == [True, True]
+    assert not runtime.segment.path.exists()
+
+
+def test_the_next_driver_removes_segments_of_a_killed_one(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = shm.ROOT / f"{shm.PREFIX}{int(dead.stdout)}-test"
+    stale.write_bytes(b"\0" * 64)
+    segment = shm.Segment.create("node", {"x": ((10,), torch.float32)}, 1)
+    try:
+        assert not stale.exists() and segment.path.exists()
+        assert segment.model.latest == -1  # nothing published yet
+    finally:
+        segment.close()
+        stale.unlink(missing_ok=True)
+    assert not segment.path.exists()
+
+
+def test_transport_is_validated_with_field_value_and_choices():
+    with pytest.raises(ConfigError) as refused:
+        make_runtime("ray", make_problem(QUADRATIC, 2, 0), make_speed_model({}, 2, 0), 0,
+                     {"transport": "tcp"})
+    assert (refused.value.field, refused.value.value) == ("runtime_options.transport", "tcp")
+    assert "one of auto, object_store" in str(refused.value)

@@ -86,7 +86,7 @@ class RayRuntime:
         self._models: dict[int, Any] = {}  # version -> object ref of its flat model
         self._checkpointed = -1
         self.transport = transport
-        self._segment: shm.Segment | None = None
+        self.segment: shm.Segment | None = None
         self._slots: dict[int, int] = {}  # worker on the driver's node -> its gradient slot
         self.shared = [False] * problem.num_workers  # whether a worker uses shared memory now
         self._shared_jobs: dict[int, tuple[int, Any]] = {}  # job -> (version, params) by shm
@@ -117,8 +117,8 @@ class RayRuntime:
                 for worker in self.workers:
                     ray.kill(worker, no_restart=True)
                 self._models.clear()
-                if self._segment is not None:
-                    self._segment.close()
+                if self.segment is not None:
+                    self.segment.close()
 
     def _check_room(self, ray: Any, n: int) -> None:
         cpus = cluster.free_cpus(ray)
@@ -150,13 +150,13 @@ class RayRuntime:
                 or len({dtype for _, dtype in shapes.values()}) != 1):
             return
         try:
-            self._segment = shm.Segment.create(node, shapes, len(local))
+            self.segment = shm.Segment.create(node, shapes, len(local))
         except OSError as error:
             warnings.warn(f"no shared memory for the worker actors on this node ({error}); "
                           f"they use Ray's object store", RuntimeWarning, stacklevel=2)
             return
         self._slots = {w: slot for slot, w in enumerate(local)}
-        answers = ray.get([self.workers[w].connect.remote(self._segment.spec, slot)
+        answers = ray.get([self.workers[w].connect.remote(self.segment.spec, slot)
                            for w, slot in self._slots.items()])
         for w, attached in zip(self._slots, answers, strict=True):
             self.shared[w] = attached
@@ -205,7 +205,7 @@ class RayRuntime:
             version = by_shm[0]
             if read and job == self._jobs[worker] and coordinator.stop_reason is None:
                 # a private copy: protocols may keep gradients, the worker reuses its slot
-                flat = self._segment.grads.buffers[self._slots[worker]].clone()
+                flat = self.segment.grads.buffers[self._slots[worker]].clone()
             elif not read and job == self._jobs[worker]:
                 self.misses += 1  # the model was overwritten: same job, by the object store
                 self._submit(worker, job, *by_shm, by_shm=False)
@@ -253,7 +253,7 @@ class RayRuntime:
         """Make the model of ``version`` readable in shared memory: publish it if it is newer
         than the latest published; answer False for an older one no longer there (a protocol
         that hands out old versions, ``Protocol.model_for``: the object store serves it)."""
-        model = self._segment.model
+        model = self.segment.model
         if version > model.latest:
             model.publish(params, version)
             return True
@@ -312,7 +312,7 @@ class RayRuntime:
                 self._restarting[worker] = None
                 slot = self._slots.get(worker)  # a worker with a slot is asked to attach again
                 probe = (self.workers[worker].ready.remote() if slot is None else
-                         self.workers[worker].connect.remote(self._segment.spec, slot))
+                         self.workers[worker].connect.remote(self.segment.spec, slot))
                 self._pending[probe] = (worker, _PROBE)
 
     def _checkpoint(self, coordinator: Coordinator) -> None:
