@@ -97,7 +97,7 @@ def _drive(problem: Problem, protocol: str = "asgd", *, options: dict | None = N
 
 
 def _left_in_dev_shm(runtime) -> bool:
-    return runtime.segment is not None and runtime.segment.path.exists()
+    return runtime.shm.segment is not None and runtime.shm.segment.path.exists()
 
 
 def _config(tmp_path: Path, **options) -> dict:
@@ -161,7 +161,7 @@ def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path):
     assert math.isclose(history.final("loss"), undisturbed.history.final("loss"),
                         rel_tol=0.5, abs_tol=0.02)
     # it died on the shared-memory path and its restarted actor mapped the segment again
-    assert runtime.deaths == [0, 1] and runtime.shared == [True, True]
+    assert runtime.deaths == [0, 1] and runtime.shm.shared == [True, True]
     assert not _left_in_dev_shm(runtime)
 
 
@@ -339,8 +339,8 @@ def test_colocated_workers_use_shared_memory_and_train_like_the_object_store():
     by_shm, shm_history, shm_summary = _drive(problem)
     by_store, store_history, store_summary = _drive(problem, options={"transport":
                                                                        "object_store"})
-    assert by_shm.shared == [True, True] and by_shm.segment is not None  # both on this node
-    assert by_store.shared == [False, False] and by_store.segment is None
+    assert by_shm.shm.shared == [True, True] and by_shm.shm.segment is not None  # both on this node
+    assert by_store.shm.shared == [False, False] and by_store.shm.segment is None
     for history, summary in ((shm_history, shm_summary), (store_history, store_summary)):
         arrivals = history.arrivals
         assert summary["status"] == "completed" and summary["version"] == 200
@@ -377,7 +377,7 @@ def test_a_model_overwritten_while_read_is_sent_again_through_the_object_store()
                                        steps=300)
     arrivals = history.arrivals
     slow = arrivals["worker"] == 0
-    assert summary["status"] == "completed" and runtime.misses >= 1
+    assert summary["status"] == "completed" and runtime.shm.misses >= 1
     assert slow.any() and arrivals["delay"][slow].max() >= 10  # at the version it carried
     assert (arrivals["delay"] >= 0).all()
     assert history.final("loss") < 0.1 * history.evaluations["loss"][0]
@@ -414,8 +414,8 @@ def test_a_run_that_ends_by_ctrl_c_or_an_error_leaves_nothing_in_dev_shm(error):
     runtime = make_runtime("ray", problem, make_speed_model({}, 2, 0), 0, {"worker_cpus": 0.5})
     with pytest.raises(error, match="stopped here"):
         runtime.run(coordinator)
-    assert runtime.segment is not None and runtime.shared == [True, True]
-    assert not runtime.segment.path.exists()
+    assert runtime.shm.segment is not None and runtime.shm.shared == [True, True]
+    assert not runtime.shm.segment.path.exists()
 
 
 def test_the_next_driver_removes_segments_of_a_killed_one(tmp_path):
@@ -439,3 +439,23 @@ def test_transport_is_validated_with_field_value_and_choices():
                      {"transport": "tcp"})
     assert (refused.value.field, refused.value.value) == ("runtime_options.transport", "tcp")
     assert "one of auto, object_store" in str(refused.value)
+
+
+def test_the_segment_serves_exact_versions_and_says_when_one_was_overwritten():
+    segment = shm.Segment.create("node", {"x": ((3,), torch.float32)}, 2)
+    try:
+        reader = shm.Segment.attach(segment.spec)  # as a worker actor maps it
+        model = segment.model
+        for version in (0, 1):
+            model.publish({"x": torch.full((3,), float(version))}, version)
+        seen = reader.model.view_at(0)
+        assert seen is not None and seen[0].tolist() == [0.0, 0.0, 0.0]
+        assert model.holds(0) and model.holds(1) and not model.holds(2)
+        model.publish({"x": torch.full((3,), 2.0)}, 2)  # into version 0's slot: it is gone
+        assert not reader.model.unchanged(0, seen[1]) and reader.model.view_at(0) is None
+        assert not model.holds(0) and reader.model.view_at(1)[0].tolist() == [1.0, 1.0, 1.0]
+        reader.grads.write(1, {"x": torch.tensor([4.0, 5.0, 6.0])})
+        assert segment.grads.buffers[1].tolist() == [4.0, 5.0, 6.0]
+    finally:
+        segment.close()
+    assert not segment.path.exists()

@@ -86,11 +86,7 @@ class RayRuntime:
         self._models: dict[int, Any] = {}  # version -> object ref of its flat model
         self._checkpointed = -1
         self.transport = transport
-        self.segment: shm.Segment | None = None
-        self._slots: dict[int, int] = {}  # worker on the driver's node -> its gradient slot
-        self.shared = [False] * problem.num_workers  # whether a worker uses shared memory now
-        self._shared_jobs: dict[int, tuple[int, Any]] = {}  # job -> (version, params) by shm
-        self.misses = 0  # shared-memory jobs whose model was overwritten before it was read
+        self.shm = shm.SharedTransport(problem.num_workers)
 
     def run(self, coordinator: Coordinator) -> None:
         """Start the worker actors, serve their gradients until the coordinator says stop."""
@@ -111,14 +107,14 @@ class RayRuntime:
                                           self.seed, self.time_scale) for w in range(n)]
             try:
                 self._wait_ready(ray)
-                self._connect(ray, shapes)
+                if self.transport == "auto":
+                    self.shm.open(ray, self.workers, self.nodes, shapes)
                 self._serve(coordinator)
             finally:
                 for worker in self.workers:
                     ray.kill(worker, no_restart=True)
                 self._models.clear()
-                if self.segment is not None:
-                    self.segment.close()
+                self.shm.close()
 
     def _check_room(self, ray: Any, n: int) -> None:
         cpus = cluster.free_cpus(ray)
@@ -139,27 +135,6 @@ class RayRuntime:
         except ray.exceptions.RayActorError as error:
             raise RuntimeError(f"a Ray worker actor failed to start (the problem must be "
                                f"importable on every node):\n{error}") from error
-
-    def _connect(self, ray: Any, shapes: dict[str, Any]) -> None:
-        """``transport = "auto"``: one shared-memory segment with a gradient slot for each worker
-        on the driver's node, and those workers attached to it (a worker that cannot attach,
-        or a machine without ``/dev/shm`` or room in it, uses the object store)."""
-        node = ray.get_runtime_context().get_node_id()
-        local = [w for w, where in enumerate(self.nodes) if where == node]
-        if (self.transport != "auto" or not local or not shm.available()
-                or len({dtype for _, dtype in shapes.values()}) != 1):
-            return
-        try:
-            self.segment = shm.Segment.create(node, shapes, len(local))
-        except OSError as error:
-            warnings.warn(f"no shared memory for the worker actors on this node ({error}); "
-                          f"they use Ray's object store", RuntimeWarning, stacklevel=2)
-            return
-        self._slots = {w: slot for slot, w in enumerate(local)}
-        answers = ray.get([self.workers[w].connect.remote(self.segment.spec, slot)
-                           for w, slot in self._slots.items()])
-        for w, attached in zip(self._slots, answers, strict=True):
-            self.shared[w] = attached
 
     def _serve(self, coordinator: Coordinator) -> None:
         ray = self.ray
@@ -191,23 +166,22 @@ class RayRuntime:
         try:
             result = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as error:
-            self._shared_jobs.pop(job, None)
+            self.shm.jobs.pop(job, None)
             self._failed(coordinator, worker, job, error)
             return
         if job == _PROBE:
             del self._restarting[worker]
-            self.shared[worker] = result is True  # a `connect` probe: attached again
+            self.shm.shared[worker] = result is True  # a `connect` probe: attached again
             self._apply(coordinator, coordinator.restarted(self.now, worker))
             return
-        by_shm = self._shared_jobs.pop(job, None)
+        by_shm = self.shm.jobs.pop(job, None)
         if by_shm is not None:
             read, loss, compute_time = result
             version = by_shm[0]
             if read and job == self._jobs[worker] and coordinator.stop_reason is None:
-                # a private copy: protocols may keep gradients, the worker reuses its slot
-                flat = self.segment.grads.buffers[self._slots[worker]].clone()
+                flat = self.shm.gradient(worker)
             elif not read and job == self._jobs[worker]:
-                self.misses += 1  # the model was overwritten: same job, by the object store
+                self.shm.misses += 1  # the model was overwritten: same job, by the object store
                 self._submit(worker, job, *by_shm, by_shm=False)
                 return
         else:
@@ -235,7 +209,7 @@ class RayRuntime:
             self._job_counter += 1
             self._jobs[worker], self._started[worker] = self._job_counter, version
             self._submit(worker, self._job_counter, version, params,
-                         by_shm=self.shared[worker] and self._publish(version, params))
+                         by_shm=self.shm.shared[worker] and self.shm.publish(version, params))
 
     def _submit(self, worker: int, job: int, version: int, params: Any, *,
                 by_shm: bool) -> None:
@@ -243,21 +217,11 @@ class RayRuntime:
         the object store."""
         if by_shm:
             ref = self.workers[worker].compute_shared.remote(version, self.now)
-            self._shared_jobs[job] = (version, params)
+            self.shm.jobs[job] = (version, params)
         else:
             ref = self.workers[worker].compute.remote(self._model_ref(version, params), version,
                                                       self.now)
         self._pending[ref] = (worker, job)
-
-    def _publish(self, version: int, params: Any) -> bool:
-        """Make the model of ``version`` readable in shared memory: publish it if it is newer
-        than the latest published; answer False for an older one no longer there (a protocol
-        that hands out old versions, ``Protocol.model_for``: the object store serves it)."""
-        model = self.segment.model
-        if version > model.latest:
-            model.publish(params, version)
-            return True
-        return model.holds(version)
 
     def _model_ref(self, version: int, params: Any) -> Any:
         """The model of ``version`` as a task argument: put into the object store once and
@@ -290,7 +254,7 @@ class RayRuntime:
                 self._restarting[worker] = self.now + _PROBE_EVERY  # not back yet: ask again
             return
         self._jobs[worker] = None
-        self.shared[worker] = False
+        self.shm.shared[worker] = False
         self.deaths[worker] += 1
         warnings.warn(f"Ray worker actor {worker} died at {self.now:.3f} s"
                       + ("; no restarts left" if gone else "; Ray restarts it"),
@@ -310,10 +274,7 @@ class RayRuntime:
         for worker, due in list(self._restarting.items()):
             if due is not None and due <= time.perf_counter() - self._t0:
                 self._restarting[worker] = None
-                slot = self._slots.get(worker)  # a worker with a slot is asked to attach again
-                probe = (self.workers[worker].ready.remote() if slot is None else
-                         self.workers[worker].connect.remote(self.segment.spec, slot))
-                self._pending[probe] = (worker, _PROBE)
+                self._pending[self.shm.probe(self.workers[worker], worker)] = (worker, _PROBE)
 
     def _checkpoint(self, coordinator: Coordinator) -> None:
         run_dir = coordinator.recorder.run_dir

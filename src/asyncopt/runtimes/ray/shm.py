@@ -36,8 +36,10 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,3 +146,63 @@ def _alive(pid: int) -> bool:
 def available() -> bool:
     """Whether this machine has POSIX shared memory at ``/dev/shm`` (Linux)."""
     return ROOT.is_dir() and os.access(ROOT, os.W_OK)
+
+
+class SharedTransport:
+    """The driver's side: the segment, which workers use it now (:attr:`shared`), their slots,
+    the jobs sent through it (job -> (version, params), kept for a resend through the object
+    store) and how many were lapped (:attr:`misses`)."""
+
+    def __init__(self, num_workers: int) -> None:
+        self.segment: Segment | None = None
+        self.slots: dict[int, int] = {}  # worker on the driver's node -> its gradient slot
+        self.shared = [False] * num_workers
+        self.jobs: dict[int, tuple[int, Any]] = {}
+        self.misses = 0
+
+    def open(self, ray: Any, workers: list[Any], nodes: list[str],
+             shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        """One segment with a gradient slot for each worker on the driver's node, and those
+        workers attached to it (a worker that cannot attach, or a machine without ``/dev/shm``
+        or room in it, or a model of mixed dtypes, leaves them on the object store)."""
+        node = ray.get_runtime_context().get_node_id()
+        local = [w for w, where in enumerate(nodes) if where == node]
+        if not local or not available() or len({dtype for _, dtype in shapes.values()}) != 1:
+            return
+        try:
+            self.segment = Segment.create(node, shapes, len(local))
+        except OSError as error:
+            warnings.warn(f"no shared memory for the worker actors on this node ({error}); "
+                          f"they use Ray's object store", RuntimeWarning, stacklevel=3)
+            return
+        self.slots = {w: slot for slot, w in enumerate(local)}
+        answers = ray.get([workers[w].connect.remote(self.segment.spec, slot)
+                           for w, slot in self.slots.items()])
+        for w, attached in zip(self.slots, answers, strict=True):
+            self.shared[w] = attached
+
+    def publish(self, version: int, params: Params) -> bool:
+        """Make the model of ``version`` readable in shared memory: publish it if it is newer
+        than the latest published; answer False for an older one no longer there (a protocol
+        that hands out old versions, ``Protocol.model_for``: the object store serves it)."""
+        model = self.segment.model
+        if version > model.latest:
+            model.publish(params, version)
+            return True
+        return model.holds(version)
+
+    def gradient(self, worker: int) -> torch.Tensor:
+        """A private copy of ``worker``'s slot: protocols may keep gradients, and the worker
+        writes its slot again at its next job."""
+        return self.segment.grads.buffers[self.slots[worker]].clone()
+
+    def probe(self, actor: Any, worker: int) -> Any:
+        """The ``ready`` probe of a restarting worker: one with a slot is asked to attach again
+        (its answer says whether it did: a restarted actor may land on another node)."""
+        slot = self.slots.get(worker)
+        return actor.ready.remote() if slot is None else actor.connect.remote(self.segment.spec,
+                                                                              slot)
+
+    def close(self) -> None:
+        if self.segment is not None:
+            self.segment.close()
