@@ -4,6 +4,8 @@ Every ``lr`` is a float or a :data:`~asyncopt.rules.base.Schedule` ``k ↦ α_k`
 :mod:`asyncopt.rules.schedules`). At delay 0 the torch-named ones reproduce torch.optim step for
 step (``tests/test_rules_parity.py``). None of them reads ``delay``; wrap them with the blocks of
 :mod:`asyncopt.rules.delay` (the registry's ``max_delay`` and ``delay_adaptive`` keys) for that.
+``sgd``, ``adam``, ``amsgrad`` and ``adagrad`` (without momentum) also carry an in-place fused
+step (:mod:`asyncopt.rules.fused`) that lock-free workers use.
 
 **Gratton–Toint momentum [I].** The reconstruction of Gratton & Toint (algorithms.md, paper 1)
 names two momentum types. ``adagrad`` and ``adagrad_norm`` take ``momentum=μ`` as *heavy-ball on
@@ -15,6 +17,7 @@ gradients. Which type (and which placement of ``α_k``) the paper analyses is no
 from __future__ import annotations
 
 from asyncopt.errors import check_choice
+from asyncopt.rules import fused
 from asyncopt.rules.base import Rule, Schedule, chain
 from asyncopt.rules.normalize import normalize, orthogonalize
 from asyncopt.rules.transforms import (
@@ -52,7 +55,8 @@ def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, nesterov: bool = Fal
     run asynchronously; with momentum it is Async-MSGD (Liu et al. 2018, algorithms.md paper 3)
     and the per-process heavy-ball of PASSM+ (Kungurtsev et al. 2021, paper 5).
     """
-    return _chain(_decay(weight_decay), _momentum(momentum, nesterov), scale_by_learning_rate(lr))
+    rule = _chain(_decay(weight_decay), _momentum(momentum, nesterov), scale_by_learning_rate(lr))
+    return fused.with_step(rule, fused.sgd_step(lr, momentum, nesterov, weight_decay))
 
 
 def adagrad(lr: float | Schedule = 0.01, eps: float = 1e-10,
@@ -62,8 +66,9 @@ def adagrad(lr: float | Schedule = 0.01, eps: float = 1e-10,
 
     Diagonal AdaGrad of Gratton–Toint; ``momentum > 0`` adds their heavy-ball variant [I].
     """
-    return _chain(_decay(weight_decay), scale_by_adagrad(eps, initial_accumulator_value),
+    rule = _chain(_decay(weight_decay), scale_by_adagrad(eps, initial_accumulator_value),
                   _momentum(momentum), scale_by_learning_rate(lr))
+    return rule if momentum else fused.with_step(rule, fused.adagrad_step(lr, eps, weight_decay))
 
 
 def adagrad_norm(lr: float | Schedule = 0.1, seed_value: float = 1e-8,
@@ -88,8 +93,9 @@ def rmsprop(lr: float | Schedule = 0.01, alpha: float = 0.99, eps: float = 1e-8,
 def adam(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
          weight_decay: float = 0.0, amsgrad: bool = False) -> Rule:
     """torch.optim.Adam, coupled weight decay included (see ``scale_by_adam``)."""
-    return _chain(_decay(weight_decay), scale_by_adam(b1, b2, eps, amsgrad),
+    rule = _chain(_decay(weight_decay), scale_by_adam(b1, b2, eps, amsgrad),
                   scale_by_learning_rate(lr))
+    return fused.with_step(rule, fused.adam_step(lr, b1, b2, eps, weight_decay, amsgrad))
 
 
 def amsgrad(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
@@ -102,8 +108,10 @@ def amsgrad(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
     """
     if eps is None:
         eps = default_amsgrad_eps(bias_correction)
-    return _chain(_decay(weight_decay), scale_by_amsgrad(b1, b2, eps, bias_correction),
+    rule = _chain(_decay(weight_decay), scale_by_amsgrad(b1, b2, eps, bias_correction),
                   scale_by_learning_rate(lr))
+    return fused.with_step(rule, fused.amsgrad_step(lr, b1, b2, eps, bias_correction,
+                                                    weight_decay))
 
 
 def default_amsgrad_eps(bias_correction: bool) -> float:

@@ -23,6 +23,11 @@ Conventions, shared by every block:
 * a block may answer ``None`` instead of updates: the gradient is dropped, no step is taken, and
   ``chain`` stops there, so the state of the blocks after it is untouched. Put gating blocks
   (``drop_if_stale``) first in a chain.
+
+A rule may also carry a **fused step** (``rule.step``, :mod:`asyncopt.rules.fused`): the same
+step done in place, ``params`` and state together, in one pass where torch has a fused kernel.
+Lock-free workers use it when it is there; ``tests/test_rules_fused.py`` holds every fused step
+to its rule's ``update`` + :func:`apply_updates`.
 """
 
 from __future__ import annotations
@@ -47,11 +52,20 @@ class UpdateFn(Protocol):
     ) -> tuple[Params | None, State]: ...
 
 
+class StepFn(Protocol):
+    def __call__(
+        self, grads: Params, state: State, params: Params, *, delay: int, worker: int
+    ) -> bool: ...
+
+
 class Rule(NamedTuple):
-    """A gradient transformation: ``init(params) -> state`` and ``update(...)``."""
+    """A gradient transformation: ``init(params) -> state`` and ``update(...)``; optionally
+    ``step(...)``, which does ``update`` then :func:`apply_updates` in place and answers
+    whether it stepped (False: dropped). A :func:`chain` has no ``step`` of its own."""
 
     init: Callable[[Params], State]
     update: UpdateFn
+    step: StepFn | None = None
 
 
 class EmptyState(NamedTuple):

@@ -268,23 +268,30 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 0.0,
 
     def update(grads: Params, state: AdamState, params: Params, *, delay: int,
                worker: int) -> tuple[Params, AdamState]:
-        ks, m, v_max = _update_moments(grads, state, b1, b2, True)
-        denom = torch._foreach_sqrt(v_max)
-        if eps > 0:
-            torch._foreach_add_(denom, eps)
-            out = torch._foreach_div(m, denom)
-        else:
-            out = [torch.where(d > 0, mi / d, 0.0) for mi, d in zip(m, denom, strict=True)]
-        if bias_correction:
-            torch._foreach_mul_(out, [math.sqrt(1 - b2**k) / (1 - b1**k) for k in ks])
-        return as_tree(grads, out), state
+        return as_tree(grads, amsgrad_direction(grads, state, b1, b2, eps, bias_correction)), state
 
     return Rule(init, update)
 
 
+def amsgrad_direction(grads: Params, state: AdamState, b1: float, b2: float, eps: float,
+                      bias_correction: bool) -> list[Tensor]:
+    """``scale_by_amsgrad``'s output leaves (in the order of ``grads``), its state advanced in
+    place: the one implementation of APAM's step, shared by the in-place fused step."""
+    ks, m, v_max = _update_moments(grads, state, b1, b2, True)
+    denom = torch._foreach_sqrt(v_max)
+    if eps > 0:
+        torch._foreach_add_(denom, eps)
+        out = torch._foreach_div(m, denom)
+    else:
+        out = [torch.where(d > 0, mi / d, 0.0) for mi, d in zip(m, denom, strict=True)]
+    if bias_correction:
+        torch._foreach_mul_(out, [math.sqrt(1 - b2**k) / (1 - b1**k) for k in ks])
+    return out
+
+
 __all__ = [
     "AdagradNormState", "AdagradState", "AdamState", "CountState", "RmsState",
-    "TraceState", "add_decayed_weights", "global_norm", "scale", "scale_by_adagrad",
-    "scale_by_adagrad_norm", "scale_by_adam", "scale_by_amsgrad", "scale_by_learning_rate",
-    "scale_by_rms", "trace",
+    "TraceState", "add_decayed_weights", "amsgrad_direction", "global_norm", "scale",
+    "scale_by_adagrad", "scale_by_adagrad_norm", "scale_by_adam", "scale_by_amsgrad",
+    "scale_by_learning_rate", "scale_by_rms", "trace",
 ]

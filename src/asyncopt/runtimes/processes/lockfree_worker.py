@@ -7,6 +7,11 @@ Worker i loops, with no lock around the model or the rule's state (Hogwild!, Niu
     δ = version − v ; (u, state) = rule.update(g_B, state, x, delay=δ, worker=i) ;
     x_B += u_B (in place, shared) ; version += 1 (under a lock) ; report to the main process
 
+When the rule has a fused step (``rule.step``, :mod:`asyncopt.rules.fused`: sgd, adam, amsgrad,
+adagrad) the update and its addition are one in-place pass over ``x_B`` and the state, as
+``torch.optim``'s fused kernels do; other rules (and chains with delay blocks) take the
+functional path above.
+
 ``x`` and the rule's state are the main process's own tensors, moved to shared memory by
 :func:`~.shared.share_tree`, so every process steps the *same* optimizer: one step counter
 (Adam's bias correction sees the global step count k, not a per-process one), one AdaGrad
@@ -72,10 +77,20 @@ class _LockFreeWorker(ReportingWorker):
             self.report("reject", self.counters.version, delay, loss, start, kind)
             return
         block = grads if kind == "whole" else {k: grads[k] for k in names}
+        if not self._apply(block, delay):
+            self.report("drop", self.counters.version, delay, loss, start, kind)
+            return
+        self.report("step", self.counters.increment(), delay, loss, start, kind)
+
+    def _apply(self, block: Params, delay: int) -> bool:
+        """Step the shared params and state with ``block``: the rule's fused in-place step if it
+        has one (:mod:`asyncopt.rules.fused`), else update + apply; False if it dropped it."""
+        if self.rule.step is not None:
+            return self.rule.step(block, self.state, self.params, delay=delay,
+                                  worker=self.worker)
         updates, _ = self.rule.update(block, self.state, self.params, delay=delay,
                                       worker=self.worker)
         if updates is None:
-            self.report("drop", self.counters.version, delay, loss, start, kind)
-            return
+            return False
         apply_updates({k: self.params[k] for k in updates}, updates)
-        self.report("step", self.counters.increment(), delay, loss, start, kind)
+        return True
