@@ -75,18 +75,20 @@ def plain_loop(problem: SupervisedProblem, count: int) -> float:
 
 
 class Timed:
-    """Wraps ``problem.evaluate`` and adds up its wall time (the problem is used as it is)."""
+    """Wraps ``problem.evaluate`` and adds up its wall and CPU time (the problem is used as it
+    is; evaluations run in the loop's thread)."""
 
     def __init__(self, problem) -> None:
-        self.seconds, self.evaluate = 0.0, problem.evaluate
-        problem.evaluate = self
+        self.seconds = self.cpu_seconds = 0.0
+        self.evaluate, problem.evaluate = problem.evaluate, self
 
     def __call__(self, params):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.evaluate(params)
         finally:
             self.seconds += time.perf_counter() - start
+            self.cpu_seconds += time.thread_time() - cpu
 
 
 def as_dict(problem) -> None:
@@ -97,20 +99,22 @@ def as_dict(problem) -> None:
 
 
 def simulated(problem, timer: Timed, method: dict, options: dict,
-              arrivals: int) -> tuple[float, float, float]:
-    """(arrivals per wall second, the same without evaluations, share of gradients computed
-    ahead and wasted) of the simulator running ``method`` for ``arrivals`` arrivals."""
+              arrivals: int) -> tuple[float, float, float, float, float]:
+    """Of the simulator running ``method`` for ``arrivals`` arrivals: arrivals per wall second,
+    the same without evaluations, the share of gradients computed ahead and wasted, and the
+    CPU µs per arrival of the loop's thread and of the background thread (no evaluations)."""
     workers, seed = method["workers"], method["seed"]
-    wasted = []
+    wasted, background = [], []
     close = ahead_module.Ahead.close
 
     def counted(self):  # the real close, its counts noted
-        wasted.append(self.wasted / max(self.computed, 1))
         close(self)
+        wasted.append(self.wasted / max(self.computed, 1))
+        background.append(self.cpu_seconds)
 
     ahead_module.Ahead.close = counted
-    timer.seconds = 0.0
-    start = time.perf_counter()
+    timer.seconds = timer.cpu_seconds = 0.0
+    cpu, start = time.process_time(), time.perf_counter()
     try:
         result = train(problem, make_rule(method["rule"], workers), method["protocol"],
                        speed=make_speed_model(method["speed"], workers, seed), seed=seed,
@@ -118,10 +122,12 @@ def simulated(problem, timer: Timed, method: dict, options: dict,
                        evaluation=Evaluation(10 * arrivals, "steps"), runtime_options=options)
     finally:
         ahead_module.Ahead.close = close
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    behind = background[0] if background else 0.0
     if result.summary["arrivals"] != arrivals:  # a diverged run would measure nothing
         raise RuntimeError(f"benchmark run stopped early: {result.summary['reason']}")
-    return arrivals / wall, arrivals / (wall - timer.seconds), wasted[0] if wasted else 0.0
+    return (arrivals / wall, arrivals / (wall - timer.seconds), wasted[0] if wasted else 0.0,
+            (cpu - behind - timer.cpu_seconds) / arrivals * 1e6, behind / arrivals * 1e6)
 
 
 def main() -> None:
@@ -139,18 +145,20 @@ def main() -> None:
                                     seed)
     as_dict(problems["dict"])
     timers = {name: Timed(problem) for name, problem in problems.items()}
-    plain, rates, bare, wasted = 0.0, {}, {}, {}
+    plain, rates, bare, wasted, cpu = 0.0, {}, {}, {}, {}
     loads = []
     with one_thread():  # what the simulator runs with (runtime_options.threads = 1)
         for _ in range(repeats):  # interleaved: every row sees the same spells of load
             plain = max(plain, plain_loop(problems["autograd"], arrivals))
             for label, method in methods.items():
                 for row, (variant, options) in VARIANTS.items():
-                    rate, rate_bare, waste = simulated(problems[variant], timers[variant],
-                                                       method, options, arrivals)
+                    rate, rate_bare, waste, *times = simulated(
+                        problems[variant], timers[variant], method, options, arrivals)
                     if rate_bare > bare.get((label, row), 0.0):
                         bare[label, row], rates[label, row] = rate_bare, rate
                         wasted[label, row] = waste
+                    if sum(times) < sum(cpu.get((label, row), (math.inf,))):
+                        cpu[label, row] = times
             loads.append(os.getloadavg()[0])
 
     def overall(table: dict, row: str) -> float:  # all arrivals over their summed wall time
@@ -189,7 +197,16 @@ def main() -> None:
         f"{total['d'] / plain:.2f} with them; (c)/(a) = {sim['c'] / plain:.2f} (goal ≥ 3).\n\n"
         "| lever | factor | share of log((d)/(a)) |\n|---|---|---|\n"
         + "".join(f"| {name} | × {factor:.2f} | {math.log(factor) / log_total:+.0%} |\n"
-                  for name, factor in factors.items()))
+                  for name, factor in factors.items())
+        + "\nCPU time per arrival (µs, least of the rounds, without the evaluations), less "
+        "sensitive to the load than wall time; with two free cores (d)'s wall time per arrival "
+        "is at least the larger of its two threads' and, since both threads need the GIL for "
+        "their Python, more:\n\n"
+        "| method | (c) one thread | (d) loop thread | (d) background thread | (d) both |\n"
+        "|---|---|---|---|---|\n"
+        + "".join(f"| {label} | {sum(cpu[label, 'c']):.0f} | {cpu[label, 'd'][0]:.0f} | "
+                  f"{cpu[label, 'd'][1]:.0f} | {sum(cpu[label, 'd']):.0f} |\n"
+                  for label in methods))
     print(body)
     write_section("Simulator speed (issue 7)", f"python benchmarks/sim_speed.py {path.name} "
                   f"{arrivals} {repeats}", body)

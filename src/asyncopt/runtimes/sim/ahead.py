@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -49,6 +50,7 @@ class Ahead:
         self.depth, self.threads = depth, threads
         self.computed = 0  # gradients computed by the background thread
         self.wasted = 0  # ... of which the protocol cancelled the job: work thrown away
+        self.cpu_seconds = 0.0  # the background thread's CPU time, once it has stopped
         self._cond = threading.Condition()
         self._queue: list[tuple[float, int, Any]] = []  # (finish, order, job), QUEUED first
         self._ready = 0  # computed ahead, not taken yet
@@ -125,7 +127,7 @@ class Ahead:
         try:
             with self._guard:
                 job.result = self.problem.loss_and_grad(job.params, job.worker, generator)
-        except BaseException as error:  # raised in the loop's thread, at the job's event
+        except Exception as error:  # raised in the loop's thread, at the job's event
             job.result = error
         job.params = None  # the snapshot is no longer needed by this job
 
@@ -150,6 +152,13 @@ class Ahead:
 
     def _work(self) -> None:
         torch.set_num_threads(self.threads)
+        start = time.thread_time()
+        try:
+            self._serve()
+        finally:
+            self.cpu_seconds = time.thread_time() - start
+
+    def _serve(self) -> None:
         cond = self._cond
         while True:
             with cond:
@@ -161,6 +170,9 @@ class Ahead:
                     cond.wait()
                 if job is None:
                     return
-            self._compute(job, keep_state=True)
+            try:
+                self._compute(job, keep_state=True)
+            except BaseException as error:  # not an Exception: still the loop's to raise
+                job.result = error
             with cond:
                 self._done(job)
