@@ -24,6 +24,11 @@ and the run goes on with the others; if none is left, the run stops with status 
 exception raised by the problem in a worker stops the run and is re-raised here with the
 worker's traceback. Whatever ends the run (budget, Ctrl-C, an error), every worker process is
 stopped before :meth:`ProcessRuntime.run` returns or raises.
+
+``runtime_options.device`` other than ``"cpu"`` (:mod:`.device`, written for GPUs and never run
+on one yet): the server's model and rule state, the shared model and the gradient slots live on
+the device (:mod:`.device_shared`), each worker computes on its own device, and everything is
+moved back to the CPU before :meth:`ProcessRuntime.run` returns.
 """
 
 from __future__ import annotations
