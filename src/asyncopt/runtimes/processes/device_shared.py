@@ -15,10 +15,11 @@ followed by a device synchronization before the counter is bumped or re-read:
 The seqlock's header (and the counters) stay in CPU shared memory: the synchronization orders
 the GPU copy between the two CPU reads or writes, which is all the seqlock argument of
 :mod:`.shared` needs. A worker writes its gradient slot, synchronizes, and only then notifies the
-main process, which then reads a slot whose bytes are in memory. In lock-free mode a worker
-synchronizes before it increments the shared version, so a version that another worker reads
-counts only updates that are in memory (each synchronization costs tens of microseconds,
-against milliseconds per gradient of the papers' CNNs).
+main process, which then reads a slot whose bytes are in memory and synchronizes its own copy
+of it before it can give the worker a new job. In lock-free mode a worker synchronizes before
+it increments the shared version, so a version that another worker reads counts only updates
+that are in memory (each synchronization costs tens of microseconds, against milliseconds per
+gradient of the papers' CNNs).
 
 The tensors on a GPU travel to the worker processes as CUDA IPC handles (``torch.
 multiprocessing``, spawn start method); the main process owns them and keeps them alive until
@@ -101,6 +102,13 @@ class DeviceGradientSlots(GradientSlots):
     def write(self, worker: int, grads: Params) -> None:
         tree.copy_(tree.unflatten(self.buffers[worker], self.like), grads)
         synchronize(self.buffers.device, local_device())  # before the worker notifies
+
+    def take(self, worker: int) -> Params:
+        # the copy is done before the main process can send the worker a new job (after which
+        # the worker overwrites its slot), also when no publication synchronizes in between
+        copy = super().take(worker)
+        synchronize(self.buffers.device)
+        return copy
 
 
 class DeviceCounters(SharedCounters):
