@@ -130,7 +130,11 @@ def test_the_device_path_on_the_cpu_gives_the_plain_runtimes_history(mode):
     for column in ("version", "delay", "action"):
         assert np.array_equal(plain.arrivals[column], device.arrivals[column]), column
     np.testing.assert_allclose(device.arrivals["loss"], plain.arrivals["loss"], rtol=1e-6)
-    np.testing.assert_allclose(device.evaluations["loss"], plain.evaluations["loss"], rtol=1e-6)
+    # lock-free, the main process evaluates the shared model while the worker steps it: only
+    # the final evaluation, after the worker stopped, is at a known model
+    evaluated = slice(None) if mode == "server" else slice(-1, None)
+    np.testing.assert_allclose(device.evaluations["loss"][evaluated],
+                               plain.evaluations["loss"][evaluated], rtol=1e-6)
     for k, value in runs[0].params.items():
         assert runs[1].params[k].device.type == "cpu"
         torch.testing.assert_close(runs[1].params[k], value, rtol=1e-6, atol=1e-7)
