@@ -39,7 +39,6 @@ from asyncopt.tree import Params
 
 _LATEST, _SEQ, _VERSION = 0, 1, 3  # header: latest version, seq[0..1], version held by slot[0..1]
 _COUNT, _STOPPED = 0, 1  # SharedCounters: the shared version, the stop flag
-HEADER_BYTES = 64  # the header's 5 int64, padded to a cache line, before a buffer's model slots
 
 
 def template(params: Params) -> Params:
@@ -53,9 +52,7 @@ def template(params: Params) -> Params:
 class SharedModel:
     """The server's model in shared memory: one writer (:meth:`publish`), readers (:meth:`read`).
 
-    Pickles to its shared tensors, so a worker process receives the same memory. :meth:`over`
-    lays it over a given buffer instead (a named segment that other processes map themselves,
-    as the Ray runtime's co-located workers do: :mod:`asyncopt.runtimes.ray.shm`).
+    Pickles to its shared tensors, so a worker process receives the same memory.
     """
 
     def __init__(self, like: Params) -> None:
@@ -66,28 +63,6 @@ class SharedModel:
         self.header = torch.zeros(5, dtype=torch.int64).share_memory_()
         self.header[_LATEST] = -1  # nothing published yet
         self._bind()
-
-    @staticmethod
-    def nbytes(like: Params) -> int:
-        """Bytes that :meth:`over` needs for a model shaped like ``like``."""
-        return HEADER_BYTES + 2 * tree.numel(like) * next(iter(like.values())).element_size()
-
-    @classmethod
-    def over(cls, memory: Any, like: Params, *, create: bool) -> SharedModel:
-        """The model laid over the first :meth:`nbytes` bytes of the writable buffer ``memory``;
-        ``create`` (the writer, once) marks it as holding nothing yet, an attaching reader
-        leaves the header as it is."""
-        model = cls.__new__(cls)
-        size, dtype = tree.numel(like), next(iter(like.values())).dtype
-        model.like = like
-        model.header = torch.frombuffer(memory, dtype=torch.int64, count=5)
-        model.slots = torch.frombuffer(memory, dtype=dtype, count=2 * size,
-                                       offset=HEADER_BYTES).view(2, size)
-        if create:
-            model.header.zero_()
-            model.header[_LATEST] = -1
-        model._bind()
-        return model
 
     def __getstate__(self) -> dict[str, object]:
         return {"like": self.like, "slots": self.slots, "header": self.header}
@@ -130,37 +105,15 @@ class SharedModel:
                 return version, retries
             retries += 1
 
-    def holds(self, version: int) -> bool:
-        """Whether ``version`` was published and its slot still holds it (a writer-side check:
-        the next publish into that slot is the writer's own)."""
-        head = self._head
-        return 0 <= version <= int(head[_LATEST]) and int(head[_VERSION + (version & 1)]) == version
-
-    def view_at(self, version: int) -> tuple[Tensor, int] | None:
-        """The slot that holds ``version`` (already published), in place, and its sequence
-        count, for a reader that computes on it and then checks :meth:`unchanged`; None when a
-        later version overwrites or overwrote it (the writer lapped this reader: that version is
-        gone, and a retry could not bring it back). No copy: what a computation read from a
-        torn slot is thrown away, because :meth:`unchanged` then says False."""
-        head, slot = self._head, version & 1
-        before = int(head[_SEQ + slot])
-        if before % 2 or int(head[_VERSION + slot]) != version:
-            return None
-        return self.slots[slot], before
-
-    def unchanged(self, version: int, before: int) -> bool:
-        """Whether no writer entered ``version``'s slot since :meth:`view_at` answered ``before``
-        (the seqlock's second read)."""
-        return int(self._head[_SEQ + (version & 1)]) == before
-
 
 class GradientSlots:
     """One flat shared gradient buffer per worker (see the module docstring for who writes when)."""
 
     def __init__(self, like: Params, num_workers: int, memory: Any = None, offset: int = 0,
                  ) -> None:
-        """``num_workers`` slots in fresh shared memory, or in the buffer ``memory`` from byte
-        ``offset`` on."""
+        """``num_workers`` slots in fresh shared memory, or in the writable buffer ``memory``
+        from byte ``offset`` on (the Ray runtime's segment, :mod:`asyncopt.runtimes.ray.shm`,
+        whose model slots are such slots too)."""
         dtype, size = next(iter(like.values())).dtype, tree.numel(like)
         self.like = like
         if memory is None:

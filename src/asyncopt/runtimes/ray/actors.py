@@ -12,7 +12,7 @@ The returned gradient is one contiguous numpy array: Ray stores it in the object
 pickling its data, and the driver reads it in place. A worker on the driver's node is told
 :meth:`~GradientWorker.connect` and then gets :meth:`~GradientWorker.compute_shared` jobs: the
 model and its gradient go through shared memory (:mod:`.shm`), the task returns only
-(read?, loss, time). Slow machines are emulated as in the
+(None, version, loss, time). Slow machines are emulated as in the
 processes runtime, by padding: a task lasts at least ``time_scale × speed.compute_time(i, now)``
 wall seconds. A restarted actor (Ray's ``max_restarts``) runs this constructor again: its
 minibatch stream starts over from (seed, worker). :class:`ShardWorker` is the worker of the
@@ -77,27 +77,20 @@ class GradientWorker:
             return False
         return True
 
-    def compute_shared(self, version: int, now: float) -> tuple[bool, float, float]:
-        """As :meth:`compute`, at the model of ``version`` in shared memory (in place, under the
-        seqlock), the gradient written into this worker's slot; answer (False, nan, 0) when that
-        model was overwritten before or while it was read (the gradient is thrown away and the
-        driver sends the job again through the object store)."""
+    def compute_shared(self, version: int, now: float) -> tuple[None, int, float, float]:
+        """As :meth:`compute`, at the model that the driver wrote into this worker's model slot
+        (in place: see :mod:`.shm` for why no other job's model is ever there), the gradient
+        written into its gradient slot; answer (None, version, loss, time)."""
         start = time.perf_counter()
         shared = self.shared
         if shared is None:
             raise RuntimeError("compute_shared before connect")  # a bug in the runtime
-        seen = shared.model.view_at(version)
-        if seen is None:
-            return False, math.nan, 0.0
-        with warnings.catch_warnings():  # problems never write into params (see compute)
-            warnings.simplefilter("ignore", UserWarning)
-            loss, grads = self.problem.loss_and_grad(tree.unflatten(seen[0], self.like),
-                                                     self.worker, self.generator)
-        if not shared.model.unchanged(version, seen[1]):
-            return False, math.nan, 0.0  # computed at a torn model: thrown away
+        loss, grads = self.problem.loss_and_grad(
+            tree.unflatten(shared.models.buffers[self.slot], self.like), self.worker,
+            self.generator)
         self.pad(start, now)
         shared.grads.write(self.slot, grads)
-        return True, float(loss), time.perf_counter() - start
+        return None, version, float(loss), time.perf_counter() - start
 
     def compute(self, model: np.ndarray, version: int, now: float,
                 ) -> tuple[np.ndarray, int, float, float]:

@@ -27,10 +27,11 @@ driver; with ``checkpoint_every = N`` it is written to ``RUN_DIR/checkpoint.pt``
 
 Transport (``runtime_options.transport``): with ``"auto"`` a worker actor on the driver's node
 (same Ray node id, decided when it starts and again when it restarts) gets its model and
-returns its gradient through shared memory (:mod:`.shm`, the processes runtime's seqlocked
-double buffer and gradient slots in one ``/dev/shm`` file), its task carrying only the version
-and returning (loss, time); workers on other nodes, or every worker with ``"object_store"``,
-use the object store as above. Delays are measured from versions on both paths.
+returns its gradient through shared memory (:mod:`.shm`: a model slot and a gradient slot per
+such worker in one ``/dev/shm`` file; the driver writes the model into the worker's slot when
+it starts a job), its task carrying only the version and returning (None, version, loss,
+time); workers on other nodes, or every worker with ``"object_store"``, use the object store
+as above. Delays are measured from versions on both paths.
 
 With ``runtime_options.servers = K ≥ 2`` the server is sharded among K server actors that the
 workers talk to directly, and the driver only records (:mod:`.sharded`, :mod:`.servers`).
@@ -166,30 +167,24 @@ class RayRuntime:
         try:
             result = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as error:
-            self.shm.jobs.pop(job, None)
             self._failed(coordinator, worker, job, error)
             return
+        except self.ray.exceptions.RayTaskError:
+            if job != self._jobs[worker] and self.shm.shared[worker]:
+                return  # a cancelled job may have read a model being overwritten (see .shm)
+            raise
         if job == _PROBE:
             del self._restarting[worker]
             self.shm.shared[worker] = result is True  # a `connect` probe: attached again
             self._apply(coordinator, coordinator.restarted(self.now, worker))
             return
-        by_shm = self.shm.jobs.pop(job, None)
-        if by_shm is not None:
-            read, loss, compute_time = result
-            version = by_shm[0]
-            if read and job == self._jobs[worker] and coordinator.stop_reason is None:
-                flat = self.shm.gradient(worker)
-            elif not read and job == self._jobs[worker]:
-                self.shm.misses += 1  # the model was overwritten: same job, by the object store
-                self._submit(worker, job, *by_shm, by_shm=False)
-                return
-        else:
-            grad, version, loss, compute_time = result
+        grad, version, loss, compute_time = result
         if job != self._jobs[worker] or coordinator.stop_reason is not None:
             return  # a cancelled or superseded job
         self._jobs[worker] = None
-        if by_shm is None:
+        if grad is None:  # in the worker's gradient slot
+            flat = self.shm.gradient(worker)
+        else:
             with warnings.catch_warnings():  # a read-only view of the object store: rules
                 warnings.simplefilter("ignore", UserWarning)  # and protocols never write it
                 flat = torch.from_numpy(grad)
@@ -208,20 +203,13 @@ class RayRuntime:
             version, params = coordinator.protocol.model_for(worker)
             self._job_counter += 1
             self._jobs[worker], self._started[worker] = self._job_counter, version
-            self._submit(worker, self._job_counter, version, params,
-                         by_shm=self.shm.shared[worker] and self.shm.publish(version, params))
-
-    def _submit(self, worker: int, job: int, version: int, params: Any, *,
-                by_shm: bool) -> None:
-        """Send job ``job`` (the model of ``version``) to ``worker``, through shared memory or
-        the object store."""
-        if by_shm:
-            ref = self.workers[worker].compute_shared.remote(version, self.now)
-            self.shm.jobs[job] = (version, params)
-        else:
-            ref = self.workers[worker].compute.remote(self._model_ref(version, params), version,
-                                                      self.now)
-        self._pending[ref] = (worker, job)
+            if self.shm.shared[worker]:
+                self.shm.send(worker, params)
+                ref = self.workers[worker].compute_shared.remote(version, self.now)
+            else:
+                ref = self.workers[worker].compute.remote(self._model_ref(version, params),
+                                                          version, self.now)
+            self._pending[ref] = (worker, self._job_counter)
 
     def _model_ref(self, version: int, params: Any) -> Any:
         """The model of ``version`` as a task argument: put into the object store once and
