@@ -132,6 +132,7 @@ def simulated(problem, timer: Timed, method: dict, options: dict,
 
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else CONFIG
+    path = path if path.exists() else CONFIG.parent / path  # a name in configs/
     arrivals = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     raw = configuration.read(path)
@@ -173,6 +174,8 @@ def main() -> None:
         f"computing ahead on a second core (ahead = {AHEAD})": sim["d"] / sim["c"],
     }
     log_total = math.log(sim["d"] / plain)
+    one = sum(sum(cpu[label, "c"]) for label in methods) / len(methods)
+    both = sum(sum(cpu[label, "d"]) for label in methods) / len(methods)
     body = (
         f"{path.name}: {workers} workers, {first['problem']['dataset']} MLP "
         f"(hidden {first['problem']['hidden']}), batch {first['problem']['batch_size']}, "
@@ -206,7 +209,11 @@ def main() -> None:
         "|---|---|---|---|---|\n"
         + "".join(f"| {label} | {sum(cpu[label, 'c']):.0f} | {cpu[label, 'd'][0]:.0f} | "
                   f"{cpu[label, 'd'][1]:.0f} | {sum(cpu[label, 'd']):.0f} |\n"
-                  for label in methods))
+                  for label in methods)
+        + f"\nCeiling: 3 × (a) is {1e6 / (3 * plain):.0f} µs per arrival, all included. On one "
+        f"core (c) spends {one:.0f} µs of CPU per arrival (mean over the methods); spread "
+        f"perfectly over two cores with no GIL, (d)'s {both:.0f} µs would take "
+        f"{both / 2:.0f} µs, {2e6 / both / plain:.2f} × (a).")
     print(body)
     write_section("Simulator speed (issue 7)", f"python benchmarks/sim_speed.py {path.name} "
                   f"{arrivals} {repeats}", body)
