@@ -24,10 +24,18 @@ Several workers at one model (k minibatches of B samples, all at the same x) sha
 with a weight matrix: the forward pass and the G_l W_l of the backward pass run once on the k·B
 stacked samples, and only the per-worker weight gradients G_lᵀ h_{l-1} are k small products
 (one batched product). :func:`cross_entropy_grads` returns them as the rows of one k × d matrix.
+
+One worker's gradient runs as one TorchScript function (:func:`chain_grad`, the same operations
+as :func:`cross_entropy_grad`, bit for bit): called from Python, the whole graph runs with the
+GIL released, so a second thread (the simulator's ``ahead`` option) is not held up by the GIL
+at each of its ~20 small operations. Where TorchScript is unavailable the same function runs as
+plain Python.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -123,6 +131,45 @@ def cross_entropy_grads(params: Mapping[str, Tensor], layers: Layers, X: Tensor,
     return losses, torch.cat([grads[name].view(count, -1) for name in params], 1)
 
 
+def chain_grad(weights: list[Tensor], biases: list[Tensor], X: Tensor, T: Tensor,
+               picks: Tensor, sizes: list[int], shapes: list[list[int]], where: list[int]
+               ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """:func:`cross_entropy_grad` of the chain with layer l's ``weights[l]``, ``biases[l]`` on
+    the rows ``picks`` of ``X`` and ``T``, written into one flat vector: returns the loss (a
+    0-d tensor), the vector and its leaves (``sizes``, ``shapes``, in the parameters' order;
+    layer l's weight and bias gradients are leaves ``where[2l]`` and ``where[2l + 1]``)."""
+    inputs = [X.index_select(0, picks)]
+    T = T.index_select(0, picks)
+    last = len(weights) - 1
+    for index in range(last):
+        inputs.append(torch.relu(F.linear(inputs[index], weights[index], biases[index])))
+    log_p = torch.log_softmax(F.linear(inputs[last], weights[last], biases[last]), 1)
+    loss = torch.dot(log_p.view(-1), T.view(-1))
+    G = torch.add(T, log_p.exp_(), alpha=1.0 / inputs[0].shape[0])
+    flat = torch.empty(sum(sizes), dtype=G.dtype, device=G.device)
+    pieces = flat.split_with_sizes(sizes)
+    leaves = [pieces[leaf].view(shapes[leaf]) for leaf in range(len(shapes))]
+    for index in range(last, -1, -1):
+        h = inputs[index]
+        torch.mm(G.t(), h, out=leaves[where[2 * index]])
+        torch.sum(G, [0], out=leaves[where[2 * index + 1]])
+        if index > 0:
+            G = torch.ops.aten.threshold_backward(G.mm(weights[index]), h, 0.0)
+    return loss, flat, leaves
+
+
+@functools.cache
+def _scripted() -> Callable[..., tuple[Tensor, Tensor, list[Tensor]]]:
+    """:func:`chain_grad` compiled by TorchScript (deprecated in favour of torch.compile, whose
+    compiled code keeps the GIL), or the plain function where that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.script(chain_grad)
+    except Exception:  # no TorchScript in this torch build: same operations, GIL held
+        return chain_grad
+
+
 class ClosedFormProblem(SupervisedProblem):
     """A SupervisedProblem for a dense–ReLU chain and ``F.cross_entropy`` (class-index targets)
     whose stochastic gradients are computed in closed form; identical minibatches, loss and
@@ -156,6 +203,12 @@ class ClosedFormProblem(SupervisedProblem):
                                                          self._shard_data, strict=True)]
         self._targets = list(self._T.split(sizes))
         self._offsets = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], dtype=torch.int64)
+        named = dict(self.module.named_parameters())
+        names = list(named)
+        self._layout = ([named[name].numel() for name in names],
+                        [list(named[name].shape) for name in names],
+                        [names.index(name) for layer in layers for name in layer])
+        self._names = names
 
     def loss_and_grad(self, params: Params, worker: int,
                       generator: torch.Generator) -> tuple[float, Params]:
@@ -164,13 +217,19 @@ class ClosedFormProblem(SupervisedProblem):
         is one flat vector (a :class:`~asyncopt.tree.FlatParams`): checking it for NaN and adding
         it to a gradient table are then one operation each, not one per leaf."""
         picks = self._picks(worker, generator)
-        X = self._shard_data[worker][0].index_select(0, picks)
-        first = next(iter(params.values()))
-        grads = tree.unflatten(first.new_empty(tree.numel(params)), params)
-        loss, _ = cross_entropy_grad(params, self.layers, X,
-                                     self._targets[worker].index_select(0, picks), out=grads)
-        value = self._add_l2(loss, list(grads.values()), params)
-        return value, grads
+        if list(params) != self._names:  # keys in another order: the Python path
+            X = self._shard_data[worker][0].index_select(0, picks)
+            first = next(iter(params.values()))
+            grads = tree.unflatten(first.new_empty(tree.numel(params)), params)
+            loss, _ = cross_entropy_grad(params, self.layers, X,
+                                         self._targets[worker].index_select(0, picks), out=grads)
+            return self._add_l2(loss, list(grads.values()), params), grads
+        loss_tensor, flat, leaves = _scripted()(
+            [params[weight] for weight, _ in self.layers],
+            [params[bias] for _, bias in self.layers], self._shard_data[worker][0],
+            self._targets[worker], picks, *self._layout)
+        value = self._add_l2(loss_tensor.item(), leaves, params)
+        return value, tree.FlatParams(flat, dict(zip(params, leaves, strict=True)))
 
     def loss_and_grads(self, params: Params, workers: Sequence[int],
                        generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:
