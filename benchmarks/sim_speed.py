@@ -13,11 +13,14 @@ change in the machine's load hits them all):
 (a) a plain ``for`` loop, 1 torch thread: per gradient a random worker's minibatch,
     ``functional_call`` and ``torch.autograd.grad`` (no simulator, no server step);
 (b) the simulator, ``gradient = "autograd"``;
-(c) the simulator, ``gradient = "closed_form"``, its gradient as one flat vector, as it returns
-    it (so checking it for NaN and adding it to a gradient table are one operation each);
-(c0) the same with the gradient handed on as a plain dict of leaves (what it was before);
+(c) the simulator, ``gradient = "closed_form"`` as it is: one TorchScript function per gradient
+    (run with the GIL released), the gradient one flat vector (so checking it for NaN and
+    adding it to a gradient table are one operation each);
+(c1) the same function run as plain Python (each of its ~20 ops takes the GIL);
+(c0) (c1) with the gradient handed on as a plain dict of leaves (what it was before);
 (d) (c) with ``runtime_options.ahead = AHEAD``: a background thread computes pending gradients
     while the loop runs the protocol, the rule and the recorder (two cores);
+(d1) (c1) with ``ahead = AHEAD``: the same without the GIL-free gradient;
 (e) (c) with ``runtime_options.batch = 64`` (pending gradients at one snapshot evaluated together;
     opt-in, for reference).
 
@@ -42,6 +45,7 @@ from torch.func import functional_call
 
 from asyncopt import config as configuration
 from asyncopt.api import train
+from asyncopt.problems import closed_form
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.rules.registry import make_rule
@@ -51,9 +55,13 @@ from asyncopt.runtimes.sim.speed import make_speed_model
 
 CONFIG = Path(__file__).parents[1] / "configs" / "ringleader_mnist.toml"
 AHEAD = 4
-# row -> (problem variant, runtime options)
-VARIANTS = {"b": ("autograd", {}), "c0": ("dict", {}), "c": ("closed_form", {}),
-            "d": ("closed_form", {"ahead": AHEAD}), "e": ("closed_form", {"batch": 64})}
+# row -> (problem variant, runtime options, closed-form kernel)
+VARIANTS = {"b": ("autograd", {}, "script"), "c0": ("dict", {}, "python"),
+            "c1": ("closed_form", {}, "python"), "c": ("closed_form", {}, "script"),
+            "d1": ("closed_form", {"ahead": AHEAD}, "python"),
+            "d": ("closed_form", {"ahead": AHEAD}, "script"),
+            "e": ("closed_form", {"batch": 64}, "script")}
+KERNELS = {"script": closed_form._scripted, "python": lambda: closed_form.chain_grad}
 
 
 def plain_loop(problem: SupervisedProblem, count: int) -> float:
@@ -152,7 +160,8 @@ def main() -> None:
         for _ in range(repeats):  # interleaved: every row sees the same spells of load
             plain = max(plain, plain_loop(problems["autograd"], arrivals))
             for label, method in methods.items():
-                for row, (variant, options) in VARIANTS.items():
+                for row, (variant, options, kernel) in VARIANTS.items():
+                    closed_form._scripted = KERNELS[kernel]
                     rate, rate_bare, waste, *times = simulated(
                         problems[variant], timers[variant], method, options, arrivals)
                     if rate_bare > bare.get((label, row), 0.0):
@@ -169,8 +178,9 @@ def main() -> None:
     sim = {row: overall(bare, row) for row in VARIANTS}
     factors = {
         "simulator (server step, protocol, event loop) with autograd": sim["b"] / plain,
-        "closed-form gradients (as a dict of leaves)": sim["c0"] / sim["b"],
-        "closed-form gradient as one flat vector": sim["c"] / sim["c0"],
+        "closed-form gradients (Python ops, a dict of leaves)": sim["c0"] / sim["b"],
+        "closed-form gradient as one flat vector": sim["c1"] / sim["c0"],
+        "closed-form gradient as one TorchScript call (one thread)": sim["c"] / sim["c1"],
         f"computing ahead on a second core (ahead = {AHEAD})": sim["d"] / sim["c"],
     }
     log_total = math.log(sim["d"] / plain)
@@ -183,21 +193,24 @@ def main() -> None:
         f"per method, best of {repeats} interleaved, 1 torch thread per thread. Load average "
         f"after each round: {', '.join(f'{x:.1f}' for x in loads)}. Simulated gradients per "
         "wall second without the two evaluations (in brackets: with them):\n\n"
-        "| method | (b) autograd | (c0) closed form, dict | (c) closed form, flat | "
-        f"(d) (c) + ahead {AHEAD} | wasted ahead | (e) (c) + batch 64 | (d) / (a) |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "| method | (b) autograd | (c0) closed form, dict | (c1) flat | (c) flat, TorchScript "
+        f"| (d1) (c1) + ahead {AHEAD} | (d) (c) + ahead {AHEAD} | wasted ahead | (e) (c) + "
+        "batch 64 | (d) / (a) |\n|---|---|---|---|---|---|---|---|---|---|\n"
         + "".join(f"| {label} | "
                   + " | ".join(f"{bare[label, row]:,.0f} ({rates[label, row]:,.0f})"
-                               for row in ("b", "c0", "c", "d"))
+                               for row in ("b", "c0", "c1", "c", "d1", "d"))
                   + f" | {wasted[label, 'd']:.0%} | {bare[label, 'e']:,.0f} | "
                   f"{bare[label, 'd'] / plain:.2f} |\n"
                   for label in methods)
         + "| **all methods** | "
-        + " | ".join(f"{sim[row]:,.0f} ({total[row]:,.0f})" for row in ("b", "c0", "c", "d"))
+        + " | ".join(f"{sim[row]:,.0f} ({total[row]:,.0f})"
+                     for row in ("b", "c0", "c1", "c", "d1", "d"))
         + f" |  | {sim['e']:,.0f} | **{sim['d'] / plain:.2f}** |\n\n"
         f"(a) plain autograd loop: {plain:,.0f} gradients / s ({1e6 / plain:.0f} µs each). "
         f"Overall (d)/(a) = {sim['d'] / plain:.2f} without evaluations, "
-        f"{total['d'] / plain:.2f} with them; (c)/(a) = {sim['c'] / plain:.2f} (goal ≥ 3).\n\n"
+        f"{total['d'] / plain:.2f} with them; (c)/(a) = {sim['c'] / plain:.2f} (goal ≥ 3). "
+        f"Computing ahead without the GIL-free gradient: (d1)/(c1) = {sim['d1'] / sim['c1']:.2f}."
+        "\n\n"
         "| lever | factor | share of log((d)/(a)) |\n|---|---|---|\n"
         + "".join(f"| {name} | × {factor:.2f} | {math.log(factor) / log_total:+.0%} |\n"
                   for name, factor in factors.items())
