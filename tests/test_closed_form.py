@@ -142,3 +142,35 @@ def test_closed_form_gradients_are_one_flat_vector_that_survives_pickling():
     assert torch.equal(back.vector, grads.vector)
     back["0.weight"].zero_()  # leaves are views of the vector again, as before pickling
     assert float(back.vector[:back["0.weight"].numel()].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("hidden", [(), (8,), (8, 5)], ids=["logistic", "mlp", "deep"])
+def test_the_torchscript_kernel_is_the_python_gradient_bit_for_bit(hidden):
+    import itertools
+
+    from asyncopt.problems import closed_form
+
+    sizes = [64, *hidden, 10]
+
+    def model():
+        return nn.Sequential(*[m for a, b in itertools.pairwise(sizes)
+                               for m in (nn.Linear(a, b), nn.ReLU())][:-1])
+
+    problem = ClosedFormProblem(model, torch.rand(40, 64),
+                                torch.arange(40) % 10, [np.arange(20), np.arange(20, 40)],
+                                batch_size=4)
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    assert not isinstance(closed_form._scripted(), type(closed_form.chain_grad))  # compiled
+    loss, grads = problem.loss_and_grad(params, 1, torch.Generator().manual_seed(2))
+    picks = problem._picks(1, torch.Generator().manual_seed(2))
+    X, _ = problem._shard_data[1]
+    value, by_name = cross_entropy_grad(params, problem.layers, X.index_select(0, picks),
+                                        problem._targets[1].index_select(0, picks))
+    assert loss == value
+    for name, grad in by_name.items():
+        assert torch.equal(grads[name], grad)
+    # parameters in another key order take the Python path, with the same result
+    reordered = dict(reversed(list(params.items())))
+    loss_again, grads_again = problem.loss_and_grad(reordered, 1,
+                                                    torch.Generator().manual_seed(2))
+    assert loss_again == loss and all(torch.equal(grads_again[k], grads[k]) for k in grads)
