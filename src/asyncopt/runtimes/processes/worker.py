@@ -155,12 +155,14 @@ class ReportingWorker:
         """Step until told to stop; answer the next command."""
         origin = time.perf_counter() - now  # the main process's clock, for the speed model
         while not self.counters.stopped and self.version() < self.max_version:
-            if self.conn.poll():
-                self._flush()
-                return self.conn.recv()
             self.step(time.perf_counter() - origin)
             if time.perf_counter() - self._flushed > _FLUSH:
                 self._flush()
+                # commands are read once per batch, not per step (a poll is a system call): the
+                # main process stops the loop through the shared flag, and a closed pipe (the
+                # main process died) is seen within one batch
+                if self.conn.poll():
+                    return self.conn.recv()
         self._flush()
         self.conn.send(("idle",))
         return next_command(self.conn, self.parent)
