@@ -7,7 +7,7 @@ buffers — runs in the CPU tests through ``device = ["cpu", ...]``, which takes
 CPU tensors (``tests/test_devices.py``); the CUDA tests there are skipped without a GPU.
 
 **Forms.** ``"cpu"`` (the default) is the plain runtime, untouched by this module. ``"cuda"``
-(torch's current device, ``cuda:0``) or ``"cuda:K"`` puts every process on one GPU: the model,
+(= ``cuda:0``, the first visible GPU) or ``"cuda:K"`` puts every process on one GPU: the model,
 the rule's state, the gradient slots and the main process's evaluations live there, and every
 worker computes there (several worker processes share the GPU, as in PASSM+'s single-GPU runs).
 A list ``["cuda:0", "cuda:1", ...]`` gives worker i the device ``list[i mod len(list)]``; the
