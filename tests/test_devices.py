@@ -86,6 +86,10 @@ def test_what_the_device_path_does_not_do_is_refused_before_any_process_starts()
                             "runtime_options.servers")):
         with pytest.raises(ConfigError, match=field):
             _train(problem, steps=1, **options)
+    moved = make_problem(MLP, 2, 0).to("meta")  # e.g. moved to a GPU for the simulator
+    assert moved.device.type == "meta" and problem.device.type == "cpu"
+    with pytest.raises(ConfigError, match=r"runtime_options.device.*'meta', the device the"):
+        _train(moved, steps=1)
     for spec in (QUADRATIC, {**MLP, "gradient": "closed_form"}):  # data kept on the CPU
         with pytest.raises(ConfigError, match=r"runtime_options.device.*'cpu' for problem"):
             _train(make_problem(spec, 2, 0), steps=1, device=["cpu"])

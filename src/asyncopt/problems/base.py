@@ -49,6 +49,11 @@ class Problem(ABC):
         """
 
     @property
+    def device(self) -> torch.device:
+        """Where :meth:`loss_and_grad` and :meth:`evaluate` compute (see :meth:`to`)."""
+        return torch.device("cpu")
+
+    @property
     def movable(self) -> bool:
         """Whether :meth:`to` can put this problem's computations on another device (a GPU)."""
         return type(self).to is not Problem.to

@@ -172,6 +172,10 @@ class SupervisedProblem(Problem):
         return metrics
 
     @property
+    def device(self) -> torch.device:
+        return self._on or torch.device("cpu")
+
+    @property
     def movable(self) -> bool:
         """True, unless a subclass computes gradients its own way and does not say how it moves
         (the closed-form problems keep their data on the CPU)."""

@@ -190,6 +190,9 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       round-robin (:mod:`.device`: written for GPUs, never run on one yet).
     """
     plan = plan_devices(device, problem.num_workers)
+    check(plan is not None or problem.device.type == "cpu", "runtime_options.device", device,
+          f"{str(problem.device)!r}, the device the problem was moved to (Problem.to), or the "
+          f"problem moved back with problem.to('cpu')")
     check_picklable(problem)
     common = {
         "start_method": check_choice("runtime_options.start_method", start_method,
