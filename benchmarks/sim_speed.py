@@ -226,7 +226,10 @@ def main() -> None:
         + f"\nCeiling: 3 × (a) is {1e6 / (3 * plain):.0f} µs per arrival, all included. On one "
         f"core (c) spends {one:.0f} µs of CPU per arrival (mean over the methods); spread "
         f"perfectly over two cores with no GIL, (d)'s {both:.0f} µs would take "
-        f"{both / 2:.0f} µs, {2e6 / both / plain:.2f} × (a).")
+        f"{both / 2:.0f} µs, {2e6 / both / plain:.2f} × (a)."
+        + (f"\n\nTaken under load (load average up to {max(loads):.1f} on 2 cores): the "
+           "rows share the cores with other jobs, so (d), which needs a free second core, "
+           "measures contention here; re-run on a quiet machine." if max(loads) > 2.5 else ""))
     print(body)
     write_section("Simulator speed (issue 7)", f"python benchmarks/sim_speed.py {path.name} "
                   f"{arrivals} {repeats}", body)
