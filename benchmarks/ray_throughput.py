@@ -9,7 +9,8 @@ server step per gradient. The ways:
 
 * **asyncopt, ray, shared memory**: ``runtime = "ray"`` with ``runtime_options.transport =
   "auto"`` (the default; driver-side server): the worker actors are on the driver's node, so
-  they compute on the model in a ``/dev/shm`` segment and write their gradients there
+  the driver writes each job's model into the worker's slot of a ``/dev/shm`` segment, the
+  worker computes on it in place and writes its gradient into its gradient slot
   (:mod:`asyncopt.runtimes.ray.shm`), and a task carries only the version;
 * **asyncopt, ray, object store**: ``transport = "object_store"``: one object-store copy of the
   model per version, gradients read in place;
@@ -196,14 +197,15 @@ rate from update {SKIP} to the last, best of {REPEATS}; embedded local Ray (2 CP
 parameter server (server actor returns the weights, workers get them as an argument, a
 `ray.wait` loop in the driver). "ray, shared memory" is the default layout (the driver is the
 server) with the default `runtime_options.transport = "auto"`: both worker actors are on the
-driver's node, so the model and the gradients go through one `/dev/shm` segment (a seqlocked
-double buffer that workers compute on in place, one gradient slot each) and a task carries only
-the version; "ray, object store" is the same with `transport = "object_store"` (the model put
-once per version, the gradient returned through the store and read in place). The "server
-actor" columns are `runtime_options.servers = K` (K block server actors with `num_cpus = 0`,
-each answering a block's gradient with the block after the step; the driver only records),
-K = 1 built directly. Ratios are more telling than the rates, and with 2 cores for 2 workers,
-K servers and the driver, K = 2 cannot run its servers in parallel.
+driver's node, so the model and the gradients go through one `/dev/shm` segment (a model slot
+that the driver writes at each job and the worker computes on in place, and a gradient slot,
+per worker) and a task carries only the version; "ray, object store" is the same with
+`transport = "object_store"` (the model put once per version, the gradient returned through the
+store and read in place). The "server actor" columns are `runtime_options.servers = K` (K
+block server actors with `num_cpus = 0`, each answering a block's gradient with the block after
+the step; the driver only records), K = 1 built directly. Ratios are more telling than the
+rates, and with 2 cores for 2 workers, K servers and the driver, K = 2 cannot run its servers
+in parallel.
 
 Time from starting `asyncopt run configs/quickstart.toml --set workers=2 --set budget.steps=1`
 (a fresh process) to its end, an upper bound on the time to the first update: Ray
