@@ -61,6 +61,12 @@ VARIANTS = {"b": ("autograd", {}, "script"), "c0": ("dict", {}, "python"),
             "d1": ("closed_form", {"ahead": AHEAD}, "python"),
             "d": ("closed_form", {"ahead": AHEAD}, "script"),
             "e": ("closed_form", {"batch": 64}, "script")}
+WHY = ('Why 3 × is out of reach here: the plain loop differentiates at one model that stays '
+       "in cache, while each simulated gradient reads its job's own snapshot (100 in-flight "
+       'versions of 0.4 MB, mostly out of cache), and every arrival adds a server step (a '
+       'rule update and an out-of-place add over d), a NaN check and, for Malenia, IA²SGD '
+       'and Ringleader, a gradient-table update with an exact re-sum of the n × d table '
+       'every n updates: memory traffic, which a second thread shares.')
 KERNELS = {"script": closed_form._scripted, "python": lambda: closed_form.chain_grad}
 
 
@@ -227,6 +233,10 @@ def main() -> None:
         f"core (c) spends {one:.0f} µs of CPU per arrival (mean over the methods); spread "
         f"perfectly over two cores with no GIL, (d)'s {both:.0f} µs would take "
         f"{both / 2:.0f} µs, {2e6 / both / plain:.2f} × (a)."
+        + f"\n\n{WHY} In this run the second core "
+        + ("paid" if sim["d"] > sim["c"] else "did not pay")
+        + f": (d)/(c) = {sim['d'] / sim['c']:.2f}, (d1)/(c1) = {sim['d1'] / sim['c1']:.2f}, and "
+        f"both threads together spent {both / one:.2f} × (c)'s CPU time per arrival."
         + (f"\n\nTaken under load (load average up to {max(loads):.1f} on 2 cores): the "
            "rows share the cores with other jobs, so (d), which needs a free second core, "
            "measures contention here; re-run on a quiet machine." if max(loads) > 2.5 else ""))
