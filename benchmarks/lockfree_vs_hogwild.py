@@ -29,6 +29,7 @@ from asyncopt.problems.datasets import load_dataset
 from asyncopt.rules.base import apply_updates
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.runtimes.processes import watch
 from asyncopt.runtimes.sim.loop import worker_generators
 
 WORKERS, BATCH, STEPS, WARMUP, REPEATS = 2, 32, 3000, 100, 3
@@ -75,12 +76,23 @@ def hogwild_rate(optimizer: str) -> float:
     return (STEPS // WORKERS * WORKERS) / (max(e for _, e in spans) - min(s for s, _ in spans))
 
 
-def lockfree_rate(optimizer: str) -> tuple[float, float]:
-    """(gradients/s between step WARMUP and the last, mean delay)."""
+def lockfree_rate(optimizer: str, fused: bool = True, rest: float | None = None
+                  ) -> tuple[float, float]:
+    """(gradients/s between step WARMUP and the last, mean delay); ``fused=False`` takes the
+    rule's fused step away (update + apply instead), ``rest`` replaces the main process's rest
+    between reads of the reports (0: woken by every batch): the two levers, measured."""
     spec = RULES[optimizer][0]
-    result = train(problem(WORKERS, BATCH), make_rule(spec, WORKERS), "asgd",
-                   budget={"steps": STEPS + WARMUP}, evaluation=Evaluation(10**9),
-                   runtime="processes", runtime_options={"mode": "lockfree"})
+    rule = make_rule(spec, WORKERS)
+    if not fused:
+        rule = rule._replace(step=None)
+    kept = watch._REST
+    watch._REST = kept if rest is None else rest
+    try:
+        result = train(problem(WORKERS, BATCH), rule, "asgd",
+                       budget={"steps": STEPS + WARMUP}, evaluation=Evaluation(10**9),
+                       runtime="processes", runtime_options={"mode": "lockfree"})
+    finally:
+        watch._REST = kept
     now = result.history.arrivals["now"]
     return (len(now) - 1 - WARMUP) / (now[-1] - now[WARMUP]), result.summary["mean_delay"]
 
@@ -142,15 +154,19 @@ def step_costs(optimizer: str, seconds: float = 1.0) -> dict[str, float]:
 
 def main() -> None:
     rows = ["| optimizer | Hogwild reference (grad/s) | lock-free mode (grad/s) | ratio | "
-            "mean delay (lock-free) |", "|---|---|---|---|---|"]
+            "mean delay (lock-free) | ratio without the fused step | ratio with the main "
+            "process woken by every batch |", "|---|---|---|---|---|---|---|"]
     for optimizer in RULES:
-        references, ours = [], []
-        for _ in range(REPEATS):  # interleaved, so that a drift of the machine hits both
+        references, ours, unfused, woken = [], [], [], []
+        for _ in range(REPEATS):  # interleaved, so that a drift of the machine hits all
             references.append(hogwild_rate(optimizer))
             ours.append(lockfree_rate(optimizer))
+            unfused.append(lockfree_rate(optimizer, fused=False)[0])
+            woken.append(lockfree_rate(optimizer, rest=0.0)[0])
         reference, (rate, delay) = max(references), max(ours)
         rows.append(f"| {optimizer} | {reference:.0f} | {rate:.0f} | {rate / reference:.2f}× | "
-                    f"{delay:.2f} |")
+                    f"{delay:.2f} | {max(unfused) / reference:.2f}× | "
+                    f"{max(woken) / reference:.2f}× |")
         print(rows[-1], file=sys.stderr)
     grad_ms, copy_ms = copy_cost()
     costs = {optimizer: step_costs(optimizer) for optimizer in RULES}
@@ -170,10 +186,14 @@ between the processes (one set of moments, one step counter per leaf, incremente
 shared lock so that it is exact), checks every gradient for NaN/Inf, steps with the rule's
 in-place fused step (`rule.step`, `asyncopt.rules.fused`: torch's fused CPU kernels
 `_fused_sgd_` and `_fused_adam_`, the ones `torch.optim`'s `fused=True` runs), and reports every
-step (in batches, every 10 ms; the pipe is read once per batch) to the main process, which
-records it; its rate is measured from the recorded steps. The machine has **2 cores**, shared
-here by 3 processes (the main process records) and by whatever else runs: figures move between
-runs by up to a quarter when other work runs; see the load average above.
+step (in batches, every 10 ms) to the main process, which records it; the main process sleeps
+20 ms between reads of the pipes, so that a batch does not wake it. Its rate is measured from
+the recorded steps (read up to ~30 ms after they were taken, at both ends of the span). The last
+two columns take one lever away each (same runs, interleaved): the rule's functional update +
+apply instead of its fused step, and a main process that `wait`s on the pipes, woken by every
+batch. The machine has **2 cores**, shared here by 3 processes (the main process records) and
+by whatever else runs: figures move between runs by up to a quarter when other work runs; see
+the load average above.
 
 Gradient on the shared parameters directly vs on a private copy, one process: a gradient takes
 {grad_ms:.2f} ms, a model copy {copy_ms:.3f} ms ({copy_ms / grad_ms:.0%} more per step), so the
@@ -188,14 +208,19 @@ Where the ratio comes from. **SGD**: the gradient alone costs about what the ref
 step does (functional_call and autograd.grad against module.backward), so the ceiling is near
 1×; the fused step (one in-place pass, as `torch.optim.SGD`'s) replaced the functional update +
 apply (an allocation and two passes), and the rest is the runtime's: the finiteness check (one
-sum per leaf, a memory pass over the gradient: a single `_foreach_norm(inf)` reduction was
-measured 20× slower on CPU, `_amp_foreach_non_finite_check_and_unscale_` slower too), the
-version lock (about 1 µs), the main process's recording (1–3 % of a core, woken once per 10 ms
-batch per worker) on the 2 cores the workers use. **Adam**: the reference's default
-`torch.optim.Adam` on CPU runs its per-parameter for-loop implementation, several passes per
-tensor; the fused step is one pass of torch's fused kernel, so the lock-free mode, with its
-state shared, steps faster than the reference. That part of the gain is a kernel choice the
-reference could make too (`torch.optim.Adam(fused=True)`, last column): against such a
+sum per leaf, a memory pass over the gradient: a single `_foreach_norm(inf)` reduction was 20×
+slower on CPU, `_amp_foreach_non_finite_check_and_unscale_` slower too; measured outside this
+script), the version lock (about 1 µs), the pipe read (once per batch; it was a `poll` system
+call per step), and the main process's recording on the 2 cores the workers use. A report that
+woke the main process from `wait` cost the sending worker about 1 ms of wall time (profiled
+inside a worker under load, outside this script: the woken process takes the worker's core),
+hence the rest between reads; with little else running, taking it away moves the ratio by less
+than the spread between runs (last column), while taking the fused step away costs SGD about a
+tenth. **Adam**: the reference's default `torch.optim.Adam` on CPU runs its per-parameter
+for-loop implementation, several passes per tensor; the fused step is one pass of torch's fused
+kernel, so the lock-free mode, with its state shared, steps faster than the reference. That
+part of the gain is a kernel choice the reference could make too
+(`torch.optim.Adam(fused=True)`, the column before the ceiling): against such a
 reference the ceiling would be about {_ceiling(costs["adam"], fused=True):.2f}×."""
     write_section("Lock-free mode vs Hogwild loop",
                   ".venv/bin/python benchmarks/lockfree_vs_hogwild.py", body)
