@@ -20,9 +20,13 @@ from asyncopt.problems.registry import make_problem
 from asyncopt.protocols.base import Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
+from asyncopt.rules.base import Rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
 from asyncopt.runtimes.processes.blocks import BlockChooser, partition
+from asyncopt.runtimes.processes.lockfree import dump_rule
+from asyncopt.runtimes.processes.lockfree_worker import _LockFreeWorker
+from asyncopt.runtimes.processes.shared import SharedCounters
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 
@@ -212,3 +216,92 @@ def test_ticks_of_a_shared_counter_from_two_processes_are_all_counted():
         process.join(timeout=120)
     assert [p.exitcode for p in processes] == [0, 0]
     assert int(count) == 200_000
+
+
+class _Poisoned(Problem):
+    """The quadratic, except that every gradient has a NaN in its first leaf."""
+
+    def __init__(self, inner: Problem) -> None:
+        self.inner, self.num_workers = inner, inner.num_workers
+
+    def init_params(self, generator):
+        return self.inner.init_params(generator)
+
+    def loss_and_grad(self, params, worker, generator):
+        loss, grads = self.inner.loss_and_grad(params, worker, generator)
+        first = next(iter(grads))
+        grads[first] = grads[first].clone()
+        grads[first].view(-1)[0] = float("nan")
+        return loss, grads
+
+    def evaluate(self, params):
+        return self.inner.evaluate(params)
+
+
+def _worker_here(problem: Problem, rule: Rule):
+    """A lock-free worker in this process (no spawn): its pipe's other end, params and state."""
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    state = rule.init(params)
+    counters = SharedCounters(multiprocessing.get_context("spawn"))
+    ours, theirs = multiprocessing.Pipe()
+    options = {"speed": make_speed_model({}, problem.num_workers, 0), "seed": 0,
+               "time_scale": 0.0, "blocks": "whole", "block_fraction": 0.5, "warmup_steps": 0,
+               "max_version": 100}
+    worker = _LockFreeWorker(0, theirs, problem, params, state, dump_rule(rule), counters,
+                             options)
+    return worker, ours
+
+
+def _reported(worker, pipe) -> list[tuple]:
+    worker._flush()
+    kind, rows = pipe.recv()
+    assert kind == "steps"
+    return rows
+
+
+def _raise(*args, **kwargs):
+    raise AssertionError("the functional update was called although the rule has a fused step")
+
+
+@pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.1},
+                                  {"name": "sgd", "lr": 0.1, "max_delay": 3}],
+                         ids=["sgd-fused", "adam-fused", "sgd-chain-functional"])
+def test_a_non_finite_gradient_is_rejected_never_applied(spec):
+    rule = make_rule(spec, 1)
+    worker, pipe = _worker_here(_Poisoned(make_problem(QUADRATIC, 1, 0)), rule)
+    before = {k: v.clone() for k, v in worker.params.items()}
+    state_before = [t.clone() for t in _tensors(worker.state)]
+    for _ in range(3):
+        worker.step(0.0)
+    assert [row[0] for row in _reported(worker, pipe)] == ["reject"] * 3
+    assert worker.counters.version == 0
+    for key, value in before.items():
+        assert torch.equal(worker.params[key], value)
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(worker.state), state_before,
+                                                  strict=True))
+
+
+def test_the_worker_steps_with_the_fused_step_and_falls_back_to_update_and_apply():
+    rule = make_rule({"name": "adam", "lr": 0.05}, 1)
+    fused_only = Rule(rule.init, _raise, rule.step)  # any functional call would fail
+    fused, pipe = _worker_here(make_problem(QUADRATIC, 1, 0), fused_only)
+    functional, other = _worker_here(make_problem(QUADRATIC, 1, 0), rule._replace(step=None))
+    for _ in range(20):
+        fused.step(0.0)
+        functional.step(0.0)
+    assert [row[:2] for row in _reported(fused, pipe)] == [("step", k) for k in range(1, 21)]
+    assert [row[:2] for row in _reported(functional, other)] == [
+        ("step", k) for k in range(1, 21)]
+    for key in fused.params:
+        torch.testing.assert_close(fused.params[key], functional.params[key], rtol=0,
+                                   atol=1e-6)
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in _tensors(value)]
+    if isinstance(state, tuple):
+        return [t for value in state for t in _tensors(value)]
+    return []
