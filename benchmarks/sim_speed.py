@@ -32,7 +32,9 @@ loop evaluates nothing). Goal: (d) ≥ 3 × (a). A lever's share is its factor's
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import os
 import sys
 import time
@@ -189,7 +191,6 @@ def main() -> None:
         "closed-form gradient as one TorchScript call (one thread)": sim["c"] / sim["c1"],
         f"computing ahead on a second core (ahead = {AHEAD})": sim["d"] / sim["c"],
     }
-    log_total = math.log(sim["d"] / plain)
     one = sum(sum(cpu[label, "c"]) for label in methods) / len(methods)
     both = sum(sum(cpu[label, "d"]) for label in methods) / len(methods)
     body = (
@@ -217,9 +218,11 @@ def main() -> None:
         f"{total['d'] / plain:.2f} with them; (c)/(a) = {sim['c'] / plain:.2f} (goal ≥ 3). "
         f"Computing ahead without the GIL-free gradient: (d1)/(c1) = {sim['d1'] / sim['c1']:.2f}."
         "\n\n"
-        "| lever | factor | share of log((d)/(a)) |\n|---|---|---|\n"
-        + "".join(f"| {name} | × {factor:.2f} | {math.log(factor) / log_total:+.0%} |\n"
-                  for name, factor in factors.items())
+        "| lever | factor | rate / (a) with the levers so far |\n|---|---|---|\n"
+        + "".join(f"| {name} | × {factor:.2f} | {cumulative:.2f} |\n"
+                  for (name, factor), cumulative in zip(
+                      factors.items(), itertools.accumulate(factors.values(), operator.mul),
+                      strict=True))
         + "\nCPU time per arrival (µs, least of the rounds, without the evaluations), less "
         "sensitive to the load than wall time; with two free cores (d)'s wall time per arrival "
         "is at least the larger of its two threads' and, since both threads need the GIL for "
