@@ -104,7 +104,8 @@ def copy_cost(seconds: float = 1.0) -> tuple[float, float]:
         built = problem(1, BATCH)
         params = built.init_params(torch.Generator().manual_seed(0))
         generator = worker_generators(0, 1)[0]
-        return (ms_per_call(lambda: built.loss_and_grad(params, 0, generator), seconds, 0),
+        gradient = built.gradient_at(params, 0)
+        return (ms_per_call(lambda: gradient(generator), seconds, 0),
                 ms_per_call(lambda: tree.clone(params), seconds, 0))
 
 
@@ -127,7 +128,8 @@ def step_costs(optimizer: str, seconds: float = 1.0) -> dict[str, float]:
         fused_optimizer = cls(fused.parameters(), **options, fused=True)
         rule = make_rule(spec, 1)
         state = rule.init(params)
-        _, grads = built.loss_and_grad(params, 0, generator)
+        gradient = built.gradient_at(params, 0)  # what the lock-free worker calls
+        _, grads = gradient(generator)
         assert rule.step is not None
 
         def reference() -> None:
@@ -145,7 +147,8 @@ def step_costs(optimizer: str, seconds: float = 1.0) -> dict[str, float]:
         return {name: ms_per_call(work, seconds) for name, work in (
             ("reference step", reference),
             ("its optimizer.step()", reference_optimizer.step),
-            ("gradient (problem.loss_and_grad)", lambda: built.loss_and_grad(params, 0, generator)),
+            ("gradient (problem.gradient_at)", lambda: gradient(generator)),
+            ("the same with functional_call", lambda: built.loss_and_grad(params, 0, generator)),
             ("finiteness check", lambda: tree.all_finite(grads)),
             ("fused step (rule.step)", lambda: rule.step(grads, state, params, delay=0,
                                                          worker=0)),
@@ -211,9 +214,10 @@ What one step costs, one process, one torch thread (ms); ceiling = reference ste
 
 {table}
 
-Where the ratio comes from. **SGD**: the gradient alone costs about what the reference's whole
-step does (functional_call and autograd.grad against module.backward), so the ceiling is near
-1×; the fused step (one in-place pass, as `torch.optim.SGD`'s) replaced the functional update +
+Where the ratio comes from. **SGD**: the worker's gradient goes through a module bound once to
+the shared tensors (`Problem.gradient_at`), as the reference's model is built on them; the
+`functional_call` per step it made before costs more (its column), so the ceiling is near 1×;
+the fused step (one in-place pass, as `torch.optim.SGD`'s) replaced the functional update +
 apply (an allocation and two passes), and the rest is the runtime's: the finiteness check (one
 sum per leaf, a memory pass over the gradient: a single `_foreach_norm(inf)` reduction was 20×
 slower on CPU, `_amp_foreach_non_finite_check_and_unscale_` slower too; measured outside this
@@ -240,7 +244,7 @@ def _ceiling(piece: dict[str, float], fused: bool = False) -> float:
     reference = piece["reference step"]
     if fused:
         reference += piece["torch.optim fused=True step"] - piece["its optimizer.step()"]
-    ours = (piece["gradient (problem.loss_and_grad)"] + piece["finiteness check"]
+    ours = (piece["gradient (problem.gradient_at)"] + piece["finiteness check"]
             + piece["fused step (rule.step)"])
     return reference / ours
 

@@ -8,7 +8,7 @@ depend only on :mod:`asyncopt.tree`; they know nothing of rules, protocols or ru
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,14 @@ class Problem(ABC):
         batched computation is cheaper (the simulator evaluates pending work this way)."""
         return [self.loss_and_grad(params, worker, generator)
                 for worker, generator in zip(workers, generators, strict=True)]
+
+    def gradient_at(self, params: Params, worker: int
+                    ) -> Callable[[torch.Generator], tuple[float, Params]]:
+        """Worker ``worker``'s :meth:`loss_and_grad` at ``params`` as a function of the
+        generator, for callers that differentiate the same tensors again and again while their
+        values change in place (a lock-free worker and the shared model). Override where
+        binding once is cheaper (:mod:`asyncopt.problems.bound`)."""
+        return lambda generator: self.loss_and_grad(params, worker, generator)
 
     @abstractmethod
     def evaluate(self, params: Params) -> dict[str, float]:

@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 from asyncopt import tree
 from asyncopt.errors import ConfigError, check, check_float, check_int
-from asyncopt.problems import batched, running_stats
+from asyncopt.problems import batched, bound, running_stats
 from asyncopt.problems.base import Problem
 from asyncopt.problems.dry_run import dry_run
 from asyncopt.tree import Params
@@ -121,6 +121,15 @@ class SupervisedProblem(Problem):
         grads = torch.autograd.grad(loss, list(leaves.values()))
         value = self._add_l2(loss.item(), grads, params)
         return value, dict(zip(leaves, grads, strict=True))
+
+    def gradient_at(self, params: Params, worker: int) -> bound.Gradient:
+        """:meth:`loss_and_grad` through a module bound once to ``params``
+        (:mod:`asyncopt.problems.bound`), where this class's own gradient runs on the CPU;
+        otherwise (a subclass's gradient, a device) as the base class does."""
+        if type(self).loss_and_grad is not SupervisedProblem.loss_and_grad or (
+                self._on is not None):
+            return super().gradient_at(params, worker)
+        return bound.bound_gradient(self, _build(self.model_factory), params, worker)
 
     def loss_and_grads(self, params: Params, workers: Sequence[int],
                        generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:

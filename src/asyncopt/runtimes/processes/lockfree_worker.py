@@ -19,7 +19,10 @@ accumulator, one momentum buffer. The counter's increments take the counters' lo
 (:func:`~asyncopt.rules.base.share_ticks`), so the shared step count is exact. The gradient is
 computed on the shared tensors directly (``loss_and_grad`` must not modify ``params``; the
 built-in problems detach them): a private copy would cost a full model copy per step and still
-be a torn read of a model that other workers are writing.
+be a torn read of a model that other workers are writing. A supervised problem binds a module to
+the shared tensors once (:meth:`~asyncopt.problems.base.Problem.gradient_at`), as PyTorch's
+``mnist_hogwild`` example builds its model on shared memory, instead of a ``functional_call``
+per step.
 
 The worker stops stepping when the shared stop flag is set or the version reaches the step
 budget, says ``("idle",)``, and waits for a command (STOP). Reports are rows
@@ -61,6 +64,7 @@ class _LockFreeWorker(ReportingWorker):
         self.params, self.state = params, state
         self.rule = pickle.loads(rule)
         share_ticks(counters.lock)  # the rule's shared step counter counts every step exactly
+        self.gradient = problem.gradient_at(params, worker)  # bound once to the shared tensors
         self.chooser = BlockChooser(
             options["blocks"], list(params), [p.numel() for p in params.values()], worker,
             problem.num_workers, seed=options["seed"], block_fraction=options["block_fraction"],
@@ -68,7 +72,7 @@ class _LockFreeWorker(ReportingWorker):
 
     def step(self, now: float) -> None:
         start, read = time.perf_counter(), self.counters.version
-        loss, grads = self.problem.loss_and_grad(self.params, self.worker, self.generator)
+        loss, grads = self.gradient(self.generator)
         kind, names = self.chooser.next(read)
         if not self.pad(start, now):
             return  # a command came while padding: this gradient is abandoned, unapplied
