@@ -19,14 +19,11 @@ replace a slot and delay the first step.
 
 from __future__ import annotations
 
-from typing import Any
-
-from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
-from asyncopt.protocols.state import entry
-from asyncopt.protocols.table import GradientTable
+from asyncopt.protocols.base import Action, Arrival, Reply, Server
+from asyncopt.protocols.table import GradientTable, TableProtocol
 
 
-class IA2SGD(Protocol):
+class IA2SGD(TableProtocol):
     """Replace the sender's slot; once the table is full, step with its mean on every arrival."""
 
     name = "ia2sgd"
@@ -42,15 +39,3 @@ class IA2SGD(Protocol):
             return Reply(Action.BUFFER, start=(arrival.worker,), delay=delay)
         stepped = self.server.step(self.table.average, delay=delay, worker=arrival.worker)
         return Reply(Action.STEP if stepped else Action.DROP, start=(arrival.worker,), delay=delay)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adds the gradient table (:meth:`GradientTable.state_dict`)."""
-        return {**super().state_dict(), "table": self.table.state_dict()}
-
-    def check_state(self, state: Any) -> None:
-        super().check_state(state)
-        self.table.check_state(entry(state, "table", ""), self.server.params, "table")
-
-    def _load_state(self, state: dict[str, Any]) -> None:
-        super()._load_state(state)
-        self.table.load_state_dict(state["table"], self.server.params)

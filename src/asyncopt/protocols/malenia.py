@@ -21,15 +21,12 @@ someone). Malenia reaches the optimal heterogeneous time T_heter.
 
 from __future__ import annotations
 
-from typing import Any
-
 from asyncopt.errors import check_int
-from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
-from asyncopt.protocols.state import entry
-from asyncopt.protocols.table import GradientTable
+from asyncopt.protocols.base import Action, Arrival, Reply, Server
+from asyncopt.protocols.table import GradientTable, TableProtocol
 
 
-class Malenia(Protocol):
+class Malenia(TableProtocol):
     """Collect per-worker means at x_k until the stopping rule holds, step, restart all."""
 
     name = "malenia"
@@ -50,18 +47,6 @@ class Malenia(Protocol):
         stepped = self.server.step(self.table.average, delay=0, worker=arrival.worker)
         self.table.clear()
         return self.restart_all(Action.STEP if stepped else Action.DROP, 0)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adds the gradient table (:meth:`GradientTable.state_dict`)."""
-        return {**super().state_dict(), "table": self.table.state_dict()}
-
-    def check_state(self, state: Any) -> None:
-        super().check_state(state)
-        self.table.check_state(entry(state, "table", ""), self.server.params, "table")
-
-    def _load_state(self, state: dict[str, Any]) -> None:
-        super()._load_state(state)
-        self.table.load_state_dict(state["table"], self.server.params)
 
     def _ready(self) -> bool:
         if not self.table.full:

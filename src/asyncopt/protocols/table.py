@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from asyncopt import tree
+from asyncopt.protocols.base import Protocol
 from asyncopt.protocols.state import entry, integer, need
 from asyncopt.tree import Params
 
@@ -209,3 +210,22 @@ class GradientTable:
         if self._since_exact >= n:
             self._exact_sum(out=self._vector).div_(n)
             self._since_exact = 0
+
+
+class TableProtocol(Protocol):
+    """A protocol that keeps one :class:`GradientTable` in ``self.table`` (IA²SGD, Malenia):
+    its checkpoint state is the base protocol's plus the table's."""
+
+    table: GradientTable
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the gradient table (:meth:`GradientTable.state_dict`)."""
+        return {**super().state_dict(), "table": self.table.state_dict()}
+
+    def check_state(self, state: Any) -> None:
+        super().check_state(state)
+        self.table.check_state(entry(state, "table", ""), self.server.params, "table")
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self.table.load_state_dict(state["table"], self.server.params)

@@ -66,29 +66,8 @@ class DeviceSharedModel(SharedModel):
     def __getstate__(self) -> dict[str, object]:
         return {**super().__getstate__(), "device": self.device}
 
-    def publish(self, params: Params, version: int) -> None:
-        slot, head = version & 1, self._head
-        head[_SEQ + slot] += 1
-        tree.copy_(self._views[slot], params)
-        synchronize(self.device)  # the copy is in memory before the counter says it is whole
-        head[_VERSION + slot] = version
-        head[_SEQ + slot] += 1
-        head[_LATEST] = version
-
-    def read(self, out: Tensor) -> tuple[int, int]:
-        head, retries = self._head, 0
-        while True:
-            latest = int(head[_LATEST])
-            if latest < 0:
-                raise RuntimeError("read before the first publish")
-            slot = latest & 1
-            before = int(head[_SEQ + slot])
-            version = int(head[_VERSION + slot])
-            out.copy_(self.slots[slot])
-            synchronize(out.device, self.device)  # copied before the counter is read again
-            if before % 2 == 0 and int(head[_SEQ + slot]) == before:
-                return version, retries
-            retries += 1
+    def _copied(self, *devices: torch.device) -> None:
+        synchronize(self.device, *devices)  # in memory before the counter says it is whole
 
 
 class DeviceGradientSlots(GradientSlots):

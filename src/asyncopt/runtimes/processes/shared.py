@@ -81,9 +81,14 @@ class SharedModel:
         slot, head = version & 1, self._head
         head[_SEQ + slot] += 1
         tree.copy_(self._views[slot], params)
+        self._copied()
         head[_VERSION + slot] = version
         head[_SEQ + slot] += 1
         head[_LATEST] = version
+
+    def _copied(self, *devices: torch.device) -> None:
+        """Called after each copy into or out of a slot, before the sequence counter is touched
+        again: nothing to wait for in CPU memory (a device's copy must be waited for)."""
 
     @property
     def latest(self) -> int:
@@ -101,6 +106,7 @@ class SharedModel:
             before = int(head[_SEQ + slot])
             version = int(head[_VERSION + slot])
             out.copy_(self.slots[slot])
+            self._copied(out.device)
             if before % 2 == 0 and int(head[_SEQ + slot]) == before:
                 return version, retries
             retries += 1
