@@ -45,6 +45,7 @@ class _ServersWorker(ReportingWorker):
         self.flats = [torch.empty_like(model.slots[0]) for model in models]
         self.params = {name: leaf for flat, model in zip(self.flats, models, strict=True)
                        for name, leaf in tree.unflatten(flat, model.like).items()}
+        self.gradient = problem.gradient_at(self.params, worker)  # bound once to the views
 
     def version(self) -> int:
         """The model's version: the steps every block has applied."""
@@ -53,7 +54,7 @@ class _ServersWorker(ReportingWorker):
     def step(self, now: float) -> None:
         start = time.perf_counter()
         reads = [model.read(flat)[0] for model, flat in zip(self.models, self.flats, strict=True)]
-        loss, grads = self.problem.loss_and_grad(self.params, self.worker, self.generator)
+        loss, grads = self.gradient(self.generator)
         if not self.pad(start, now):
             return  # a command came while padding: this gradient is abandoned, unsent
         if not (math.isfinite(loss) and tree.all_finite(grads)):

@@ -83,6 +83,7 @@ class _Worker:
         self.generator = worker_generators(seed, problem.num_workers)[worker]
         self.flat = torch.empty_like(model.slots[0], device=local_device())  # None: the slots'
         self.params = tree.unflatten(self.flat, model.like)  # views into ``flat``
+        self.gradient = problem.gradient_at(self.params, worker)  # bound once to the views
         self.parent = os.getppid()
 
     def loop(self) -> None:
@@ -99,7 +100,7 @@ class _Worker:
         """Run one job; answer the next command (received early if it superseded this job)."""
         start = time.perf_counter()
         version, retries = self.model.read(self.flat)
-        loss, grads = self.problem.loss_and_grad(self.params, self.worker, self.generator)
+        loss, grads = self.gradient(self.generator)
         if self.time_scale > 0.0:
             target = self.time_scale * self.speed.compute_time(self.worker, now)
             rest = target - (time.perf_counter() - start)
