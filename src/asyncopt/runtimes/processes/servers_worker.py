@@ -67,5 +67,9 @@ class _ServersWorker(ReportingWorker):
             server.send(read)
         answers = [server.recv() for server in self.servers]
         stepped = any(answer[2] for answer in answers)
-        self.report("step" if stepped else "drop", min(answer[0] for answer in answers),
+        # min over the answers alone can miss the last step: workers A and B racing on two
+        # blocks may each be first on one block (answers 300 and 299 each, min 299 for both)
+        # while both blocks end at 300; the published versions, read now, say 300
+        version = max(min(answer[0] for answer in answers), self.version())
+        self.report("step" if stepped else "drop", version,
                     max(answer[1] for answer in answers), loss, start, "whole")
