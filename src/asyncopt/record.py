@@ -113,9 +113,12 @@ class Recorder:
 
     def flush(self) -> None:
         if self._arrivals_file is not None:
-            start, self._flushed = self._flushed, len(self._arrivals)
-            self._arrivals_file.write("".join(_arrival_line(row)
-                                              for row in self._arrivals[start:self._flushed]))
+            end = len(self._arrivals)
+            text = "".join(_arrival_line(row) for row in self._arrivals[self._flushed:end])
+            self._arrivals_file.write(text)
+            # counted as written only once written: a Ctrl-C while the lines are being formatted
+            # must leave them to the final flush, not lose them
+            self._flushed = end
             self._arrivals_file.flush()
         if self._evaluations_file is not None:
             self._evaluations_file.flush()
