@@ -12,6 +12,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 from asyncopt.api import train
 from asyncopt.errors import ConfigError
@@ -297,11 +298,6 @@ def test_the_worker_steps_with_the_fused_step_and_falls_back_to_update_and_apply
                                    atol=1e-6)
 
 
-def _tensors(state) -> list[torch.Tensor]:
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for value in state.values() for t in _tensors(value)]
-    if isinstance(state, tuple):
-        return [t for value in state for t in _tensors(value)]
-    return []
+def _tensors(state: object) -> list[torch.Tensor]:
+    """Every tensor in a rule state (NamedTuples, dicts), in pytree order."""
+    return [t for t in pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+import torch.utils._pytree as pytree
 
 from asyncopt.errors import ConfigError
 from asyncopt.rules import (
@@ -38,14 +38,9 @@ LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.5, "adagrad_n
 DELAYED = {"max_delay": 3, "delay_adaptive": True}
 
 
-def _state_tensors(state: Any) -> list[Tensor]:
-    if isinstance(state, Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for value in state.values() for t in _state_tensors(value)]
-    if isinstance(state, tuple):
-        return [t for value in state for t in _state_tensors(value)]
-    return []
+def _state_tensors(state: object) -> list[torch.Tensor]:
+    """Every tensor in a rule state (NamedTuples, dicts), in pytree order."""
+    return [t for t in pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
 
 
 def _tree(seed: int, scale: float = 1.0) -> Params:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -47,14 +48,9 @@ WITH_STEP = [pytest.param(spec, id=case) for case, spec in FUSED.items()
              if make_rule(spec, 1).step is not None]
 
 
-def _state_tensors(state: Any) -> list[Tensor]:
-    if isinstance(state, Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for value in state.values() for t in _state_tensors(value)]
-    if isinstance(state, tuple):
-        return [t for value in state for t in _state_tensors(value)]
-    return []
+def _state_tensors(state: object) -> list[torch.Tensor]:
+    """Every tensor in a rule state (NamedTuples, dicts), in pytree order."""
+    return [t for t in pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
 
 
 def _problem() -> tuple[nn.Module, Params, Tensor, Tensor]:
