@@ -28,9 +28,9 @@ from asyncopt.api import train
 from asyncopt.problems.datasets import load_dataset
 from asyncopt.rules.base import apply_updates
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.coordinator import Evaluation
 from asyncopt.runtimes.processes import watch
-from asyncopt.runtimes.sim.loop import worker_generators
 
 WORKERS, BATCH, STEPS, WARMUP, REPEATS = 2, 32, 3000, 100, 3
 RULES = {"sgd": ({"name": "sgd", "lr": 0.01}, torch.optim.SGD, {"lr": 0.01}),

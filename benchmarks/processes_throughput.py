@@ -28,9 +28,9 @@ from asyncopt.problems.partition import partition
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.protocols.base import Server
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.common.generators import worker_generators
+from asyncopt.runtimes.common.shared import GradientSlots, SharedModel, template
 from asyncopt.runtimes.coordinator import Evaluation
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedModel, template
-from asyncopt.runtimes.sim.loop import worker_generators
 
 ARRIVALS, SKIP, REPEATS = 1500, 50, 3
 BATCHES = (32, 128)

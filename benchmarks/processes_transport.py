@@ -7,7 +7,7 @@ to the main process, one at a time: the child sends, the main process takes a pr
 answers, the child sends the next (the runtime's ping-pong, without any gradient computation).
 
 * **slot**: the child writes into a shared flat slot and sends a tiny tuple on a pipe; the main
-  process clones the slot (what :class:`asyncopt.runtimes.processes.shared.GradientSlots` does);
+  process clones the slot (what :class:`asyncopt.runtimes.common.shared.GradientSlots` does);
 * **queue**: the child puts a fresh gradient tensor on a ``torch.multiprocessing`` queue, which
   moves its storage into a new shared-memory segment for every message (file descriptor passing).
 """

@@ -48,11 +48,11 @@ from asyncopt.protocols.base import Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
 from asyncopt.runtimes.ray import cluster
 from asyncopt.runtimes.ray.sharded import ShardedRuntime
 from asyncopt.runtimes.registry import RUNTIMES
-from asyncopt.runtimes.sim.loop import worker_generators
 from asyncopt.runtimes.sim.speed import make_speed_model
 
 SIZES = (10_000, 1_000_000)

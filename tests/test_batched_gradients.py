@@ -14,8 +14,8 @@ from asyncopt.api import train
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.coordinator import Evaluation
-from asyncopt.runtimes.sim.loop import worker_generators
 
 CNN = {"name": "cnn", "dataset": "digits", "model": "resnet8", "batch_size": 4}
 

@@ -9,7 +9,7 @@ from torch import nn
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
-from asyncopt.runtimes.sim.loop import worker_generators
+from asyncopt.runtimes.common.generators import worker_generators
 
 
 def _digits(**options) -> SupervisedProblem:

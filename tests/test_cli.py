@@ -6,6 +6,8 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from asyncopt.cli import main
 from asyncopt.record import load
 
@@ -70,7 +72,8 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_ctrl_c_on_the_command_line_leaves_a_readable_run(tmp_path):
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_signal_on_the_command_line_leaves_a_readable_run(tmp_path, name, code):
     import os
     import signal
     import subprocess
@@ -81,16 +84,16 @@ def test_ctrl_c_on_the_command_line_leaves_a_readable_run(tmp_path):
     command = [sys.executable, "-m", "asyncopt.cli", "run", str(config), "--quiet",
                "--out", str(tmp_path / "runs"), "--set", "budget.steps=100000000",
                "--set", "eval.every=1000"]
-    # a background job of a non-interactive shell (as CI may be) inherits SIGINT ignored, and
-    # Python then installs no KeyboardInterrupt handler: give the child the default back
+    # a background job of a non-interactive shell (as CI may be) inherits SIGINT ignored: give
+    # the child the default back; its own session, so that the signal can go to its group
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "runs").glob("*/arrivals.csv")):
         time.sleep(0.2)
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.Signals[name])  # as a terminal, Slurm or systemd sends it
     try:
         out, err = process.communicate(timeout=60)
     finally:
@@ -98,12 +101,14 @@ def test_ctrl_c_on_the_command_line_leaves_a_readable_run(tmp_path):
             process.kill()
             process.communicate()
     report = out.decode() + err.decode()
-    assert process.returncode == 1, report
+    assert process.returncode == code, report
     assert "interrupted" in out.decode(), report
     (run_dir,) = (tmp_path / "runs").iterdir()
     history = load(run_dir)
-    assert history.summary["status"] == "interrupted"
+    assert history.summary["status"] == "interrupted" and history.summary["signal"] == name
     assert history.num_arrivals > 0 and history.num_arrivals == history.summary["arrivals"]
+    assert history.summary["final"] and history.evaluations["version"][-1] == \
+        history.summary["version"]  # the final evaluation was made at the end
 
 
 METHODS = CONFIG + """

@@ -23,11 +23,12 @@ from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
 from asyncopt.rules.base import Rule
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.common.layout import partition
+from asyncopt.runtimes.common.shared import SharedCounters
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
-from asyncopt.runtimes.processes.blocks import BlockChooser, partition
+from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.lockfree import dump_rule
 from asyncopt.runtimes.processes.lockfree_worker import _LockFreeWorker
-from asyncopt.runtimes.processes.shared import SharedCounters
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 
@@ -84,8 +85,11 @@ def test_whole_model_hogwild_shares_one_adam_step_counter():
 
 @pytest.mark.slow
 def test_passm_partition_warms_up_then_alternates_full_and_own_partition():
+    # paced (2 ms a step at least): unpaced, one worker could take every step after the
+    # warm-up before the other one is scheduled (seen on a loaded 2-core machine)
     runtime, _, summary, history = _run(make_problem(MLP, 2, 0), {"name": "sgd", "lr": 0.1},
-                                        200, blocks="partition", warmup_steps=100)
+                                        200, blocks="partition", warmup_steps=100,
+                                        time_scale=0.002)
     _check_trained(summary, history, 200)
     for counts in runtime.block_steps:
         # ≥ 100 shared steps were full; afterwards each worker alternates full / partition

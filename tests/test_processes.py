@@ -19,8 +19,8 @@ from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes.common.shared import SharedModel
 from asyncopt.runtimes.coordinator import Evaluation
-from asyncopt.runtimes.processes.shared import SharedModel
 
 QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
 
@@ -129,7 +129,7 @@ def test_when_every_worker_dies_the_run_fails_with_a_clear_reason():
     with pytest.warns(RuntimeWarning, match="died"):
         result = _train(problem, steps=1000)
     assert result.summary["status"] == "failed"
-    assert "all 2 worker processes died" in result.summary["reason"]
+    assert "all 2 workers died" in result.summary["reason"]
     assert not _workers_left()
 
 

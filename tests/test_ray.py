@@ -31,9 +31,9 @@ from asyncopt.protocols.base import Server  # noqa: E402
 from asyncopt.protocols.registry import make_protocol  # noqa: E402
 from asyncopt.record import Recorder  # noqa: E402
 from asyncopt.rules.registry import make_rule  # noqa: E402
+from asyncopt.runtimes.common.layout import Layout  # noqa: E402
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation  # noqa: E402
 from asyncopt.runtimes.ray import cluster, shm  # noqa: E402
-from asyncopt.runtimes.ray.servers import Layout  # noqa: E402
 from asyncopt.runtimes.registry import make_runtime  # noqa: E402
 from asyncopt.runtimes.sim.speed import make_speed_model  # noqa: E402
 
@@ -286,7 +286,7 @@ def test_block_servers_train_like_one_server_with_delays_from_versions():
 
 
 def test_block_servers_need_asgd_and_at_most_one_server_per_parameter():
-    with pytest.raises(ConfigError, match="'asgd' with runtime_options"):
+    with pytest.raises(ConfigError, match=r"by itself \(asgd\) with runtime_options.servers"):
         _train(make_problem(QUADRATIC, 2, 0), "minibatch", options={"servers": 2}, steps=10)
     with pytest.raises(ConfigError, match="at most the number of parameters"):
         _train(make_problem(QUADRATIC, 2, 0), options={"servers": 11}, steps=10)

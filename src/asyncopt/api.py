@@ -11,6 +11,7 @@ and recorded, whatever built its parts.
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,7 @@ from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import History, Recorder, write_atomic
 from asyncopt.rules.base import Rule
 from asyncopt.rules.registry import make_rule
+from asyncopt.runtimes import signals
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
@@ -112,8 +114,9 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     ``{"name": "adam", "lr": 1e-3}``. ``speed`` is a speed model or a ``[speed]`` spec (default:
     every worker takes 1 s); ``budget`` a :class:`Budget` or its fields; ``evaluation`` an
     :class:`Evaluation` or its fields. ``progress`` shows a bar (default: when stderr is a
-    terminal). A Ctrl-C stops the run cleanly: the history up to that point is written and
-    returned, with ``summary["status"] == "interrupted"``. The trained model comes back as
+    terminal). A Ctrl-C, SIGTERM or SIGHUP stops the run cleanly (:mod:`asyncopt.runtimes.signals`):
+    the history up to that point is written and returned, with ``summary["status"] ==
+    "interrupted"`` and ``summary["signal"]`` its name. The trained model comes back as
     ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``. ``resume`` is a
     checkpoint and its history (:func:`asyncopt.resume.read`): the run goes on from there.
     """
@@ -152,20 +155,23 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
     if resume is not None:
         resuming.restore(coordinator, *resume)
-    try:  # from here on, whatever happens, the run directory ends with a summary
-        if run_path is not None and config is not None:
-            write_atomic(run_path / "config.toml", configuration.dumps(config))
-        engine.run(coordinator)
-        summary = coordinator.finish()
-    except KeyboardInterrupt:
-        summary = coordinator.finish(status="interrupted",
-                                     reason="interrupted by the user (Ctrl-C)")
-    except BaseException as error:
-        coordinator.finish(status="failed", reason=f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+    # from here on, whatever happens, the run directory ends with a summary; a signal (Ctrl-C,
+    # SIGTERM, SIGHUP) ends the run as its budget would
+    with signals.handled(lambda signum: coordinator.interrupt(signal.Signals(signum).name)):
+        try:
+            if run_path is not None and config is not None:
+                write_atomic(run_path / "config.toml", configuration.dumps(config))
+            engine.run(coordinator)
+            summary = coordinator.finish()
+        except KeyboardInterrupt as error:  # a signal where the run could not stop by itself
+            coordinator.interrupt(getattr(error, "name", "SIGINT"))
+            summary = coordinator.finish()
+        except BaseException as error:
+            coordinator.finish(status="failed", reason=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
     if summary["status"] == "diverged":
         warnings.warn(f"run diverged: {summary['reason']}", RuntimeWarning, stacklevel=2)
     history = recorder.history()

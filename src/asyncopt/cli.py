@@ -7,14 +7,15 @@
     asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
 
-Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input;
-130 interrupted outside a run.
+Exit codes: 0 the run completed; 1 it diverged, stalled or failed; 2 bad input; 128 + N when
+a signal N stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), in a run or outside one.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from asyncopt import config as configuration
 from asyncopt.api import Result, resume_run, run
 from asyncopt.errors import ConfigError, check
 from asyncopt.record import History, load
+from asyncopt.runtimes import signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,9 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"asyncopt: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside a run (a run records its own interruption)
+    except KeyboardInterrupt as error:  # outside a run (a run records its own interruption)
         print("asyncopt: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(error, "signum", signal.SIGINT)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -57,7 +59,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         figures = plot_run(result.history, result.run_dir)
         print("figures:  " + ", ".join(str(f) for f in figures))
-    return 0 if result.summary["status"] == "completed" else 1
+    return exit_code(result.summary)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """0 for a completed run, 128 + the signal's number for one a signal stopped, else 1."""
+    if summary["status"] == "completed":
+        return 0
+    if summary["status"] == "interrupted":
+        return 128 + signal.Signals[summary.get("signal", "SIGINT")]
+    return 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -81,6 +92,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       f"a directory without {run_dir.relative_to(out)} (never overwritten)")
                 run_dir.mkdir(parents=True)
                 result = run(resolved, run_dir=run_dir, progress=not args.quiet)
+                signals.reraise(result.summary)
                 print(f"{name:40s} seed {args.seed + seed}: {result.summary['status']}, "
                       f"final loss {result.summary['final'].get('loss', float('nan')):.4g}")
                 groups.setdefault(name, []).append(result.history)
@@ -111,6 +123,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 method_raw, [*args.set, f"seed={args.seed}"]))
             configuration.set_in_method(resolved, "", key, value)
             result = run(configuration.resolve(resolved), save=False, progress=not args.quiet)
+            signals.reraise(result.summary)
             final = result.history.final(args.metric)
             scores[value] = final if result.summary["status"] == "completed" else float("inf")
             print(f"{method or 'config'} {key}={value}: {result.summary['status']}, "

@@ -47,7 +47,7 @@ class History:
 
     @property
     def num_arrivals(self) -> int:
-        return len(self.arrivals["now"])
+        return len(self.arrivals.get("now", ()))
 
     def final(self, metric: str) -> float:
         """The last evaluated, non-NaN value of ``metric`` (NaN when there is none)."""

@@ -40,10 +40,8 @@ again at the start only when no evaluation row was recorded at its version just 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import torch
 import torch.utils._pytree as pytree
@@ -52,66 +50,12 @@ from asyncopt import tree
 from asyncopt.errors import ConfigError
 from asyncopt.protocols.base import Protocol
 from asyncopt.record import History, load
+from asyncopt.runtimes.common.layout import Layout, like
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.snapshot import CHECKPOINT, FORMAT, KEYS, rule_leaves, save, with_rule_leaves
 
-CHECKPOINT = "checkpoint.pt"
-FORMAT = 2  # 2: with the protocol's state ("protocol_state")
-KEYS = ("format", "protocol", "protocol_state", "params", "rule_state", "version", "now",
-        "arrival_budget_count", "arrival_rows", "evaluation_rows", "next_eval", "initial_loss",
-        "blocks")
-_BLOCKS: WeakKeyDictionary[Coordinator, list[dict[str, Any]]] = WeakKeyDictionary()
-
-
-def rule_leaves(state: Any) -> list[Any]:
-    """A rule state's leaves in ``torch.utils._pytree`` order, tensors copied: what a
-    checkpoint saves of it."""
-    leaves, _ = pytree.tree_flatten(state)
-    return [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in leaves]
-
-
-def with_rule_leaves(state: Any, saved: list[Any]) -> Any:
-    """``state`` (as ``rule.init`` builds it) holding checked saved leaves: tensors copied in
-    place, so that the rule's state objects stay the rule's own; numbers replaced."""
-    leaves, spec = pytree.tree_flatten(state)
-    for fresh, value in zip(leaves, saved, strict=True):
-        if isinstance(fresh, torch.Tensor):
-            fresh.copy_(value)
-    return pytree.tree_unflatten(
-        [f if isinstance(f, torch.Tensor) else v for f, v in zip(leaves, saved, strict=True)],
-        spec)
-
-
-def save(coordinator: Coordinator, path: Path, blocks: list[dict[str, Any]] | None = None,
-         ) -> None:
-    """Write the server's state at this moment to ``path``, atomically. With block servers
-    (``runtime_options.servers = K``), ``blocks`` are their snapshots (``block``, ``rule_state``
-    leaves, ``version``): the model is theirs, and ``params`` is their blocks side by side."""
-    server, recorder = coordinator.protocol.server, coordinator.recorder
-    recorder.flush()  # the history position below must be on disk
-    if blocks is None:
-        params, rule_state = server.params, rule_leaves(server.state)
-    else:
-        flat = torch.cat([b["block"].reshape(-1) for b in blocks])
-        params, rule_state = tree.unflatten(flat, server.params), []
-    state = {
-        "format": FORMAT,
-        "protocol": coordinator.protocol.name,
-        "protocol_state": coordinator.protocol.state_dict(),
-        "params": {k: v.detach().clone() for k, v in params.items()},
-        "rule_state": rule_state,
-        "version": server.version,
-        "now": coordinator.now,
-        "arrival_budget_count": coordinator.arrivals,
-        "arrival_rows": len(recorder._arrivals),
-        "evaluation_rows": len(recorder._evaluations),
-        "next_eval": coordinator._next_eval,
-        "initial_loss": coordinator._initial_loss,  # the divergence test's reference
-        "blocks": blocks,
-    }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
-
+__all__ = ["CHECKPOINT", "check", "read", "restore", "resumed_dir", "rule_leaves", "save",
+           "with_rule_leaves"]
 
 def read(run_dir: Path) -> tuple[dict[str, Any], History]:
     """The checkpoint and the recorded history of ``run_dir``, or a ConfigError saying what is
@@ -127,11 +71,13 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
                           f"{type(error).__name__}: {str(error)[:200]}") from error
     if not isinstance(state, dict):
         raise ConfigError("--resume", str(path), "a checkpoint: a dict of the server's state")
-    if state.get("format") != FORMAT:
+    if state.get("format") == 2:  # before the source's state was saved: workers restart
+        state["source"] = None
+    if state.get("format") not in (2, FORMAT):
         raise ConfigError("checkpoint format", state.get("format"),
-                          f"{FORMAT}, the format this asyncopt writes and resumes (with the "
-                          f"protocol's state); {path} was written by another version: resume it "
-                          f"with that version, or start a new run")
+                          f"{FORMAT} or 2, the formats this asyncopt writes and resumes (with "
+                          f"the protocol's state); {path} was written by another version: "
+                          f"resume it with that version, or start a new run")
     missing = [k for k in KEYS if k not in state]
     if missing:
         raise ConfigError("checkpoint keys", sorted(state), f"a checkpoint of format {FORMAT} "
@@ -166,6 +112,26 @@ def check(state: dict[str, Any], protocol: Protocol, servers: int = 1) -> None:
     else:
         _check_blocks(blocks, server)
     protocol.check_state(state["protocol_state"])
+    _check_source(state["source"], protocol.num_workers)
+
+
+def _check_source(source: Any, num_workers: int) -> None:
+    """The driver's job table and the source's state, when the checkpoint has them."""
+    if source is None:
+        return
+    _check(isinstance(source, dict) and isinstance(source.get("runtime"), str)
+           and isinstance(source.get("job_counter"), int), "source state",
+           type(source).__name__, "a dict with runtime, job_counter and jobs")
+    jobs = source.get("jobs")
+    _check(isinstance(jobs, list) and all(
+        isinstance(j, list) and len(j) == 3 and all(isinstance(x, int) for x in j)
+        and 0 <= j[0] < num_workers for j in jobs), "source jobs", jobs,
+        f"[worker, job, version] triples with workers in 0..{num_workers - 1}")
+    generators = source.get("generators")
+    if generators is not None:
+        _check(isinstance(generators, list) and len(generators) == num_workers,
+               "source generators", len(generators) if isinstance(generators, list)
+               else generators, f"one generator state per worker ({num_workers})")
 
 
 def _check_rule_state(fresh: Any, saved: Any, what: str) -> None:
@@ -180,8 +146,6 @@ def _check_rule_state(fresh: Any, saved: Any, what: str) -> None:
 
 def _check_blocks(blocks: list[Any], server: Any) -> None:
     """Each block server's snapshot against the block that ``Layout`` gives it."""
-    from asyncopt.runtimes.ray.servers import Layout, like
-
     layout = Layout(server.params, len(blocks))
     for b, (saved, (lo, hi), pieces) in enumerate(zip(blocks, layout.ranges(), layout.pieces,
                                                        strict=True)):
@@ -196,12 +160,6 @@ def _check_blocks(blocks: list[Any], server: Any) -> None:
         _check_rule_state(fresh, saved.get("rule_state"), f"block {b} rule state")
 
 
-def restored_blocks(coordinator: Coordinator) -> list[dict[str, Any]] | None:
-    """The block servers' snapshots that :func:`restore` put into ``coordinator`` (block
-    servers start from them), or None."""
-    return _BLOCKS.get(coordinator)
-
-
 def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -> None:
     """Put a checked checkpoint's server state into a fresh coordinator (its recorder empty),
     and replay the history up to the checkpoint into its recorder."""
@@ -210,7 +168,8 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
     if blocks is None:
         server.state = with_rule_leaves(server.state, state["rule_state"])
     else:  # the block servers hold the rule's state: they start from these
-        _BLOCKS[coordinator] = blocks
+        coordinator.blocks = blocks
+    coordinator.source_state = state["source"]
     server.params = {k: v.clone() for k, v in state["params"].items()}
     server.version = int(state["version"])
     coordinator.protocol.load_state_dict(state["protocol_state"])  # after the model: it uses it

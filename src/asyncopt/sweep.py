@@ -43,6 +43,7 @@ from asyncopt import config as configuration
 from asyncopt.aggregate import format_table
 from asyncopt.api import run
 from asyncopt.errors import check, check_choice
+from asyncopt.runtimes import signals
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def run_sweep(raw: Mapping[str, Any], x: tuple[str, Sequence[Any]],
                     resolved = configuration.resolve(configuration.apply_overrides(
                         method_raw, [*overrides, *extra]))
                     summary = run(resolved, save=False).summary
+                    signals.reraise(summary)
                     point = Point(name, "" if s_value is None else str(s_value), value, seed,
                                   summary["status"], dict(summary["final"]),
                                   float(summary["mean_delay"]), float(summary["max_delay"]),

@@ -37,6 +37,7 @@ class ArtificialDelayASGD(ASGD):
     """ASGD whose workers compute at a model drawn uniformly from the last ``window`` versions."""
 
     needs_model_for = True
+    needs_server = True  # the server hands out older models: only a central one can
 
     def __init__(self, server: Server, num_workers: int, window: int,
                  seed: int | None = None) -> None:
@@ -60,6 +61,10 @@ class ArtificialDelayASGD(ASGD):
         if self.server.version != before:
             self._versions.append((self.server.version, self.server.params))
         return reply
+
+    def proceed(self) -> None:
+        super().proceed()
+        self._handed = set(self.in_flight)  # the simulator restored their jobs as handed out
 
     def model_for(self, worker: int) -> tuple[int, Params]:
         version, params = self._versions[int(self._rng.integers(len(self._versions)))]

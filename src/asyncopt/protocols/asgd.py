@@ -19,6 +19,7 @@ class ASGD(Protocol):
     """Step on every arrival; the sender restarts at the new model."""
 
     name = "asgd"
+    needs_server = False  # each arrival is one step: lock-free workers and block servers run it
 
     def receive(self, arrival: Arrival, delay: int) -> Reply:
         stepped = self.server.step(arrival.grads, delay=delay, worker=arrival.worker)

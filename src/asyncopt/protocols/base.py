@@ -103,6 +103,10 @@ class Protocol(ABC):
     needs_every_worker: bool = False
     """True when the update needs a contribution from every worker (Malenia, Ringleader,
     IA²SGD): such a protocol cannot go on once a worker is lost."""
+    needs_server: bool = True
+    """True when one central server must see every arrival (to buffer, wait for several
+    workers, cancel, or hand out models); False when each arrival is a step of its own that
+    lock-free workers or block servers can apply where they are (asgd)."""
     needs_model_for: bool = False
     """True when a worker must compute at the model :meth:`model_for` hands out (the artificial
     delay): only a runtime that asks it (``asks_model_for``) can run the protocol."""
@@ -124,6 +128,11 @@ class Protocol(ABC):
         start = sorted(self.in_flight) if self._resumed else range(self.num_workers)
         self._resumed = False
         return self._track(Reply(start=tuple(start)))
+
+    def proceed(self) -> None:
+        """Instead of :meth:`begin` after :meth:`load_state_dict`, when the runtime restored
+        the work in flight too (the simulator): ``in_flight`` stays as saved."""
+        self._resumed = False
 
     def handle(self, arrival: Arrival) -> Reply:
         """Process one arrival; the worker that sent it is no longer in flight."""

@@ -18,16 +18,19 @@ Without stops it equals ``asgd`` with the rule option ``max_delay = R − 1``.
 
 Cost: the computations to stop are found through a queue of (start version, worker) in start
 order, which is also version order, so each step pops only the expired ones: O(1) amortized
-per arrival, never a scan of all n workers. The queue holds only computations in flight, so a
-checkpoint saves nothing of Ringmaster's own: at a resume the workers restart at the restored
-version (:meth:`~asyncopt.protocols.base.Protocol.load_state_dict`) and ``begin`` queues them.
+per arrival, never a scan of all n workers. A checkpoint saves the queue: a resume that restarts
+the workers at the restored version (:meth:`~asyncopt.protocols.base.Protocol.load_state_dict`)
+queues them again at ``begin`` (the saved entries are then stale and skipped), and the
+simulator's exact resume, whose computations go on, needs it as it was.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from asyncopt.errors import check, check_int
+from asyncopt.protocols import state as saved
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply, Server
 
 
@@ -45,9 +48,6 @@ class Ringmaster(Protocol):
         self.stops = stops
         self._started: deque[tuple[int, int]] = deque()  # (version, worker), in start order
 
-    def begin(self) -> Reply:
-        return self._note_starts(super().begin())
-
     def handle(self, arrival: Arrival) -> Reply:
         # every start, including the restart of a rejected (non-finite) arrival, is queued
         return self._note_starts(super().handle(arrival))
@@ -60,6 +60,30 @@ class Ringmaster(Protocol):
         expired = self._expired() if stepped and self.stops else ()
         return Reply(Action.STEP if stepped else Action.DROP, start=(worker, *expired),
                      cancel=expired, delay=delay)
+
+    def begin(self) -> Reply:
+        if self._resumed:  # every computation in flight restarts now, and is queued again
+            self._started.clear()
+        return self._note_starts(super().begin())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the queue of the computations in flight, in start order (stale entries left)."""
+        live = [[v, w] for v, w in self._started if self.in_flight.get(w) == v]
+        return {**super().state_dict(), "started": live}
+
+    def check_state(self, state: Any) -> None:
+        super().check_state(state)
+        started = state.get("started", []) if isinstance(state, dict) else []
+        saved.need(isinstance(started, list) and all(
+            isinstance(p, list | tuple) and len(p) == 2 for p in started), "started", started,
+            "a list of [version, worker] pairs")
+        for version, worker in started:  # a worker may be queued more than once (stale)
+            saved.integer(version, "started")
+            saved.integer(worker, "started", maximum=self.num_workers - 1)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        super()._load_state(state)
+        self._started = deque((int(v), int(w)) for v, w in state.get("started", []))
 
     def _expired(self) -> tuple[int, ...]:
         """Workers whose current computation started at a version ≤ version − R."""

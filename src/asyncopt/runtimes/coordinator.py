@@ -4,6 +4,7 @@ A runtime only decides *where gradients come from and on what clock*. Everything
 when one arrives is here, written once:
 
     coordinator.begin(now)                -> Reply (who starts)
+    coordinator.proceed()                 -> Reply (a resumed run's work in flight goes on)
     coordinator.advance(now) -> bool      (time-based evaluations; False once the time budget ends)
     coordinator.arrive(now, arrival)      -> Reply (protocol.handle + one history row + evaluation)
     coordinator.cancelled(now, worker, version)   (a cancelled computation, one history row)
@@ -87,6 +88,13 @@ class Coordinator:
         self._last_metrics: dict[str, float] = {}
         self._wall_start = time.perf_counter()
         self.now = 0.0
+        self.signal: str | None = None  # the signal that interrupted the run, if one did
+        self.blocks: list[dict[str, Any]] | None = None
+        """Block servers' states restored from a checkpoint (:mod:`asyncopt.resume`): the
+        block servers start from them."""
+        self.source_state: dict[str, Any] | None = None
+        """An event source's state and the driver's job table restored from a checkpoint:
+        the simulator continues from them exactly (:mod:`asyncopt.runtimes.driver`)."""
 
     @property
     def version(self) -> int:
@@ -97,6 +105,12 @@ class Coordinator:
         if math.isnan(self._initial_loss):  # else restored from a checkpoint (resume.restore)
             self._initial_loss = self._last_metrics.get("loss", math.nan)
         return self.protocol.begin()
+
+    def proceed(self) -> Reply:
+        """Instead of :meth:`begin`, for a run resumed with its work in flight (the
+        simulator): as if it had never stopped, nothing is evaluated and nobody starts."""
+        self.protocol.proceed()
+        return Reply()
 
     def advance(self, now: float) -> bool:
         """Move the clock to ``now`` (before the event at ``now`` is handled): run time-based
@@ -157,7 +171,7 @@ class Coordinator:
         reply = self.protocol.lose(worker)
         self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.LOST.value, 0.0)
         if not self.protocol.alive:
-            self.stop("every worker died", status="failed")
+            self.stop(f"all {self.protocol.num_workers} workers died", status="failed")
         elif self.protocol.needs_every_worker:
             self.stop(f"worker {worker} died and protocol {self.protocol.name!r} needs a "
                       f"gradient from every worker; use asgd, minibatch, rennala or ringmaster "
@@ -182,6 +196,13 @@ class Coordinator:
         if self.stop_reason is None:
             self.stop_reason, self.status = reason, status
 
+    def interrupt(self, signal_name: str) -> None:
+        """A signal asks the run to stop (:mod:`asyncopt.runtimes.signals`): it ends as at its
+        budget, with status ``interrupted`` (whatever else was stopping it)."""
+        how = "the user (Ctrl-C)" if signal_name == "SIGINT" else signal_name
+        self.signal, self.status = signal_name, "interrupted"
+        self.stop_reason = f"interrupted by {how}"
+
     def finish(self, now: float | None = None, status: str | None = None,
                reason: str | None = None) -> dict[str, Any]:
         """Evaluate the final model (unless just done or diverged) and write the summary."""
@@ -189,6 +210,8 @@ class Coordinator:
             self.status = status
         if reason is not None:
             self.stop_reason = reason
+        if self.status != "interrupted":
+            self.signal = None
         now = self.now if now is None else now
         if self.status not in ("diverged", "failed") and tree.all_finite(
                 self.protocol.server.params):
@@ -208,6 +231,8 @@ class Coordinator:
             "arrivals_per_second": arrivals / wall if wall > 0 else math.nan,
             "final": dict(self._last_metrics),
         }
+        if self.signal is not None:
+            summary["signal"] = self.signal
         self.recorder.finish(summary)
         return summary
 

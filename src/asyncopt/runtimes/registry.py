@@ -1,44 +1,34 @@
 """Runtimes by name: where gradients come from, and on what clock.
 
-A runtime is built by ``make_runtime(name, problem, speed, seed, options)`` and exposes
-
-    runtime.run(coordinator)   # drive the coordinator until it says stop
-    runtime.now                # the runtime's clock (virtual seconds, or wall seconds)
-
-Everything else (protocol, history, evaluation, budget) is the coordinator's, so a method written
-once runs in every runtime. A runtime module registers itself here with :func:`register`; only
-the registry imports runtime modules, and only when asked for one.
+A runtime is built by ``make_runtime(name, problem, speed, seed, options)``: an event source
+(:class:`~asyncopt.runtimes.source.EventSource`) whose ``run(coordinator)`` hands it to the one
+driver (:mod:`asyncopt.runtimes.driver`). Everything else (protocol, history, evaluation,
+budget) is the coordinator's, so a method written once runs in every runtime. A runtime module
+is named here with its option defaults; only the registry imports runtime modules, and only when
+asked for one.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from asyncopt.errors import check_choice, check_keys
 from asyncopt.problems.base import Problem
-from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.source import EventSource
 
-
-class Runtime(Protocol):
-    name: str
-    now: float
-    asks_model_for: bool
-    """Whether each worker starts at ``coordinator.protocol.model_for(worker)`` (the simulator,
-    Ray with one server), rather than at whatever model it reads itself."""
-
-    def run(self, coordinator: Coordinator) -> None: ...
-
+Runtime = EventSource
 
 RuntimeFactory = Callable[..., Runtime]
 
 RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1, "batch": 1, "ahead": 0}),
+    "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1, "batch": 1, "ahead": 0,
+                                           "checkpoint_every": 0}),
     "processes": ("asyncopt.runtimes.processes.runtime",
                   {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
                    "mode": "server", "blocks": "whole", "block_fraction": 0.5,
-                   "warmup_steps": 0, "servers": 1, "device": "cpu"}),
+                   "warmup_steps": 0, "servers": 1, "device": "cpu", "checkpoint_every": 0}),
     "ray": ("asyncopt.runtimes.ray.runtime",
             {"address": "", "time_scale": 0.0, "max_restarts": 3, "checkpoint_every": 0,
              "worker_cpus": 1.0, "placement": "default", "startup_timeout": 120.0,

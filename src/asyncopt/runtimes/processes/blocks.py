@@ -28,36 +28,9 @@ import numpy as np
 import torch
 
 from asyncopt.errors import check
+from asyncopt.runtimes.common.layout import partition
 
 BLOCKS = ("whole", "partition", "random")
-
-
-def partition(sizes: Sequence[int], parts: int) -> list[range]:
-    """Split leaves ``0..L−1`` (sizes ``s_j``) into ``parts`` contiguous non-empty runs that
-    minimize the largest run's total size ``max_i Σ_{j∈run i} s_j`` (the linear partition problem,
-    solved exactly by dynamic programming in O(parts · L²); L is the number of tensors)."""
-    count = len(sizes)
-    if not 1 <= parts <= count:
-        raise ValueError(f"cannot split {count} tensors into {parts} non-empty parts")
-    prefix = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-    # best[p][j]: the smallest largest-part size splitting the first j leaves into p parts
-    best = np.full((parts + 1, count + 1), np.iinfo(np.int64).max, dtype=np.int64)
-    cut = np.zeros((parts + 1, count + 1), dtype=np.int64)
-    best[0][0] = 0
-    for p in range(1, parts + 1):
-        for j in range(p, count + 1):
-            for i in range(p - 1, j):
-                if best[p - 1][i] == np.iinfo(np.int64).max:
-                    continue
-                value = max(int(best[p - 1][i]), int(prefix[j] - prefix[i]))
-                if value < best[p][j]:
-                    best[p][j], cut[p][j] = value, i
-    runs, end = [], count
-    for p in range(parts, 0, -1):
-        start = int(cut[p][end])
-        runs.append(range(start, end))
-        end = start
-    return runs[::-1]
 
 
 def check_blocks(blocks: str, num_leaves: int, num_workers: int) -> None:
@@ -98,12 +71,3 @@ class BlockChooser:
             if not self._alternate:
                 return "partition", self.own
         return "whole", self.names
-
-
-def check_block_servers_protocol(name: str) -> None:
-    """Concurrent parameter servers (processes and Ray) run only ``asgd``: each block's server
-    steps on every arrival by itself, and no one server could buffer, wait or synchronize."""
-    check(name == "asgd", "protocol.name", name,
-          "'asgd' with runtime_options.servers > 1 (each block's server steps on every "
-          "arrival by itself; there is no one server to buffer or synchronize): use "
-          "servers = 1 for other protocols")

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from asyncopt import tree
+from asyncopt.runtimes.common.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.processes.device import DevicePlan, local_device, synchronize
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.tree import Params
 
 _LATEST, _SEQ, _VERSION = 0, 1, 3  # the header of shared.SharedModel

@@ -11,7 +11,8 @@ state of a Hogwild loop with one ``torch.optim`` object per process.
 The main process only watches and records (:mod:`.watch`): it evaluates the shared model (read
 without a lock, like the workers' reads) and records every step a worker reports.
 
-Only ``protocol = "asgd"`` makes sense here: there is no server to buffer, wait or cancel.
+Only a protocol that steps on every arrival by itself (``asgd``) runs here: there is no server to
+buffer, wait or cancel (``Protocol.needs_server``).
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import torch
 import torch.multiprocessing as mp
 
-from asyncopt.errors import ConfigError, check
+from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.rules.base import Rule
+from asyncopt.runtimes.common.serverless import require_serverless
+from asyncopt.runtimes.common.shared import share_tree
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import check_blocks
 from asyncopt.runtimes.processes.device import DevicePlan, place, restore
 from asyncopt.runtimes.processes.device_shared import shared_counters
 from asyncopt.runtimes.processes.lockfree_worker import lockfree_main
 from asyncopt.runtimes.processes.pool import WorkerPool
-from asyncopt.runtimes.processes.shared import share_tree
 from asyncopt.runtimes.processes.watch import Watcher
 
 
@@ -59,19 +60,17 @@ class LockFreeRuntime(Watcher):
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale,
                         "blocks": blocks, "block_fraction": block_fraction,
                         "warmup_steps": warmup_steps}
+        self._server: Any = None
 
-    def run(self, coordinator: Coordinator) -> None:
-        """Share the model and state, start the workers, record until stop, stop them."""
-        name = coordinator.protocol.name
-        check(name == "asgd", "protocol.name", name,
-              "'asgd' with runtime_options.mode = 'lockfree' (workers apply their own updates; "
-              "there is no server to buffer or synchronize): use mode = 'server' for it")
+    def open(self, coordinator: Coordinator) -> None:
+        """Share the model and state, start the workers."""
         server = coordinator.protocol.server
+        require_serverless(coordinator.protocol, "runtime_options.mode", "lockfree")
         check_blocks(self.blocks, len(server.params), self.problem.num_workers)
+        self._server = server
         place(self.devices, server, self.problem)  # on a GPU, the shared tensors are IPC'd
         self.state = share_tree(server.state)
         self.params = share_tree(server.params)
-        self._version = server.version
         budget = coordinator.budget.steps
         options = {**self.options, "max_version": budget if budget is not None else 2**62}
         self.counters = shared_counters(self.devices, mp.get_context(self.start_method))
@@ -80,12 +79,12 @@ class LockFreeRuntime(Watcher):
                                (self.problem, self.params, self.state, dump_rule(server.rule),
                                 self.counters, options), start_method=self.start_method,
                                devices=self.devices)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in server mode: the cores are the workers'
-        try:
-            self.watch(coordinator, self.startup_timeout)
-        finally:
+        self.ready(coordinator, self.startup_timeout)
+
+    def close(self) -> None:
+        if getattr(self, "counters", None) is not None:
             self.counters.stop()
+        if getattr(self, "pool", None) is not None:
             self.pool.close()
-            torch.set_num_threads(threads)
-            restore(self.devices, server, self.problem)
+        if self._server is not None:
+            restore(self.devices, self._server, self.problem)

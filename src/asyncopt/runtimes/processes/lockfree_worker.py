@@ -42,8 +42,8 @@ from typing import Any
 from asyncopt import tree
 from asyncopt.problems.base import Problem
 from asyncopt.rules.base import State, apply_updates, share_ticks
+from asyncopt.runtimes.common.shared import SharedCounters
 from asyncopt.runtimes.processes.blocks import BlockChooser
-from asyncopt.runtimes.processes.shared import SharedCounters
 from asyncopt.runtimes.processes.worker import ReportingWorker, guarded
 from asyncopt.tree import Params
 

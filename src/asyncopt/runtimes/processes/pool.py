@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import pickle
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -28,13 +27,12 @@ from torch import Tensor
 from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.user import check_portable
-from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.device import DevicePlan, worker_args
 from asyncopt.runtimes.processes.worker import STOP
 
 _JOIN_TIMEOUT = 2.0  # seconds a stopped worker gets to exit before it is terminated
 
-Event = tuple[int, str, tuple[Any, ...]]
+Message = tuple[int, str, tuple[Any, ...]]
 """(worker, kind, payload): kind the worker's message (``"grad"``, ``"steps"``, ``"idle"``,
 ``"error"``), or ``"dead"``."""
 
@@ -59,18 +57,6 @@ def check_picklable(problem: Problem) -> None:
             f"functools.partial of one") from error
 
 
-POLL = 0.05  # seconds: how often the main process wakes for time-based evaluations and budgets
-
-
-def poll_timeout(coordinator: Coordinator, started: float) -> float:
-    """How long the main process may wait for worker events: ``POLL``, or less when the time
-    budget (wall seconds since ``started``, a ``perf_counter`` value) ends sooner."""
-    limit = coordinator.budget.time
-    if limit is None:
-        return POLL
-    return min(POLL, max(0.0, limit - (time.perf_counter() - started)) + 1e-3)
-
-
 class WorkerPool:
     """``num_workers`` worker processes, their pipes, and whether each is still alive."""
 
@@ -83,7 +69,6 @@ class WorkerPool:
         context = mp.get_context(start_method)
         target, args, own = worker_args(devices, target, args, own, num_workers)
         self.num_workers = num_workers
-        self.died: list[int] = []
         self.processes: list[Any] = []
         self.conns: list[Connection] = []
         self.alive = [False] * self.num_workers
@@ -130,7 +115,7 @@ class WorkerPool:
             return False
         return True
 
-    def events(self, timeout: float) -> list[Event]:
+    def events(self, timeout: float) -> list[Message]:
         """Messages and deaths of live workers, waiting at most ``timeout`` seconds for one."""
         return self._poll([w for w in range(self.num_workers) if self.alive[w]], timeout)
 
@@ -140,18 +125,6 @@ class WorkerPool:
         process = self.processes[worker]
         process.join(timeout=_JOIN_TIMEOUT)
         return process.exitcode
-
-    def bury(self, worker: int, now: float, coordinator: Coordinator) -> None:
-        """A worker died: forget it, warn, and fail the run if it was the last one."""
-        code = self.mark_dead(worker)
-        self.died.append(worker)
-        alive = sum(self.alive)
-        warnings.warn(f"worker process {worker} died (exit code {code}) at {now:.3f} s; "
-                      f"{alive} of {self.num_workers} workers left", RuntimeWarning,
-                      stacklevel=3)
-        if alive == 0:
-            coordinator.stop(f"all {self.num_workers} worker processes died "
-                             f"(workers {sorted(self.died)})", status="failed")
 
     def close(self) -> None:
         """Stop every worker: STOP, join with a timeout, then terminate, then kill."""
@@ -169,12 +142,12 @@ class WorkerPool:
             conn.close()
             self.alive[worker] = False
 
-    def _poll(self, workers: Any, timeout: float) -> list[Event]:
+    def _poll(self, workers: Any, timeout: float) -> list[Message]:
         by_object: dict[Any, tuple[int, bool]] = {}
         for worker in workers:
             by_object[self.conns[worker]] = (worker, True)
             by_object[self.processes[worker].sentinel] = (worker, False)
-        events: list[Event] = []
+        events: list[Message] = []
         dead: set[int] = set()
         for ready in wait(list(by_object), timeout):
             worker, is_pipe = by_object[ready]

@@ -33,142 +33,106 @@ moved back to the CPU before :meth:`ProcessRuntime.run` returns.
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-import torch
 
 from asyncopt.errors import check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
-from asyncopt.protocols.base import Arrival, Reply
+from asyncopt.runtimes.common.shared import template
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
 from asyncopt.runtimes.processes.device import DevicePlan, check_plan, place, plan_devices, restore
 from asyncopt.runtimes.processes.device_shared import gradient_slots, shared_model
 from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
-from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable, poll_timeout
+from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable
 from asyncopt.runtimes.processes.servers import ServersRuntime
-from asyncopt.runtimes.processes.shared import GradientSlots, template
 from asyncopt.runtimes.processes.worker import CANCEL, worker_main
+from asyncopt.runtimes.source import Arrived, Event, Lost, RealTimeSource
+from asyncopt.tree import Params
 
 
-class ProcessRuntime:
-    """Drives a coordinator with gradients from ``problem.num_workers`` worker processes."""
+class ProcessRuntime(RealTimeSource):
+    """Gradients from ``problem.num_workers`` worker processes; the main process is the server."""
 
     name = "processes"
     asks_model_for = False  # workers read the latest published model themselves
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
-                 time_scale: float, startup_timeout: float,
+                 time_scale: float, startup_timeout: float, checkpoint_every: int,
                  devices: DevicePlan | None = None) -> None:
+        super().__init__()
         self.problem, self.speed, self.seed = problem, speed, seed
         self.devices = devices  # None: the CPU (see .device for a GPU)
         self.start_method, self.time_scale = start_method, time_scale
-        self.startup_timeout = startup_timeout
-        self.now = 0.0
+        self.startup_timeout, self.checkpoint_every = startup_timeout, checkpoint_every
         self.read_retries = 0  # torn model reads that the seqlock caught and repeated
-        self._jobs: list[int | None] = [None] * problem.num_workers  # current job, or idle
-        self._started: list[int] = [0] * problem.num_workers  # version at the current job's start
-        self._job_counter = 0
         self._published = -1
+        self._cancelled: set[int] = set()
+        self._server: Any = None
 
-    def run(self, coordinator: Coordinator) -> None:
-        """Start the workers, serve their gradients until the coordinator says stop, stop them."""
-        server = coordinator.protocol.server
+    def open(self, coordinator: Coordinator) -> None:
+        """Move the server to its device, share the model, start the workers, publish."""
+        self._server = server = coordinator.protocol.server
         place(self.devices, server, self.problem)
-        try:
-            self._serve(coordinator)
-        finally:
-            restore(self.devices, server, self.problem)
-
-    def _serve(self, coordinator: Coordinator) -> None:
-        params = coordinator.protocol.server.params
-        self.model = shared_model(self.devices, template(params))
-        slots = gradient_slots(self.devices, self.model.like, self.problem.num_workers)
+        self.model = shared_model(self.devices, template(server.params))
+        self.slots = gradient_slots(self.devices, self.model.like, self.problem.num_workers)
         self.pool = WorkerPool(self.problem.num_workers, worker_main,
-                               (self.problem, self.model, slots, self.speed, self.seed,
+                               (self.problem, self.model, self.slots, self.speed, self.seed,
                                 self.time_scale), start_method=self.start_method,
                                devices=self.devices)
-        threads = torch.get_num_threads()
-        # The server's work per arrival is memory-bound and small; with several intra-op threads
-        # it waits for threads the OS lent to the workers (an 800 KB clone took 9 ms instead of
-        # 0.05 ms on a loaded 2-core machine), so it runs on one thread while they compute.
-        torch.set_num_threads(1)
-        try:
-            self.pool.wait_ready(self.startup_timeout)
-            self._t0 = time.perf_counter()
-            self._publish(coordinator)
-            self._apply(coordinator, coordinator.begin(self.now))
-            while coordinator.stop_reason is None:
-                if not any(job is not None for job in self._jobs):
-                    self._stalled(coordinator)
-                    break
-                events = self.pool.events(poll_timeout(coordinator, self._t0))
-                self.now = time.perf_counter() - self._t0
-                if not coordinator.advance(self.now):
-                    break
-                for worker, kind, payload in events:
-                    if coordinator.stop_reason is not None:
-                        break
-                    if kind == "grad":
-                        self._arrive(coordinator, worker, slots, *payload)
-                    elif kind == "dead":
-                        self._died(coordinator, worker)
-                    else:
-                        raise RuntimeError(f"worker process {worker} raised:\n{payload[0]}")
-        finally:
-            self.pool.close()
-            torch.set_num_threads(threads)
+        self.pool.wait_ready(self.startup_timeout)
+        self.clock.reset(coordinator.now)
+        self._publish(server.version, server.params)
 
-    def _arrive(self, coordinator: Coordinator, worker: int, slots: GradientSlots, job: int,
-                version: int, loss: float, compute_time: float, retries: int) -> None:
-        if job != self._jobs[worker]:
-            return  # a cancelled or superseded job: its slot may already hold newer work
-        self._jobs[worker] = None
-        self.read_retries += retries
-        arrival = Arrival(worker, version, slots.take(worker), loss, compute_time)
-        self._apply(coordinator, coordinator.arrive(self.now, arrival))
+    def start(self, worker: int, job: int, version: int, params: Params) -> bool:
+        self._publish(version, params)  # before the start: a worker never reads an older model
+        self._cancelled.discard(worker)  # the new job supersedes the old one
+        if self.pool.send(worker, job, self.now()):
+            return True
+        self._bury(worker)
+        return False
 
-    def _apply(self, coordinator: Coordinator, reply: Reply) -> None:
-        self._publish(coordinator)  # before any start: a worker never reads an older model
-        for worker in reply.cancel:
-            if self._jobs[worker] is not None:
-                coordinator.cancelled(self.now, worker, self._started[worker])
-                self._jobs[worker] = None
-                if worker not in reply.start:
-                    self.pool.send(worker, CANCEL, self.now)
-        for worker in reply.start:
-            if not self.pool.alive[worker]:
-                continue  # a dead worker cannot start; its death was recorded once
-            self._job_counter += 1
-            self._jobs[worker], self._started[worker] = self._job_counter, coordinator.version
-            if not self.pool.send(worker, self._job_counter, self.now):
-                self._died(coordinator, worker)
+    def cancel(self, worker: int, job: int) -> None:
+        self._cancelled.add(worker)  # sent at the next wait, unless a new job comes first
 
-    def _publish(self, coordinator: Coordinator) -> None:
-        if coordinator.version != self._published:
-            self._published = coordinator.version
-            self.model.publish(coordinator.protocol.server.params, self._published)
+    def wait(self, timeout: float) -> list[Event]:
+        for worker in self._cancelled:
+            self.pool.send(worker, CANCEL, self.now())
+        self._cancelled.clear()
+        events: list[Event] = []
+        for worker, kind, payload in self.pool.events(timeout):
+            if kind == "grad":
+                job, version, loss, compute_time, retries = payload
+                self.read_retries += retries
+                events.append(Arrived(worker, job, version, compute_time, loss))
+            elif kind == "dead":
+                if self.pool.alive[worker]:
+                    events.append(Lost(worker, self._bury(worker)))
+            else:
+                raise RuntimeError(f"worker process {worker} raised:\n{payload[0]}")
+        return events
 
-    def _died(self, coordinator: Coordinator, worker: int) -> None:
-        if not self.pool.alive[worker]:
-            return
-        if self._jobs[worker] is not None:
-            coordinator.cancelled(self.now, worker, self._started[worker])
-            self._jobs[worker] = None
-        self.pool.bury(worker, self.now, coordinator)
-        self._apply(coordinator, coordinator.lost(self.now, worker))
+    def receive(self, arrived: Arrived) -> tuple[float, Params]:
+        return arrived.payload, self.slots.take(arrived.worker)
 
-    def _stalled(self, coordinator: Coordinator) -> None:
-        died = self.pool.died
-        lost = f"; worker(s) {sorted(died)} died and the protocol waits for them" if died else ""
-        coordinator.stop(f"no worker is computing: the protocol left every worker idle{lost}",
-                         status="stalled")
+    def close(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+        if self._server is not None:
+            restore(self.devices, self._server, self.problem)
+
+    def _publish(self, version: int, params: Params) -> None:
+        if version != self._published:
+            self._published = version
+            self.model.publish(params, version)
+
+    def _bury(self, worker: int) -> str:
+        return f"worker process {worker} died (exit code {self.pool.mark_dead(worker)})"
 
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int, servers: int, device: str
+          warmup_steps: int, servers: int, device: str, checkpoint_every: int
           ) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
@@ -187,7 +151,9 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     * ``servers`` (server mode only): K ≥ 1 server processes, one per block of tensors
       (:mod:`.servers`, protocol ``asgd`` only); 1 = the main process is the one server;
     * ``device``: ``cpu`` (default), ``cuda``, ``cuda:K``, or a list of them, one per worker
-      round-robin (:mod:`.device`: written for GPUs, never run on one yet).
+      round-robin (:mod:`.device`: written for GPUs, never run on one yet);
+    * ``checkpoint_every``: write ``RUN_DIR/checkpoint.pt`` every N steps (0: never), for
+      ``asyncopt run --resume`` (server mode with one server).
     """
     plan = plan_devices(device, problem.num_workers)
     check(plan is not None or problem.device.type == "cpu", "runtime_options.device", device,
@@ -206,6 +172,11 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
                                  strict_minimum=True)
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
     servers = check_int("runtime_options.servers", servers, 1)
+    checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
+    check(not checkpoint_every or (mode == "server" and servers == 1),
+          "runtime_options.checkpoint_every", checkpoint_every,
+          "0 with mode = 'lockfree' or servers > 1 (their checkpoints are not written yet); "
+          "checkpoints work with mode = 'server' and servers = 1")
     if plan is not None:
         check_plan(plan, device, problem, mode=mode, servers=servers)
     if mode == "server":
@@ -214,7 +185,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
             return ServersRuntime(problem, speed, seed, **common, servers=servers)
-        return ProcessRuntime(problem, speed, seed, **common, devices=plan)
+        return ProcessRuntime(problem, speed, seed, **common, devices=plan,
+                              checkpoint_every=checkpoint_every)
     check(servers == 1, "runtime_options.servers", servers,
           "1 with mode = 'lockfree' (there is no server: the workers step the model)")
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers

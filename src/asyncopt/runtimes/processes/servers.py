@@ -40,26 +40,27 @@ import pickle
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import torch
 import torch.multiprocessing as mp
 
 from asyncopt.errors import check
 from asyncopt.problems.base import Problem
 from asyncopt.rules.base import apply_updates
-from asyncopt.runtimes.coordinator import Coordinator
-from asyncopt.runtimes.processes.blocks import check_block_servers_protocol, partition
-from asyncopt.runtimes.processes.lockfree import dump_rule
-from asyncopt.runtimes.processes.pool import WorkerPool
-from asyncopt.runtimes.processes.servers_worker import servers_worker_main
-from asyncopt.runtimes.processes.shared import (
+from asyncopt.runtimes.common.layout import partition
+from asyncopt.runtimes.common.serverless import require_serverless
+from asyncopt.runtimes.common.shared import (
     GradientSlots,
     SharedCounters,
     SharedModel,
     share_tree,
     template,
 )
+from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes.lockfree import dump_rule
+from asyncopt.runtimes.processes.pool import WorkerPool
+from asyncopt.runtimes.processes.servers_worker import servers_worker_main
 from asyncopt.runtimes.processes.watch import Watcher
 from asyncopt.runtimes.processes.worker import STOP, guarded
+from asyncopt.runtimes.source import Event, Failed
 from asyncopt.tree import Params
 
 _PARENT_CHECK = 1.0  # seconds between a server's checks that the main process is still there
@@ -75,10 +76,10 @@ class ServersRuntime(Watcher):
         self.num_servers = servers
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale}
 
-    def run(self, coordinator: Coordinator) -> None:
-        """Share the blocks, start servers and workers, record until stop, stop them all."""
-        name, server = coordinator.protocol.name, coordinator.protocol.server
-        check_block_servers_protocol(name)
+    def open(self, coordinator: Coordinator) -> None:
+        """Share the blocks, start the servers and the workers."""
+        server = coordinator.protocol.server
+        require_serverless(coordinator.protocol, "runtime_options.servers", self.num_servers)
         check(self.num_servers <= len(server.params), "runtime_options.servers",
               self.num_servers, f"at most the number of parameter tensors "
               f"({len(server.params)}): each server owns at least one")
@@ -98,43 +99,46 @@ class ServersRuntime(Watcher):
         budget = coordinator.budget.steps
         options = {**self.options, "max_version": budget if budget is not None else 2**62}
         rule = dump_rule(server.rule)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in server mode: the cores are the workers' and servers'
-        pools: list[WorkerPool] = []
         try:
             self.servers = WorkerPool(
                 self.num_servers, server_main, (rule, slots), start_method=self.start_method,
                 role="server", own=[(blocks[b], models[b], starts[b],
                                      [pipes[w][b][1] for w in range(len(pipes))])
                                     for b in range(self.num_servers)])
-            pools.append(self.servers)
             self.pool = WorkerPool(
                 self.problem.num_workers, servers_worker_main,
                 (self.problem, models, slots, self.counters, options),
                 start_method=self.start_method, own=[([end for end, _ in row],) for row in pipes])
-            pools.append(self.pool)
+        finally:
             for row in pipes:  # the children hold their ends; ours would hide a death (EOF)
                 for ours in row:
                     for end in ours:
                         end.close()
-            self.servers.wait_ready(self.startup_timeout)
-            self.watch(coordinator, self.startup_timeout)
-            self.check(coordinator)  # a server's error that ended the workers is raised, not lost
-        finally:
-            self.counters.stop()
-            for pool in reversed(pools):  # the workers first: they may wait for a server
-                pool.close()
-            torch.set_num_threads(threads)
+        self.servers.wait_ready(self.startup_timeout)
+        self.ready(coordinator, self.startup_timeout)
 
-    def check(self, coordinator: Coordinator) -> None:
+    def check(self) -> list[Event]:
         """A dead server fails the run; a server's exception is raised here."""
+        events: list[Event] = []
         for index, kind, payload in self.servers.events(0.0):
             if kind == "dead":
                 code = self.servers.mark_dead(index)
-                coordinator.stop(f"server process {index} died (exit code {code}); its block "
-                                 f"of the model is gone", status="failed")
+                events.append(Failed(f"server process {index} died (exit code {code}); its "
+                                     f"block of the model is gone"))
             elif kind == "error":
                 raise RuntimeError(f"server process {index} raised:\n{payload[0]}")
+        return events
+
+    def stop(self) -> None:
+        super().stop()
+        self.check()  # a server's error that ended the workers is raised, not lost
+
+    def close(self) -> None:
+        if getattr(self, "counters", None) is not None:
+            self.counters.stop()
+        for pool in (getattr(self, "pool", None), getattr(self, "servers", None)):
+            if pool is not None:  # the workers first: they may wait for a server
+                pool.close()
 
 
 def server_main(index: int, conn: Connection, rule: bytes, slots: GradientSlots, params: Params,

@@ -23,7 +23,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedCounters, SharedModel
+from asyncopt.runtimes.common.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.processes.worker import ReportingWorker, guarded
 
 

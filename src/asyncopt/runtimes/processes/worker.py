@@ -2,7 +2,7 @@
 
 Each worker (APAM's worker, Xu et al.) owns its data shard (worker ``i`` of the problem, which
 was pickled to it once at start-up), its minibatch generator (the simulator's
-:func:`~asyncopt.runtimes.sim.loop.worker_generators`, so worker i draws the same minibatch
+:func:`~asyncopt.runtimes.common.generators.worker_generators`, so worker i draws the same minibatch
 stream as in the simulator) and one torch thread. It loops:
 
     job = next command ; v = read the latest model from shared memory ;
@@ -17,15 +17,15 @@ model's ratios exactly (``factors = [3, 1]``: worker 0 is three times slower). T
 wait on the pipe, so a newer command (cancel, restart, stop) ends it at once.
 
 Messages back are ``("ready",)``, ``("grad", job, version, loss, compute_time, retries)`` and
-``("error", traceback)``. SIGINT is ignored: Ctrl-C is the main process's to handle, and it stops
-the workers itself. A worker whose main process dies sees its pipe close and exits.
+``("error", traceback)``. SIGINT, SIGTERM and SIGHUP are ignored: they are the main process's to
+handle, and it stops the workers itself. A worker whose main process dies sees its pipe close and
+exits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -36,9 +36,10 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.common.generators import worker_generators
+from asyncopt.runtimes.common.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.processes.device import local_device
-from asyncopt.runtimes.processes.shared import GradientSlots, SharedCounters, SharedModel
-from asyncopt.runtimes.sim.loop import worker_generators
+from asyncopt.runtimes.signals import ignore_in_worker
 
 CANCEL, STOP = 0, -1
 _PARENT_CHECK = 1.0  # seconds between checks that the main process is still there
@@ -52,9 +53,10 @@ def worker_main(worker: int, conn: Connection, problem: Problem, model: SharedMo
 
 
 def guarded(conn: Connection, body: Callable[[], None]) -> None:
-    """Run a worker's ``body`` with one torch thread and SIGINT ignored; report its exception
-    on the pipe; always close the pipe (shared by the workers of both modes)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Run a worker's ``body`` with one torch thread and SIGINT, SIGTERM and SIGHUP ignored (the
+    main process stops its workers: :mod:`asyncopt.runtimes.signals`); report its exception on
+    the pipe; always close the pipe (shared by the workers of both modes)."""
+    ignore_in_worker()
     torch.set_num_threads(1)
     try:
         body()

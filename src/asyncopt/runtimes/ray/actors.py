@@ -2,8 +2,8 @@
 
 A worker actor holds worker ``i``'s share of the problem (the problem travels once, through the
 object store, when the actor starts), the simulator's minibatch generator for worker ``i``
-(:func:`~asyncopt.runtimes.sim.loop.worker_generators`, so it draws the simulator's stream) and
-one torch thread. Each task is
+(:func:`~asyncopt.runtimes.common.generators.worker_generators`, so it draws the simulator's
+stream) and one torch thread. Each task is
 
     x_v = the model of version v (one flat float buffer, used in place in the object store)
     g = ∇f_i(x_v; minibatch) ; pad to time_scale × τ_i(now) ; return (g flat, v, loss, time)
@@ -33,9 +33,9 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.ray import shm
 from asyncopt.runtimes.ray.servers import view
-from asyncopt.runtimes.sim.loop import worker_generators
 from asyncopt.tree import Params
 
 _REPORT = 0.01  # seconds between a sharded worker's reports of its rows
@@ -137,11 +137,11 @@ class ShardWorker(GradientWorker):
 
     and it yields its rows in batches (every ``_REPORT`` seconds) to the driver, which records
     them. A non-finite loss or gradient is a ``reject`` row and is never sent. It stops after
-    the arrival whose answer says the run is stopping, or when a server dies (it yields the
-    reason, a string, and ends)."""
+    the arrival whose answer says the run is stopping or whose versions reach ``max_version``
+    (the step budget), or when a server dies (it yields the reason, a string, and ends)."""
 
     def run(self, servers: list[Any], ranges: list[tuple[int, int]], now: float,
-            ) -> Iterator[list[tuple[str, int, int, float, float]] | str]:
+            max_version: int) -> Iterator[list[tuple[str, int, int, float, float]] | str]:
         import ray
 
         began = time.perf_counter() - now  # the driver's clock, give or take the call
@@ -170,7 +170,8 @@ class ShardWorker(GradientWorker):
                     rows.append(("step" if stepped else "drop", min(a[1] for a in answers),
                                  max(a[2] for a in answers), float(loss),
                                  time.perf_counter() - start))
-                stopping = any(a[4] for a in answers)
+                stopping = any(a[4] for a in answers) or min(a[1] for a in answers) >= \
+                    max_version
                 if stopping or time.perf_counter() - reported > _REPORT:
                     yield rows
                     rows, reported = [], time.perf_counter()

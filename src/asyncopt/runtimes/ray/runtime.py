@@ -41,18 +41,26 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 import torch
 
-from asyncopt import resume, tree
+from asyncopt import tree
 from asyncopt.errors import ConfigError, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
-from asyncopt.protocols.base import Arrival, Reply
 from asyncopt.runtimes.coordinator import Coordinator
-from asyncopt.runtimes.processes.pool import poll_timeout
 from asyncopt.runtimes.ray import actors, cluster, shm
+from asyncopt.runtimes.source import (
+    Arrived,
+    Event,
+    Lost,
+    RealTimeSource,
+    Restarted,
+    Restarting,
+)
+from asyncopt.tree import Params
 
 _PROBE = -1  # the job number of a ``ready`` probe sent to a restarting actor
 _PROBE_EVERY = 0.05  # seconds between probes of an actor that is not back yet
@@ -61,68 +69,72 @@ _INLINE_BYTES = 64 * 1024
 TRANSPORTS = ("auto", "object_store")
 
 
-class RayRuntime:
-    """Drives a coordinator with gradients from ``problem.num_workers`` Ray worker actors."""
+class RayRuntime(RealTimeSource):
+    """Gradients from ``problem.num_workers`` Ray worker actors; the driver is the server."""
 
     name = "ray"
-    asks_model_for = True
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, address: str,
                  time_scale: float, max_restarts: int, checkpoint_every: int,
                  worker_cpus: float, placement: str, startup_timeout: float,
                  transport: str = "auto") -> None:
+        super().__init__()
         self.problem, self.speed, self.seed = problem, speed, seed
         self.address, self.time_scale = address, time_scale
         self.max_restarts, self.checkpoint_every = max_restarts, checkpoint_every
         self.worker_cpus, self.placement = worker_cpus, placement
         self.startup_timeout = startup_timeout
-        self.now = 0.0
         self.nodes: list[str] = []  # node id of each worker actor, as first placed
         self.deaths = [0] * problem.num_workers
+        self.workers: list[Any] = []
         self._pending: dict[Any, tuple[int, int]] = {}  # task ref -> (worker, job or _PROBE)
         self._restarting: dict[int, float | None] = {}  # worker -> when to probe (None: sent)
-        self._jobs: list[int | None] = [None] * problem.num_workers
-        self._started = [0] * problem.num_workers
-        self._job_counter = 0
+        self._lost: set[int] = set()
         self._models: dict[int, Any] = {}  # version -> object ref of its flat model
-        self._checkpointed = -1
+        self._stack = ExitStack()
         self.transport = transport
         self.shm = shm.SharedTransport(problem.num_workers)
 
-    def run(self, coordinator: Coordinator) -> None:
-        """Start the worker actors, serve their gradients until the coordinator says stop."""
-        n = self.problem.num_workers
-        with cluster.connected(self.address, num_cpus=None if self.address else
-                               max(1, int(np.ceil(n * self.worker_cpus)))) as ray:
-            self.ray = ray
-            self._check_room(ray, n)
-            shapes = {k: (tuple(v.shape), v.dtype)
-                      for k, v in coordinator.protocol.server.params.items()}
-            remote = ray.remote(actors.GradientWorker).options(
-                num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0,
-                scheduling_strategy=self.placement.upper())
-            # one copy in the object store for every actor, kept alive by this reference for
-            # the whole run: a restarted actor is built from it again
-            problem = ray.put(self.problem)
-            self.workers = [remote.remote(problem, w, shapes, self.speed,
-                                          self.seed, self.time_scale) for w in range(n)]
-            try:
-                self._wait_ready(ray)
-                if self.transport == "auto":
-                    self.shm.open(ray, self.workers, self.nodes, shapes)
-                self._serve(coordinator)
-            finally:
-                for worker in self.workers:
-                    ray.kill(worker, no_restart=True)
-                self._models.clear()
-                self.shm.close()
+    def open(self, coordinator: Coordinator) -> None:
+        """Connect to Ray, start the worker actors, wait until they are ready."""
+        self.ray = ray = self.connect()
+        self._like = coordinator.protocol.server.params  # the layout gradients come back in
+        shapes = {k: (tuple(v.shape), v.dtype) for k, v in self._like.items()}
+        remote = ray.remote(actors.GradientWorker).options(
+            num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0,
+            scheduling_strategy=self.placement.upper())
+        # one copy in the object store for every actor, kept alive by this reference for
+        # the whole run: a restarted actor is built from it again
+        problem = ray.put(self.problem)
+        self.workers = [remote.remote(problem, w, shapes, self.speed, self.seed,
+                                      self.time_scale) for w in range(self.problem.num_workers)]
+        self._wait_ready(ray)
+        if self.transport == "auto":
+            self.shm.open(ray, self.workers, self.nodes, shapes)
+        self.clock.reset(coordinator.now)  # a resumed run goes on on its clock
 
-    def _check_room(self, ray: Any, n: int) -> None:
+    def connect(self) -> Any:
+        """Ray, connected until :meth:`close`, with room for the worker actors."""
+        n = self.problem.num_workers
+        ray = self._stack.enter_context(cluster.connected(
+            self.address, num_cpus=None if self.address else
+            max(1, int(np.ceil(n * self.worker_cpus)))))
         cpus = cluster.free_cpus(ray)
         if n * self.worker_cpus > cpus:
             raise ConfigError("workers", n, f"at most {int(cpus // self.worker_cpus)} worker "
                               f"actors: the Ray cluster has {cpus:g} CPUs and each worker takes "
                               f"runtime_options.worker_cpus = {self.worker_cpus:g}")
+        return ray
+
+    def close(self) -> None:
+        try:
+            if self.workers:
+                for worker in self.workers:
+                    self.ray.kill(worker, no_restart=True)
+            self._models.clear()
+            self.shm.close()
+        finally:
+            self._stack.close()
 
     def _wait_ready(self, ray: Any) -> None:
         refs = [worker.ready.remote() for worker in self.workers]
@@ -137,79 +149,53 @@ class RayRuntime:
             raise RuntimeError(f"a Ray worker actor failed to start (the problem must be "
                                f"importable on every node):\n{error}") from error
 
-    def _serve(self, coordinator: Coordinator) -> None:
-        ray = self.ray
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the server's work per arrival is small and memory-bound
-        try:
-            self._t0 = time.perf_counter() - coordinator.now  # a resumed run goes on its clock
-            self.now = coordinator.now
-            self._apply(coordinator, coordinator.begin(self.now))
-            while coordinator.stop_reason is None:
-                self._probe()
-                if not self._pending and not self._restarting:
-                    coordinator.stop("no worker is computing: the protocol left every worker "
-                                     "idle", status="stalled")
-                    break
-                ready, _ = ray.wait(list(self._pending), num_returns=1,
-                                    timeout=poll_timeout(coordinator, self._t0))
-                self.now = time.perf_counter() - self._t0
-                if not coordinator.advance(self.now):
-                    break
-                for ref in ready:
-                    self._arrive(coordinator, ref)
-                self._checkpoint(coordinator)
-        finally:
-            torch.set_num_threads(threads)
+    def start(self, worker: int, job: int, version: int, params: Params) -> bool:
+        if self.shm.shared[worker]:
+            self.shm.send(worker, params)
+            ref = self.workers[worker].compute_shared.remote(version, self.now())
+        else:
+            ref = self.workers[worker].compute.remote(self._model_ref(version, params),
+                                                      version, self.now())
+        self._pending[ref] = (worker, job)
+        return True
 
-    def _arrive(self, coordinator: Coordinator, ref: Any) -> None:
+    def wait(self, timeout: float) -> list[Event]:
+        """The first task done (a gradient, a failure, a probe's answer), and probes sent to
+        the restarting actors that are due."""
+        self._probe()
+        if not self._pending:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        return [event for ref in ready if (event := self._result(ref)) is not None]
+
+    def _result(self, ref: Any) -> Event | None:
         worker, job = self._pending.pop(ref)
+        exceptions = self.ray.exceptions
         try:
             result = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as error:
-            self._failed(coordinator, worker, job, error)
-            return
-        except self.ray.exceptions.RayTaskError:
-            if job != self._jobs[worker] and self.shm.shared[worker]:
-                return  # a cancelled job may have read a model being overwritten (see .shm)
+        except exceptions.RayActorError as error:
+            return self._failed(worker, job, error)
+        except exceptions.RayTaskError:
+            if job != _PROBE and self.shm.shared[worker]:
+                return None  # a cancelled job may have read a model being overwritten (.shm)
             raise
         if job == _PROBE:
             del self._restarting[worker]
             self.shm.shared[worker] = result is True  # a `connect` probe: attached again
-            self._apply(coordinator, coordinator.restarted(self.now, worker))
-            return
+            return Restarted(worker)
         grad, version, loss, compute_time = result
-        if job != self._jobs[worker] or coordinator.stop_reason is not None:
-            return  # a cancelled or superseded job
-        self._jobs[worker] = None
+        return Arrived(worker, job, version, compute_time, (loss, grad))
+
+    def receive(self, arrived: Arrived) -> tuple[float, Params]:
+        loss, grad = arrived.payload
         if grad is None:  # in the worker's gradient slot
-            flat = self.shm.gradient(worker)
+            flat = self.shm.gradient(arrived.worker)
         else:
             with warnings.catch_warnings():  # a read-only view of the object store: rules
                 warnings.simplefilter("ignore", UserWarning)  # and protocols never write it
                 flat = torch.from_numpy(grad)
-        arrival = Arrival(worker, version, tree.unflatten(flat, coordinator.protocol.server
-                                                           .params), loss, compute_time)
-        self._apply(coordinator, coordinator.arrive(self.now, arrival))
-
-    def _apply(self, coordinator: Coordinator, reply: Reply) -> None:
-        for worker in reply.cancel:
-            if self._jobs[worker] is not None:
-                coordinator.cancelled(self.now, worker, self._started[worker])
-                self._jobs[worker] = None
-        for worker in reply.start:
-            if worker in self._restarting:
-                continue  # it starts when it is back (Coordinator.restarted)
-            version, params = coordinator.protocol.model_for(worker)
-            self._job_counter += 1
-            self._jobs[worker], self._started[worker] = self._job_counter, version
-            if self.shm.shared[worker]:
-                self.shm.send(worker, params)
-                ref = self.workers[worker].compute_shared.remote(version, self.now)
-            else:
-                ref = self.workers[worker].compute.remote(self._model_ref(version, params),
-                                                          version, self.now)
-            self._pending[ref] = (worker, self._job_counter)
+        return loss, tree.unflatten(flat, self._like)
 
     def _model_ref(self, version: int, params: Any) -> Any:
         """The model of ``version`` as a task argument: put into the object store once and
@@ -227,50 +213,37 @@ class RayRuntime:
                 del self._models[next(iter(self._models))]
         return ref
 
-    def _failed(self, coordinator: Coordinator, worker: int, job: int, error: Exception) -> None:
+    def _failed(self, worker: int, job: int, error: Exception) -> Event | None:
         """A task of ``worker`` failed because its actor died. Ray restarts the actor (the
         error is then ``ActorUnavailableError``) until ``max_restarts`` is spent (then
         ``ActorDiedError``): probe it until it answers, then it rejoins; or lose it for good."""
         gone = isinstance(error, self.ray.exceptions.ActorDiedError)
-        if gone and self._jobs[worker] is None and worker not in self._restarting:
-            return  # a failed stale task of a worker already lost
+        if worker in self._lost:
+            return None  # a stale task of a worker lost already
         if job == _PROBE or worker in self._restarting:
             if gone:
-                self._restarting.pop(worker, None)
-                self._lose(coordinator, worker)
-            elif job == _PROBE:
-                self._restarting[worker] = self.now + _PROBE_EVERY  # not back yet: ask again
-            return
-        self._jobs[worker] = None
+                return self._lose(worker)
+            if job == _PROBE:
+                self._restarting[worker] = self.now() + _PROBE_EVERY  # not back: ask again
+            return None
         self.shm.shared[worker] = False
         self.deaths[worker] += 1
-        warnings.warn(f"Ray worker actor {worker} died at {self.now:.3f} s"
-                      + ("; no restarts left" if gone else "; Ray restarts it"),
-                      RuntimeWarning, stacklevel=2)
         if gone:
-            self._lose(coordinator, worker)
-        else:
-            coordinator.restarting(self.now, worker)
-            self._restarting[worker] = self.now
+            return self._lose(worker)
+        self._restarting[worker] = self.now()
+        return Restarting(worker, f"Ray worker actor {worker} died")
 
-    def _lose(self, coordinator: Coordinator, worker: int) -> None:
-        self._jobs[worker] = None
-        self._apply(coordinator, coordinator.lost(self.now, worker))
+    def _lose(self, worker: int) -> Event:
+        self._restarting.pop(worker, None)
+        self._lost.add(worker)
+        return Lost(worker, f"Ray worker actor {worker} died; no restarts left")
 
     def _probe(self) -> None:
         """Ask each restarting actor that is due whether it is back (``ready``)."""
         for worker, due in list(self._restarting.items()):
-            if due is not None and due <= time.perf_counter() - self._t0:
+            if due is not None and due <= self.now():
                 self._restarting[worker] = None
                 self._pending[self.shm.probe(self.workers[worker], worker)] = (worker, _PROBE)
-
-    def _checkpoint(self, coordinator: Coordinator) -> None:
-        run_dir = coordinator.recorder.run_dir
-        version = coordinator.version
-        if (self.checkpoint_every and run_dir is not None and version != self._checkpointed
-                and version % self.checkpoint_every == 0 and version > 0):
-            self._checkpointed = version
-            resume.save(coordinator, run_dir / resume.CHECKPOINT)
 
 
 def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,

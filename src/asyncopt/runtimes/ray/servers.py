@@ -35,43 +35,9 @@ import numpy as np
 import torch
 
 from asyncopt import tree
-from asyncopt.errors import check
-from asyncopt.resume import rule_leaves, with_rule_leaves
 from asyncopt.rules.base import apply_updates
-from asyncopt.tree import Params
-
-Shapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
-
-
-class Layout:
-    """The K contiguous ranges ``[bounds[b], bounds[b+1])`` of the flat model, and the pieces
-    (name → shape) of the tensors that each range holds."""
-
-    def __init__(self, params: Params, servers: int) -> None:
-        total = tree.numel(params)
-        check(servers <= total, "runtime_options.servers", servers,
-              f"at most the number of parameters ({total}): each server owns at least one")
-        self.bounds = [total * b // servers for b in range(servers + 1)]
-        self.dtype = next(iter(params.values())).dtype
-        self.pieces: list[Shapes] = []
-        for lo, hi in zip(self.bounds, self.bounds[1:], strict=False):
-            pieces, start = {}, 0
-            for name, leaf in params.items():
-                end = start + leaf.numel()
-                if start < hi and end > lo:  # the tensor overlaps the range
-                    whole = lo <= start and end <= hi
-                    shape = tuple(leaf.shape) if whole else (min(hi, end) - max(lo, start),)
-                    pieces[name] = (shape, leaf.dtype)
-                start = end
-            self.pieces.append(pieces)
-
-    def ranges(self) -> list[tuple[int, int]]:
-        return list(zip(self.bounds, self.bounds[1:], strict=False))
-
-
-def like(shapes: Shapes) -> Params:
-    """Empty tensors of ``shapes``: the layout that :func:`asyncopt.tree.unflatten` cuts by."""
-    return {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
+from asyncopt.runtimes.common.layout import Shapes, like
+from asyncopt.runtimes.snapshot import rule_leaves, with_rule_leaves
 
 
 def view(array: np.ndarray) -> torch.Tensor:

@@ -5,15 +5,18 @@ K server actors (:mod:`.servers`, ``num_cpus = 0``) own the blocks of the model;
 to the servers directly, so no arrival passes through the driver. The driver, as the processes
 runtime's main process with server processes (:mod:`asyncopt.runtimes.processes.watch`):
 
-* records the rows that each worker yields in batches (``Coordinator.applied``, the history
-  format of every runtime), the recorded version being the largest ``min_b v_b`` reported;
+* records the rows that each worker yields in batches (:class:`~asyncopt.runtimes.source.Applied`
+  events, the history format of every runtime), the recorded version being the largest
+  ``min_b v_b`` reported;
 * evaluates, when the coordinator says so, the model assembled from the servers' blocks (each
   read at its own latest version, so one block may be a step ahead of another);
-* enforces the budget: when the coordinator says stop it tells the servers, and every worker
-  stops after the arrival whose answer says so. The workers go on while their reports travel,
-  so a step or arrival budget is passed by the arrivals of about one report interval (10 ms)
-  plus one per worker; each of them is recorded, so the history and the final model (read
-  from the servers once every worker has stopped) agree.
+* enforces the budget: a worker stops once the versions it is answered reach the step budget
+  (so that budget is passed by at most one step per other worker, as with the processes
+  runtime's servers); for the other limits, when the coordinator says stop it tells the
+  servers, and every worker stops after the arrival whose answer says so. The workers go on
+  while their reports travel, so such a budget is passed by the arrivals of about one report
+  interval (10 ms) plus one per worker; each of them is recorded, so the history and the final
+  model (read from the servers once every worker has stopped) agree.
 
 Only ``protocol = "asgd"`` (each server steps on every arrival for itself: no one buffers, waits
 or cancels). A dead worker actor is recorded as ``lost`` and the others go on (it is not
@@ -31,137 +34,121 @@ resumed history can lack the rows of the last report interval (10 ms) before the
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from asyncopt import resume, tree
+from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.common.layout import Layout
+from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.coordinator import Coordinator
-from asyncopt.runtimes.processes.blocks import check_block_servers_protocol
-from asyncopt.runtimes.processes.pool import poll_timeout
-from asyncopt.runtimes.ray import actors, cluster
+from asyncopt.runtimes.ray import actors
 from asyncopt.runtimes.ray.runtime import RayRuntime
-from asyncopt.runtimes.ray.servers import BlockServer, Layout
-
-_DRAIN = 5.0  # seconds the workers get to report their last arrival once told to stop
+from asyncopt.runtimes.ray.servers import BlockServer
+from asyncopt.runtimes.source import Applied, Ended, Event, Failed, Lost
+from asyncopt.tree import Params
 
 
 class ShardedRuntime(RayRuntime):
     """K block server actors and N worker actors; the driver records and evaluates."""
 
     asks_model_for = False  # workers pull the servers' latest blocks themselves
+    reports_steps = True
 
     def __init__(self, *args: Any, servers: int, **options: Any) -> None:
         super().__init__(*args, **options)
         self.num_servers = servers
+        self.servers: list[Any] = []
+        self._running: dict[Any, int] = {}  # a worker's streaming generator -> the worker
+        self._coordinator: Coordinator | None = None
+        self._stopped = False
 
-    def run(self, coordinator: Coordinator) -> None:
-        """Start the servers and workers, record until stop, read the final model back."""
-        name, server = coordinator.protocol.name, coordinator.protocol.server
-        check_block_servers_protocol(name)
-        layout = Layout(server.params, self.num_servers)
-        n = self.problem.num_workers
-        with cluster.connected(self.address, num_cpus=None if self.address else
-                               max(1, int(np.ceil(n * self.worker_cpus)))) as ray:
-            self.ray = ray
-            self._check_room(ray, n)
-            flat = tree.flatten(server.params).detach().numpy()
-            rule = ray.put(server.rule)
-            self.servers = [ray.remote(BlockServer).options(num_cpus=0, max_restarts=0).remote(
-                rule, flat[lo:hi], pieces) for (lo, hi), pieces
-                in zip(layout.ranges(), layout.pieces, strict=True)]
-            snapshots = resume.restored_blocks(coordinator)
-            if snapshots is not None:  # a resumed run (checked against this layout)
-                ray.get([server.restore.remote(snapshot) for server, snapshot
-                         in zip(self.servers, snapshots, strict=True)])
-            shapes = {k: (tuple(v.shape), v.dtype) for k, v in server.params.items()}
-            shared = ray.put(self.problem)
-            remote = ray.remote(actors.ShardWorker).options(
-                num_cpus=self.worker_cpus, max_restarts=0,
-                scheduling_strategy=self.placement.upper())
-            self.workers = [remote.remote(shared, w, shapes, self.speed, self.seed,
-                                          self.time_scale) for w in range(n)]
-            problem = coordinator.problem
-            try:
-                self._wait_ready(ray)
-                coordinator.problem = _Assembled(problem, self._fetch)
-                self._watch(coordinator, layout)
-                if coordinator.status != "failed":  # the final model, for finish() and result
-                    self._fetch(server.params)
-            finally:
-                coordinator.problem = problem
-                for actor in (*self.workers, *self.servers):
-                    ray.kill(actor, no_restart=True)
+    def open(self, coordinator: Coordinator) -> None:
+        """Start the servers (from a checkpoint's blocks, when resumed) and the workers."""
+        server = coordinator.protocol.server
+        require_serverless(coordinator.protocol, "runtime_options.servers", self.num_servers)
+        self.layout = layout = Layout(server.params, self.num_servers)
+        steps = coordinator.budget.steps
+        self._max_version = steps if steps is not None else 2**62
+        self.ray = ray = self.connect()
+        flat = tree.flatten(server.params).detach().numpy()
+        rule = ray.put(server.rule)
+        self.servers = [ray.remote(BlockServer).options(num_cpus=0, max_restarts=0).remote(
+            rule, flat[lo:hi], pieces) for (lo, hi), pieces
+            in zip(layout.ranges(), layout.pieces, strict=True)]
+        if coordinator.blocks is not None:  # a resumed run (checked against this layout)
+            ray.get([server.restore.remote(snapshot) for server, snapshot
+                     in zip(self.servers, coordinator.blocks, strict=True)])
+        shapes = {k: (tuple(v.shape), v.dtype) for k, v in server.params.items()}
+        shared = ray.put(self.problem)
+        remote = ray.remote(actors.ShardWorker).options(
+            num_cpus=self.worker_cpus, max_restarts=0,
+            scheduling_strategy=self.placement.upper())
+        self.workers = [remote.remote(shared, w, shapes, self.speed, self.seed,
+                                      self.time_scale) for w in range(self.problem.num_workers)]
+        self._wait_ready(ray)
+        # evaluations read the model back from the servers first
+        self._coordinator, self._problem = coordinator, coordinator.problem
+        coordinator.problem = _Assembled(coordinator.problem, self._fetch)
+        self.clock.reset(coordinator.now)
 
-    def _watch(self, coordinator: Coordinator, layout: Layout) -> None:
-        ray = self.ray
-        self._version = coordinator.version
-        self._t0 = time.perf_counter() - coordinator.now
-        self._checkpointed = coordinator.version
-        coordinator.begin(coordinator.now)
-        alive = coordinator.protocol.alive  # a worker lost before a checkpoint stays lost
-        running = {worker.run.remote(self.servers, layout.ranges(), coordinator.now): w
-                   for w, worker in enumerate(self.workers) if w in alive}
-        while coordinator.stop_reason is None and running:
-            ready, _ = ray.wait(list(running), num_returns=1,
-                                timeout=poll_timeout(coordinator, self._t0))
-            self.now = time.perf_counter() - self._t0
-            if not coordinator.advance(self.now):
-                break
-            for generator in ready:
-                self._report(coordinator, running, generator)
-            self._checkpoint(coordinator)
-        if coordinator.stop_reason is None:
-            coordinator.stop(f"every worker stopped at version {self._version}")
-        try:
-            ray.get([server.stop.remote() for server in self.servers])
-        except ray.exceptions.RayActorError:  # a dead server: the run has failed already
-            return
-        deadline = time.perf_counter() + _DRAIN
-        while running and time.perf_counter() < deadline:
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.1)
-            self.now = max(self.now, time.perf_counter() - self._t0)
-            for generator in ready:
-                self._report(coordinator, running, generator)
+    def start(self, worker: int, job: int, version: int, params: Params) -> bool:
+        generator = self.workers[worker].run.remote(self.servers, self.layout.ranges(),
+                                                    self.now(), self._max_version)
+        self._running[generator] = worker
+        return True
 
-    def _report(self, coordinator: Coordinator, running: dict[Any, int], generator: Any) -> None:
-        """Record the next batch of rows of one worker (or its end, or its death)."""
-        worker = running[generator]
+    def wait(self, timeout: float) -> list[Event]:
+        if not self._running:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        return [event for generator in ready for event in self._report(generator)]
+
+    def _report(self, generator: Any) -> list[Event]:
+        """The next batch of rows of one worker (or its end, or its death)."""
+        worker = self._running[generator]
         try:
             rows = self.ray.get(next(generator))
         except StopIteration:
-            del running[generator]
-            return
+            del self._running[generator]
+            return [Ended(worker)]
         except self.ray.exceptions.RayActorError:
-            del running[generator]
-            warnings.warn(f"Ray worker actor {worker} died at {self.now:.3f} s; with "
-                          f"servers > 1 it is not restarted", RuntimeWarning, stacklevel=2)
-            coordinator.lost(self.now, worker)
-            return
+            del self._running[generator]
+            return [Lost(worker, f"Ray worker actor {worker} died; with servers > 1 it is "
+                                 f"not restarted")]
         if isinstance(rows, str):  # a server died
-            coordinator.stop(rows, status="failed")
-            return
-        for action, version, delay, loss, compute_time in rows:
-            if action == "step":
-                self._version = max(self._version, version)
-            coordinator.applied(self.now, worker, self._version, delay, loss, compute_time,
-                                action)
+            return [Failed(rows)]
+        return [Applied(worker, *row) for row in rows]
 
-    def _checkpoint(self, coordinator: Coordinator) -> None:
-        """The servers' snapshots and the driver's state, once the recorded version has
-        passed the next multiple of ``checkpoint_every``."""
-        every, run_dir = self.checkpoint_every, coordinator.recorder.run_dir
-        if not every or run_dir is None or self._version // every <= self._checkpointed // every:
-            return
-        self._checkpointed = self._version
+    def stop(self) -> None:
+        """Every worker stops after the arrival whose answer says so."""
         try:
-            snapshots = self.ray.get([server.snapshot.remote() for server in self.servers])
+            self.ray.get([server.stop.remote() for server in self.servers])
+            self._stopped = True
+        except self.ray.exceptions.RayActorError:  # a dead server: the run has failed already
+            self._running.clear()
+
+    def snapshot(self) -> list[dict[str, Any]] | None:
+        """Each server's block, rule state and version, read at its own moment."""
+        try:
+            return self.ray.get([server.snapshot.remote() for server in self.servers])
         except self.ray.exceptions.RayActorError:
-            return  # a dead server: a worker reports it and the run fails
-        resume.save(coordinator, run_dir / resume.CHECKPOINT, blocks=snapshots)
+            return None  # a dead server: a worker reports it and the run fails
+
+    def close(self) -> None:
+        coordinator = self._coordinator
+        try:
+            if coordinator is not None:
+                coordinator.problem = self._problem
+                if self._stopped and coordinator.status != "failed":
+                    self._fetch(coordinator.protocol.server.params)  # the final model
+        finally:
+            for actor in self.servers:
+                self.ray.kill(actor, no_restart=True)
+            super().close()
 
     def _fetch(self, params: Any) -> None:
         """Copy the servers' blocks, side by side, into ``params``."""

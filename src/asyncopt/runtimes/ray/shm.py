@@ -8,7 +8,7 @@ memory, ``multiprocessing.shared_memory``'s place on Linux) laid out as
     [ one model slot per co-located worker | one gradient slot per co-located worker ]
 
 both the processes runtime's one-flat-buffer-per-worker slots
-(:class:`~asyncopt.runtimes.processes.shared.GradientSlots`, laid over this buffer). A job is
+(:class:`~asyncopt.runtimes.common.shared.GradientSlots`, laid over this buffer). A job is
 
     driver:  copy x_v into worker i's model slot ; submit compute_shared(v)   (a few bytes)
     worker:  g = ∇f_i(x_v) computed on its model slot in place ; write g into its gradient slot ;
@@ -16,7 +16,7 @@ both the processes runtime's one-flat-buffer-per-worker slots
     driver:  on that return, copy worker i's gradient slot (protocols may keep gradients)
 
 Why one model slot per worker rather than the processes runtime's seqlocked double buffer of
-the latest model (:class:`~asyncopt.runtimes.processes.shared.SharedModel`): a Ray job names its
+the latest model (:class:`~asyncopt.runtimes.common.shared.SharedModel`): a Ray job names its
 version, and with ASGD and n workers the two latest versions are overwritten while a worker
 computes whenever n ≥ 3 or its speed differs (a straggler always); the worker would have to copy
 the model out first (a copy per gradient, and still a retry through the object store when it
@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from asyncopt.runtimes.processes.shared import GradientSlots
+from asyncopt.runtimes.common.shared import GradientSlots
 from asyncopt.tree import Params
 
 ROOT = Path("/dev/shm")

@@ -1,7 +1,8 @@
 """The discrete-event simulator: heterogeneous workers on a virtual clock.
 
-The one event loop of asyncopt (in the spirit of SimPy, reduced to what asynchronous optimization
-needs). Each busy worker has one pending event, its *finish time*, on a min-heap ordered by
+The simulator's event source; the one driver (:mod:`asyncopt.runtimes.driver`) runs it as it runs
+every runtime (SimPy's shape: the simulated environment differs from the real ones only in how it
+waits). Each busy worker has one pending event, its *finish time*, on a min-heap ordered by
 ``(finish time, schedule order)``: ties are broken by the order in which computations were
 started, so the same seed always gives the same sequence of events, bit for bit.
 
@@ -12,7 +13,8 @@ protocol measures is the real staleness of that gradient. Snapshots are shared b
 start at the same version (the server steps out of place, so a version's parameters are never
 modified) and freed when the last of them finishes. Cancelled computations (a
 protocol's ``Reply.cancel``) are dropped lazily: their heap entries no longer match the worker's
-current job and are skipped. No gradient is computed for them.
+current job and are skipped. No gradient is computed for them, nor for a computation that would
+end after the time budget.
 
 Batched evaluation (``batch`` > 1): when an event fires, every other pending computation that
 started at the same version (the same snapshot) is evaluated with it in one
@@ -31,17 +33,19 @@ order, at most k ahead of the loop, while the loop runs the protocol, the rule a
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
 from asyncopt.errors import ConfigError, check_int
 from asyncopt.problems.base import Problem
-from asyncopt.protocols.base import Arrival, Reply
+from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.ahead import Ahead
 from asyncopt.runtimes.sim.speed import SpeedModel
+from asyncopt.runtimes.source import Arrived, Event, EventSource
 from asyncopt.tree import Params
 
 
@@ -57,22 +61,10 @@ class _Job:
     stage: int = 0  # computing ahead: queued, running, done or dropped (see sim.ahead)
 
 
-def worker_generators(seed: int, num_workers: int) -> list[torch.Generator]:
-    """One torch generator per worker (minibatch sampling), seeded from (seed, worker)."""
-    generators = []
-    for worker in range(num_workers):
-        generator = torch.Generator()
-        state = np.random.SeedSequence([seed, worker]).generate_state(2, dtype=np.uint32)
-        generator.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-        generators.append(generator)
-    return generators
-
-
-class Simulator:
-    """Runs a coordinator's protocol in virtual time with gradients from ``problem``."""
+class Simulator(EventSource):
+    """The simulator's event source: a heap of virtual finish times; gradients from ``problem``."""
 
     name = "sim"
-    asks_model_for = True
 
     def __init__(self, problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
                  batch: int = 1, ahead: int = 0) -> None:
@@ -85,48 +77,45 @@ class Simulator:
         self._ahead: Ahead | None = None
         self.speed = speed
         self.generators = worker_generators(seed, problem.num_workers)
-        self.now = 0.0
+        self.clock = 0.0
+        self.horizon = math.inf  # the time budget: a job that ends later is never computed
         self._heap: list[tuple[float, int, int]] = []
         self._jobs: dict[int, _Job] = {}
-        self._order = 0
         self._waiting: dict[int, list[_Job]] = {}  # version -> jobs not evaluated yet
 
-    def run(self, coordinator: Coordinator) -> None:
-        """Simulate until the coordinator says stop or no worker is computing."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+    def open(self, coordinator: Coordinator) -> None:
+        self.clock = coordinator.now
+        if coordinator.budget.time is not None:
+            self.horizon = coordinator.budget.time
         if self.ahead:
             self._ahead = Ahead(self.problem, self.generators, self.ahead, self.threads)
-        try:
-            self._loop(coordinator)
-        finally:
-            if self._ahead is not None:
-                self._ahead.close()
-            torch.set_num_threads(threads)
 
-    def _loop(self, coordinator: Coordinator) -> None:
-        self._apply(coordinator, coordinator.begin(self.now))
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+
+    def now(self) -> float:
+        return self.clock
+
+    def wait(self, timeout: float) -> list[Event]:
+        """The next finish time on the heap (cancelled computations are skipped): the clock
+        moves there. The gradient is computed only if the driver handles it (:meth:`receive`)."""
         heap, jobs = self._heap, self._jobs
-        while coordinator.stop_reason is None:
-            if not heap:
-                coordinator.stop("no worker is computing: the protocol left every worker idle",
-                                 status="stalled")
-                break
-            finish, order, worker = heap[0]
-            if not coordinator.advance(finish):
-                break
-            heapq.heappop(heap)
+        while heap:
+            finish, order, worker = heapq.heappop(heap)
             job = jobs.get(worker)
-            if job is None or job.order != order:
-                continue  # this computation was cancelled
-            del jobs[worker]
-            self.now = finish
-            if self._ahead is not None:
-                loss, grads = self._ahead.take(job)
-            else:
-                loss, grads = job.result if job.result is not None else self._evaluate(job)
-            arrival = Arrival(worker, job.version, grads, loss, finish - job.started)
-            self._apply(coordinator, coordinator.arrive(finish, arrival))
+            if job is not None and job.order == order:
+                self.clock = finish
+                return [Arrived(worker, order, job.version, finish - job.started, job)]
+        return []
+
+    def receive(self, arrived: Arrived) -> tuple[float, Params]:
+        job: _Job = arrived.payload
+        del self._jobs[job.worker]
+        if self._ahead is not None:
+            return self._ahead.take(job)
+        return job.result if job.result is not None else self._evaluate(job)
 
     def _evaluate(self, job: _Job) -> tuple[float, Params]:
         """``job``'s gradient, and with it those of up to ``batch`` − 1 other pending jobs at
@@ -149,32 +138,63 @@ class Simulator:
             other.result = result
         return results[0]
 
-    def _apply(self, coordinator: Coordinator, reply: Reply) -> None:
-        for worker in reply.cancel:
-            job = self._jobs.pop(worker, None)
-            if job is not None:
-                if self._ahead is not None:
-                    self._ahead.cancel(job)
-                elif job.state is not None:  # evaluated early: give the minibatch draw back
-                    self.generators[worker].set_state(job.state)
-                coordinator.cancelled(self.now, worker, job.version)
-        for worker in reply.start:
-            self._start(worker, *coordinator.protocol.model_for(worker))
-
-    def _start(self, worker: int, version: int, params: Params) -> None:
-        finish = self.now + self.speed.compute_time(worker, self.now)
-        self._order += 1
-        # the server never changes a version's params in place: the reference is the snapshot
-        job = self._jobs[worker] = _Job(worker, self._order, version, params, self.now)
+    def cancel(self, worker: int, job: int) -> None:
+        pending = self._jobs.pop(worker, None)
+        if pending is None:
+            return
         if self._ahead is not None:
-            self._ahead.submit(job, finish)
-        elif self.batch > 1:
-            self._waiting.setdefault(version, []).append(job)
-        heapq.heappush(self._heap, (finish, self._order, worker))
+            self._ahead.cancel(pending)
+        elif pending.state is not None:  # evaluated early: give the minibatch draw back
+            self.generators[worker].set_state(pending.state)
+
+    def state(self) -> dict[str, Any]:
+        """Everything the simulation's future depends on besides the coordinator: the clock,
+        the pending jobs (finish time, start order, model version, start time) with the
+        snapshots they read, each worker's minibatch generator and the speed model's streams.
+        A job evaluated early in a batch is saved unevaluated, with the generator state from
+        before its draw (it is evaluated again after a resume, to float rounding)."""
+        generators = [g.get_state() for g in self.generators]
+        pending, snapshots = [], {}
+        for finish, order, worker in sorted(self._heap):
+            job = self._jobs.get(worker)
+            if job is None or job.order != order:
+                continue
+            pending.append([worker, order, job.version, job.started, finish])
+            snapshots.setdefault(job.version, job.params)
+            if job.state is not None:
+                generators[worker] = job.state
+        return {"clock": self.clock, "pending": pending, "generators": generators,
+                "snapshots": [[v, dict(p)] for v, p in snapshots.items()],
+                "speed": self.speed.state_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (before the driver's loop starts)."""
+        self.clock = float(state["clock"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+        self.speed.load_state_dict(state["speed"])
+        snapshots = {int(v): params for v, params in state["snapshots"]}
+        for worker, order, version, started, finish in state["pending"]:
+            job = self._jobs[worker] = _Job(worker, order, version, snapshots[version], started)
+            if self.batch > 1:
+                self._waiting.setdefault(version, []).append(job)
+            heapq.heappush(self._heap, (finish, order, worker))
+
+    def start(self, worker: int, job: int, version: int, params: Params) -> bool:
+        finish = self.clock + self.speed.compute_time(worker, self.clock)
+        # the server never changes a version's params in place: the reference is the snapshot
+        pending = self._jobs[worker] = _Job(worker, job, version, params, self.clock)
+        if finish <= self.horizon:  # else it never arrives: nothing computes it early
+            if self._ahead is not None:
+                self._ahead.submit(pending, finish)
+            elif self.batch > 1:
+                self._waiting.setdefault(version, []).append(pending)
+        heapq.heappush(self._heap, (finish, job, worker))
+        return True
 
 
 def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
-          batch: int = 1, ahead: int = 0) -> Simulator:
+          batch: int = 1, ahead: int = 0, checkpoint_every: int = 0) -> Simulator:
     """The runtime registry's constructor for ``runtime = "sim"``.
 
     ``threads``: torch intra-op threads while simulating (restored afterwards). One gradient at
@@ -189,12 +209,22 @@ def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
     background thread (0, the default: none); see :mod:`asyncopt.runtimes.sim.ahead`. The
     problem's ``loss_and_grad`` then runs on another thread than its ``evaluate``. Not together
     with ``batch`` > 1.
+    ``checkpoint_every``: write ``RUN_DIR/checkpoint.pt`` every N steps (0: never), with the
+    pending jobs (:meth:`Simulator.state`): ``asyncopt run --resume`` continues the simulation
+    exactly, bit for bit with ``batch = 1``.
     """
     ahead = check_int("runtime_options.ahead", ahead, 0)
     batch = check_int("runtime_options.batch", batch, 1)
     if ahead and batch > 1:
         raise ConfigError("runtime_options.ahead", ahead,
                           "0 when runtime_options.batch > 1 (one or the other)")
-    return Simulator(problem, speed, seed,
-                     threads=check_int("runtime_options.threads", threads, 1),
-                     batch=batch, ahead=ahead)
+    checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
+    if ahead and checkpoint_every:
+        raise ConfigError("runtime_options.ahead", ahead, "0 when runtime_options."
+                          "checkpoint_every > 0 (a checkpoint of gradients computed ahead is not "
+                          "written yet)")
+    simulator = Simulator(problem, speed, seed,
+                          threads=check_int("runtime_options.threads", threads, 1),
+                          batch=batch, ahead=ahead)
+    simulator.checkpoint_every = checkpoint_every
+    return simulator

@@ -151,6 +151,24 @@ class SpeedModel:
                               "factors, slowdowns and periodic waves left that range")
         return time
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where each worker's random stream stands (numbers and lists only), so that a resumed
+        simulation draws the same compute times as the uninterrupted one."""
+        return {"blocks": [list(block) for block in self._blocks], "pos": list(self._pos),
+                "rngs": [None if rng is None else rng.bit_generator.state
+                         for rng in self._rngs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the streams where :meth:`state_dict` left them (same spec, workers, seed)."""
+        self._blocks = [list(block) for block in state["blocks"]]
+        self._pos = list(state["pos"])
+        for worker, saved in enumerate(state["rngs"]):
+            rng = None
+            if saved is not None:
+                rng = np.random.Generator(np.random.PCG64())
+                rng.bit_generator.state = saved
+            self._rngs[worker] = rng
+
     def base_times(self) -> list[float]:
         """The base τ_w of each worker, after the permutation (without noise or factors)."""
         return list(self._base)
