@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 
 import asyncopt
-from asyncopt.cli import _parser, main
+from asyncopt.arguments import parser
+from asyncopt.cli import main
 from asyncopt.record import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,13 +197,13 @@ def _actions(parser: argparse.ArgumentParser, path: str = "asyncopt"):
 
 
 def test_every_argument_has_help_without_docstring_markup():
-    actions = list(_actions(_parser()))
+    actions = list(_actions(parser()))
     assert len(actions) > 40
     for path, action in actions:
         assert action.help, f"{path} {action.dest} has no help"
         assert not re.search(r"``|:func:|:class:|:mod:", action.help), (path, action.help)
-    texts = [_parser().format_help()] + [sub.format_help() for sub in
-                                         _parser()._actions[-1].choices.values()]
+    texts = [parser().format_help()] + [sub.format_help() for sub in
+                                         parser()._actions[-1].choices.values()]
     assert not any(re.search(r"``|:func:|:class:|:mod:", text) for text in texts)
 
 

@@ -16,9 +16,11 @@ from asyncopt.rules import (
     aliases,
     apply_updates,
     capped_inverse_sqrt,
+    chain,
     constant,
     cosine,
     drop_if_stale,
+    from_torch,
     inverse_sqrt,
     linear_warmup,
     make_rule,
@@ -67,14 +69,24 @@ def _grad(x: Params, curv: Params, center: Params) -> Params:
     return {k: curv[k] * (x[k] - center[k]) for k in x}
 
 
+TORCH_RULES = {  # rules.from_torch through the same checks as the registry's rules
+    "from_torch-Adam": lambda: from_torch(torch.optim.Adam, lr=0.05),
+    "from_torch-SGD-delayed": lambda: chain(
+        drop_if_stale(3), from_torch(torch.optim.SGD, lr=0.1, momentum=0.5), scale_by_delay(2)),
+}
 SPECS = ([pytest.param({"name": n}, id=n) for n in rule_names()]
          + [pytest.param({"name": n, "schedule": "inverse_sqrt", **DELAYED}, id=f"{n}-delayed")
-            for n in rule_names()])
+            for n in rule_names()]
+         + [pytest.param(name, id=name) for name in TORCH_RULES])
+
+
+def _rule(spec: dict[str, Any] | str, workers: int = WORKERS) -> Rule:
+    return TORCH_RULES[spec]() if isinstance(spec, str) else make_rule(spec, workers)
 
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_property_update_is_pure_finite_and_keeps_state_in_place(spec: dict[str, Any]) -> None:
-    rule = make_rule(spec, WORKERS)
+    rule = _rule(spec)
     params = _tree(0)
     state = rule.init(params)
     tensors = _state_tensors(state)
@@ -101,13 +113,14 @@ def test_property_update_is_pure_finite_and_keeps_state_in_place(spec: dict[str,
 
 @pytest.mark.parametrize("extra", [{}, DELAYED], ids=["plain", "delayed"])
 @pytest.mark.parametrize("name", [*rule_names(), "normalized_sgd:stale", "normalized_sgd:ema",
-                                  "normalized_sgd:newton_schulz"])
+                                  "normalized_sgd:newton_schulz", *TORCH_RULES])
 def test_property_decreases_a_convex_quadratic(name: str, extra: dict[str, Any]) -> None:
     curv, center = _quadratic()
     name, _, kind = name.partition(":")
     options = {"kind": kind, "momentum": 0.5} if kind else {}
     # 2 workers: delays 4..6 are dropped (max_delay 3), delay 3 is scaled by 2/3
-    rule = make_rule({"name": name, "lr": LR[name], **options, **extra}, 2)
+    spec = name if name in TORCH_RULES else {"name": name, "lr": LR[name], **options, **extra}
+    rule = _rule(spec, 2)
     x = {k: torch.zeros_like(v) for k, v in center.items()}
     state, start = rule.init(x), _f(x, curv, center)
     for step in range(300):
