@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
+import os
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
+import asyncopt
+from asyncopt.arguments import parser
 from asyncopt.cli import main
 from asyncopt.record import load
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """
 seed = 0
@@ -142,3 +152,76 @@ def test_methods_tune_and_compare(tmp_path, capsys):
                  str(tmp_path / "cmp"), "--quiet"]) == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| fast" in table and "| sync" in table
+
+
+def test_run_no_plot_writes_no_figures(tmp_path, capsys):
+    assert main(["run", str(_config(tmp_path)), "--out", str(tmp_path), "--quiet",
+                 "--no-plot"]) == 0
+    (run_dir,) = (p for p in tmp_path.iterdir() if p.is_dir())
+    assert "figures:" not in capsys.readouterr().out
+    assert (run_dir / "summary.json").is_file() and not list(run_dir.glob("*.png"))
+
+
+def test_a_ready_config_runs_by_name_and_copies_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the name is found in the ready configs
+    assert main(["configs"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-2]]
+    shipped = sorted(p.relative_to(ROOT / "configs").with_suffix("").as_posix()
+                     for p in (ROOT / "configs").rglob("*.toml"))
+    assert sorted(listed) == shipped and "quickstart" in listed
+    assert main(["configs", "quickstart"]) == 0
+    assert (tmp_path / "quickstart.toml").read_text() == \
+        (ROOT / "configs" / "quickstart.toml").read_text()
+    assert main(["configs", "quickstart"]) == 2  # never overwrites
+    assert "no file is yet" in capsys.readouterr().err
+    assert main(["run", "quickstart", "--quiet", "--no-plot", "--set", "budget.steps=20",
+                 "--set", 'output.dir="elsewhere"']) == 0
+    assert "status:   completed" in capsys.readouterr().out
+    assert main(["run", "quickstrat"]) == 2
+    assert "did you mean 'quickstart'?" in capsys.readouterr().err
+
+
+def test_a_config_key_typo_suggests_the_nearest_key(tmp_path, capsys):
+    path = _config(tmp_path)
+    path.write_text(CONFIG.replace("lr = 0.1", "lrr = 0.1").replace("workers", "wrkers"))
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "did you mean 'workers'?" in capsys.readouterr().err
+    path.write_text(CONFIG.replace("lr = 0.1", "lrr = 0.1"))
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "rule = 'lrr' is not allowed: known keys are" in (err := capsys.readouterr().err)
+    assert err.rstrip().endswith("did you mean 'lr'?")
+
+
+def _actions(parser: argparse.ArgumentParser, path: str = "asyncopt"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            yield path, action
+
+
+def test_every_argument_has_help_without_docstring_markup():
+    actions = list(_actions(parser()))
+    assert len(actions) > 40
+    for path, action in actions:
+        assert action.help, f"{path} {action.dest} has no help"
+        assert not re.search(r"``|:func:|:class:|:mod:", action.help), (path, action.help)
+    texts = [parser().format_help()] + [sub.format_help() for sub in
+                                         parser()._actions[-1].choices.values()]
+    assert not any(re.search(r"``|:func:|:class:|:mod:", text) for text in texts)
+
+
+def test_help_and_version_start_without_torch_or_ray():
+    code = ("import sys\nfrom asyncopt.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['run', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'ray', 'numpy') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert "usage: asyncopt" in out and out.strip().endswith("[]")
+    version = subprocess.run([sys.executable, "-m", "asyncopt", "--version"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    assert version.strip() == f"asyncopt {asyncopt.__version__}"
+    assert asyncopt.__version__ == importlib.metadata.version("asyncopt")

@@ -9,15 +9,20 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
+import asyncopt.rules
 from asyncopt.errors import ConfigError
 from asyncopt.rules import (
     RULE_DEFAULTS,
     aliases,
     apply_updates,
     capped_inverse_sqrt,
+    chain,
     constant,
+    cosine,
     drop_if_stale,
+    from_torch,
     inverse_sqrt,
+    linear_warmup,
     make_rule,
     newton_schulz,
     normalize,
@@ -34,7 +39,7 @@ from asyncopt.tree import Params, clone, norm
 
 WORKERS = 4
 LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.5, "adagrad_norm": 1.0,
-      "rmsprop": 0.02, "adam": 0.05, "amsgrad": 0.05, "normalized_sgd": 0.05}
+      "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "normalized_sgd": 0.05}
 DELAYED = {"max_delay": 3, "delay_adaptive": True}
 
 
@@ -64,14 +69,24 @@ def _grad(x: Params, curv: Params, center: Params) -> Params:
     return {k: curv[k] * (x[k] - center[k]) for k in x}
 
 
+TORCH_RULES = {  # rules.from_torch through the same checks as the registry's rules
+    "from_torch-Adam": lambda: from_torch(torch.optim.Adam, lr=0.05),
+    "from_torch-SGD-delayed": lambda: chain(
+        drop_if_stale(3), from_torch(torch.optim.SGD, lr=0.1, momentum=0.5), scale_by_delay(2)),
+}
 SPECS = ([pytest.param({"name": n}, id=n) for n in rule_names()]
          + [pytest.param({"name": n, "schedule": "inverse_sqrt", **DELAYED}, id=f"{n}-delayed")
-            for n in rule_names()])
+            for n in rule_names()]
+         + [pytest.param(name, id=name) for name in TORCH_RULES])
+
+
+def _rule(spec: dict[str, Any] | str, workers: int = WORKERS) -> Rule:
+    return TORCH_RULES[spec]() if isinstance(spec, str) else make_rule(spec, workers)
 
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_property_update_is_pure_finite_and_keeps_state_in_place(spec: dict[str, Any]) -> None:
-    rule = make_rule(spec, WORKERS)
+    rule = _rule(spec)
     params = _tree(0)
     state = rule.init(params)
     tensors = _state_tensors(state)
@@ -98,13 +113,14 @@ def test_property_update_is_pure_finite_and_keeps_state_in_place(spec: dict[str,
 
 @pytest.mark.parametrize("extra", [{}, DELAYED], ids=["plain", "delayed"])
 @pytest.mark.parametrize("name", [*rule_names(), "normalized_sgd:stale", "normalized_sgd:ema",
-                                  "normalized_sgd:newton_schulz"])
+                                  "normalized_sgd:newton_schulz", *TORCH_RULES])
 def test_property_decreases_a_convex_quadratic(name: str, extra: dict[str, Any]) -> None:
     curv, center = _quadratic()
     name, _, kind = name.partition(":")
     options = {"kind": kind, "momentum": 0.5} if kind else {}
     # 2 workers: delays 4..6 are dropped (max_delay 3), delay 3 is scaled by 2/3
-    rule = make_rule({"name": name, "lr": LR[name], **options, **extra}, 2)
+    spec = name if name in TORCH_RULES else {"name": name, "lr": LR[name], **options, **extra}
+    rule = _rule(spec, 2)
     x = {k: torch.zeros_like(v) for k, v in center.items()}
     state, start = rule.init(x), _f(x, curv, center)
     for step in range(300):
@@ -291,6 +307,44 @@ def test_schedules() -> None:
     assert steps == pytest.approx([-1.0, -1 / math.sqrt(2), -1 / math.sqrt(3), -0.5])
 
 
+def test_cosine_decays_to_its_final_value_and_stays_there() -> None:
+    schedule = cosine(1.0, decay_steps=4, final_lr=0.2)
+    assert [schedule(k) for k in (1, 3, 5, 6, 100)] == pytest.approx([1.0, 0.6, 0.2, 0.2, 0.2])
+
+
+def test_linear_warmup_ramps_up_to_the_schedule_then_starts_it() -> None:
+    assert [linear_warmup(0.4, 4, start_factor=0.0)(k) for k in range(1, 7)] == \
+        pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
+    after = linear_warmup(inverse_sqrt(1.0), 2, start_factor=0.5)
+    assert [after(k) for k in (1, 2, 3, 6)] == pytest.approx([0.5, 0.75, 1.0, 0.5])
+    with pytest.raises(ConfigError, match=r"warmup_steps = 0 .*>= 1"):
+        linear_warmup(0.1, 0)
+
+
+def test_registry_schedules_cosine_with_warmup_and_any_callable_is_a_schedule() -> None:
+    spec = {"name": "sgd", "lr": 1.0, "schedule": "cosine", "decay_steps": 4, "final_lr": 0.2,
+            "warmup_steps": 2}
+    ones = {"x": torch.ones(1)}
+    steps = [-float(u["x"]) for u in _run(make_rule(spec, WORKERS), [ones] * 8)]
+    warm, decay = linear_warmup(cosine(1.0, 4, 0.2), 2), cosine(1.0, 4, 0.2)
+    assert steps == pytest.approx([warm(k) for k in range(1, 9)])
+    assert steps[2:] == pytest.approx([decay(k) for k in range(1, 7)])
+    assert resolve_rule_spec({"name": "adamw", "schedule": "cosine",
+                              "decay_steps": 9})["final_lr"] == 0.0
+    halving = [-float(u["x"]) for u in _run(asyncopt.rules.sgd(lambda k: 0.5**k), [ones] * 3)]
+    assert halving == [0.5, 0.25, 0.125]
+
+
+def test_every_registered_rule_is_a_function_of_the_package_with_the_same_defaults() -> None:
+    grads = [_tree(10 + step) for step in range(5)]
+    for name in rule_names():
+        assert name in asyncopt.rules.__all__, name
+        alias = getattr(asyncopt.rules, name)()
+        ours, registered = _run(alias, grads), _run(make_rule({"name": name}, WORKERS), grads)
+        for a, b in zip(ours, registered, strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
 def test_resolved_spec_has_every_default_and_is_idempotent() -> None:
     resolved = resolve_rule_spec({"name": "amsgrad", "bias_correction": True, "lr": 1})
     assert resolved["eps"] == 1e-8 and resolved["lr"] == 1.0 and isinstance(resolved["lr"], float)
@@ -314,7 +368,14 @@ def test_resolved_spec_has_every_default_and_is_idempotent() -> None:
     ({"name": "adam", "amsgrad": "yes"}, r"rule\.amsgrad = 'yes' .*true or false"),
     ({"name": "normalized_sgd", "kind": "approx"}, r"rule\.kind = 'approx' .*ema, exact"),
     ({"name": "normalized_sgd", "steps": 0}, r"rule\.steps = 0 .*>= 1"),
-    ({"name": "sgd", "schedule": "cosine"}, r"rule\.schedule = 'cosine' .*capped_inverse_sqrt"),
+    ({"name": "sgd", "schedule": "step"},
+     r"rule\.schedule = 'step' .*capped_inverse_sqrt, constant, cosine"),
+    ({"name": "sgd", "schedule": "cosine"}, r"rule\.decay_steps = None .*>= 1 with .*cosine"),
+    ({"name": "sgd", "decay_steps": 10}, r"rule\.decay_steps = 10 .*absent otherwise"),
+    ({"name": "sgd", "final_lr": 0.0}, r"rule\.final_lr = 0\.0 .*absent unless"),
+    ({"name": "sgd", "schedule": "cosine", "decay_steps": 0}, r"rule\.decay_steps = 0 .*>= 1"),
+    ({"name": "adamw", "warmup_steps": 1.5}, r"rule\.warmup_steps = 1\.5 .*integer >= 0"),
+    ({"name": "momentum", "nesterov": True}, r"rule = 'nesterov' .*known keys"),
     ({"name": "sgd", "schedule": "capped_inverse_sqrt"}, r"rule\.lr_max = None .*capped"),
     ({"name": "sgd", "lr_max": 0.1}, r"rule\.lr_max = 0\.1 .*absent otherwise"),
     ({"name": "sgd", "max_delay": -1}, r"rule\.max_delay = -1 .*>= 0"),

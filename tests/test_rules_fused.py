@@ -35,6 +35,8 @@ FUSED = {
     "adam_weight_decay": {"name": "adam", "lr": 0.01, "weight_decay": 0.01, "eps": 1e-6},
     "adam_capped": {"name": "adam", "lr": 0.05, "schedule": "capped_inverse_sqrt",
                     "lr_max": 0.01},
+    "adamw_amsgrad_warmup": {"name": "adamw", "lr": 0.01, "amsgrad": True, "weight_decay": 0.1,
+                             "warmup_steps": 5},
     "amsgrad_code_form": {"name": "amsgrad", "lr": 0.01, "bias_correction": True},
     "amsgrad_weight_decay": {"name": "amsgrad", "lr": 0.01, "weight_decay": 0.01},
     "adagrad_accumulator_wd": {"name": "adagrad", "lr": 0.1, "initial_accumulator_value": 0.1,
@@ -43,7 +45,7 @@ FUSED = {
 """Specs whose rule, if it has a fused step, is checked (the registry's defaults, then
 variants that switch on each option the fused steps handle)."""
 
-MUST_BE_FUSED = {"sgd", "momentum", "nesterov", "adam", "amsgrad", "adagrad"}
+MUST_BE_FUSED = {"sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "adagrad"}
 WITH_STEP = [pytest.param(spec, id=case) for case, spec in FUSED.items()
              if make_rule(spec, 1).step is not None]
 

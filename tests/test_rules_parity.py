@@ -1,5 +1,8 @@
 """Parity with torch.optim at delay 0: the same MLP, the same minibatches, 50 steps, float64.
 
+Built-in rules against their torch.optim namesakes (schedules against torch's lr_scheduler),
+and :func:`~asyncopt.rules.from_torch` against the optimizer it wraps.
+
 Both sides compute the gradient with autograd at their own current parameters, so any
 difference in the update compounds over the steps; float64 makes ``atol = 1e-6`` a real test
 (rounding differences stay near 1e-15) rather than a float32 noise floor.
@@ -8,13 +11,15 @@ difference in the update compounds over the steps; float64 makes ``atol = 1e-6``
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.optim import lr_scheduler
 
-from asyncopt.rules import aliases
+from asyncopt.rules import aliases, cosine, from_torch, linear_warmup
 from asyncopt.rules.base import Rule, apply_updates
 from asyncopt.tree import Params
 
@@ -37,18 +42,24 @@ def _loss(model: nn.Module, params: Params, inputs: Tensor, targets: Tensor) -> 
     return nn.functional.cross_entropy(functional_call(model, params, (inputs,)), targets)
 
 
+Scheduled = Callable[[torch.optim.Optimizer], lr_scheduler.LRScheduler]
+
+
 def _compare(rule: Rule, make_torch: Callable[[list[Tensor]], torch.optim.Optimizer],
-             atol: float) -> float:
+             atol: float, scheduler: Scheduled | None = None) -> float:
     """Run both for STEPS steps, assert closeness after each one, return the distance moved."""
     model, init, inputs, targets, batches = _problem()
     ours = {k: v.clone() for k, v in init.items()}
     theirs = {k: v.clone().requires_grad_() for k, v in init.items()}
     optimizer = make_torch(list(theirs.values()))
+    schedule = scheduler(optimizer) if scheduler else None
     state = rule.init(ours)
     for step, batch in enumerate(batches):
         optimizer.zero_grad()
         _loss(model, theirs, inputs[batch], targets[batch]).backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
 
         leaves = {k: v.detach().requires_grad_() for k, v in ours.items()}
         grads = torch.autograd.grad(_loss(model, leaves, inputs[batch], targets[batch]),
@@ -84,6 +95,45 @@ CASES = {
                                         weight_decay=0.01)),
     "adam_amsgrad": (aliases.adam(0.02, amsgrad=True),
                      lambda p: torch.optim.Adam(p, lr=0.02, amsgrad=True)),
+    "adamw": (aliases.adamw(0.02, b1=0.8, b2=0.99, weight_decay=0.1),
+              lambda p: torch.optim.AdamW(p, lr=0.02, betas=(0.8, 0.99), weight_decay=0.1)),
+    "adamw_amsgrad": (aliases.adamw(0.02, amsgrad=True),
+                      lambda p: torch.optim.AdamW(p, lr=0.02, amsgrad=True)),
+    "momentum_alias": (aliases.momentum(0.1),
+                       lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+    "nesterov_alias": (aliases.nesterov(0.1, momentum=0.8),
+                       lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.8, nesterov=True)),
+}
+
+SCHEDULED = {  # rule with a schedule, torch optimizer, torch scheduler (stepped after each step)
+    "sgd_cosine": (aliases.sgd(cosine(0.3, decay_steps=STEPS - 1, final_lr=0.01)),
+                   lambda p: torch.optim.SGD(p, lr=0.3),
+                   partial(lr_scheduler.CosineAnnealingLR, T_max=STEPS - 1, eta_min=0.01)),
+    "adamw_warmup_cosine": (
+        aliases.adamw(linear_warmup(cosine(0.03, decay_steps=45), warmup_steps=5,
+                                    start_factor=0.1), weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.03, weight_decay=0.1),
+        lambda o: lr_scheduler.SequentialLR(o, [
+            lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=5),
+            lr_scheduler.CosineAnnealingLR(o, T_max=45)], milestones=[5])),
+    "momentum_warmup": (aliases.momentum(linear_warmup(0.1, warmup_steps=10)),
+                        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                        partial(lr_scheduler.LinearLR, total_iters=10)),
+}
+
+TORCH = {  # from_torch(optimizer, **options) against optimizer(params, **options)
+    "SGD_dampening": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.5}),
+    "Adam": (torch.optim.Adam, {"lr": 0.02, "amsgrad": True}),
+    "AdamW": (torch.optim.AdamW, {"lr": 0.02, "weight_decay": 0.1}),
+    "NAdam": (torch.optim.NAdam, {"lr": 0.02}),
+    "RAdam": (torch.optim.RAdam, {"lr": 0.05}),
+    "Adamax": (torch.optim.Adamax, {"lr": 0.05}),
+    "Adagrad": (torch.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.1}),
+    "Adadelta": (torch.optim.Adadelta, {"lr": 5.0}),
+    "RMSprop_centered": (torch.optim.RMSprop, {"lr": 0.01, "centered": True, "momentum": 0.5}),
+    "Rprop": (torch.optim.Rprop, {"lr": 0.01}),
+    "ASGD": (torch.optim.ASGD, {"lr": 0.2, "t0": 10}),
+    "Adafactor": (torch.optim.Adafactor, {"lr": 0.05}),
 }
 
 
@@ -92,6 +142,28 @@ def test_matches_torch_optim_over_50_steps(name: str) -> None:
     rule, make_torch = CASES[name]
     moved = _compare(rule, make_torch, atol=1e-6)
     assert moved > 0.05, "the parameters barely moved: the comparison would prove nothing"
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_schedules_match_torch_lr_schedulers_over_50_steps(name: str) -> None:
+    rule, make_torch, scheduler = SCHEDULED[name]
+    assert _compare(rule, make_torch, atol=1e-6, scheduler=scheduler) > 0.05
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_from_torch_matches_the_optimizer_it_runs(name: str) -> None:
+    optimizer, options = TORCH[name]
+    moved = _compare(from_torch(optimizer, **options), lambda p: optimizer(p, **options),
+                     atol=1e-9)
+    assert moved > 0.05, "the parameters barely moved: the comparison would prove nothing"
+
+
+def test_from_torch_with_a_scheduler_matches_the_pair_it_runs() -> None:
+    scheduler = partial(lr_scheduler.OneCycleLR, max_lr=0.2, total_steps=STEPS)  # lr and momentum
+    rule = from_torch(torch.optim.SGD, scheduler=scheduler, lr=0.1, momentum=0.9)
+    moved = _compare(rule, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), atol=1e-9,
+                     scheduler=scheduler)
+    assert moved > 0.05
 
 
 def test_amsgrad_code_form_equals_torch_exactly_without_eps() -> None:

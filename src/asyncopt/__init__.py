@@ -2,16 +2,53 @@
 
 One method (a rule, a protocol) written once runs in every runtime; see the README for the
 concepts and ``asyncopt.run`` / ``asyncopt.train`` for the Python API.
+
+The names below are imported on first use (PEP 562), so that ``import asyncopt`` and
+``asyncopt --help`` do not import torch.
 """
 
-from asyncopt import problems, protocols, rules
-from asyncopt.api import Result, run, train
-from asyncopt.checkpoint import load_model, save_model
-from asyncopt.errors import ConfigError
-from asyncopt.problems.user import user_problem
-from asyncopt.record import History, load
-from asyncopt.runtimes.coordinator import Budget, Evaluation
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asyncopt import problems, protocols, rules
+    from asyncopt.api import Result, run, train
+    from asyncopt.checkpoint import load_model, save_model
+    from asyncopt.errors import ConfigError
+    from asyncopt.problems.user import user_problem
+    from asyncopt.record import History, load
+    from asyncopt.runtimes.coordinator import Budget, Evaluation
+
+try:
+    __version__ = metadata.version("asyncopt")
+except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
+_WHERE = {
+    "Budget": "asyncopt.runtimes.coordinator", "ConfigError": "asyncopt.errors",
+    "Evaluation": "asyncopt.runtimes.coordinator", "History": "asyncopt.record",
+    "Result": "asyncopt.api", "load": "asyncopt.record", "load_model": "asyncopt.checkpoint",
+    "problems": None, "protocols": None, "rules": None, "run": "asyncopt.api",
+    "save_model": "asyncopt.checkpoint", "train": "asyncopt.api",
+    "user_problem": "asyncopt.problems.user",
+}
+"""name -> the module that defines it (None: the name is a subpackage)."""
+
 __all__ = ["Budget", "ConfigError", "Evaluation", "History", "Result", "load", "load_model",
            "problems", "protocols", "rules", "run", "save_model", "train", "user_problem"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'asyncopt' has no attribute {name!r}")
+    module = _WHERE[name]
+    value = import_module(f"asyncopt.{name}") if module is None else \
+        getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

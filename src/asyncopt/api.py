@@ -34,7 +34,7 @@ from asyncopt.problems.user import Model, PartitionSpec, as_problem
 from asyncopt.protocols.base import Protocol, Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import History, Recorder, write_atomic
-from asyncopt.rules.base import Rule
+from asyncopt.rules.base import Rule, as_rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes import signals
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
@@ -123,8 +123,7 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
                          partition=partition)
-    if isinstance(rule, Mapping):
-        rule = make_rule(rule, problem.num_workers)
+    rule = make_rule(rule, problem.num_workers) if isinstance(rule, Mapping) else as_rule(rule)
     if isinstance(evaluation, Mapping):
         check_keys("evaluation", evaluation, [f.name for f in fields(Evaluation)])
         evaluation = Evaluation(**evaluation)

@@ -1,5 +1,8 @@
-"""The command line: ``asyncopt run | compare | tune | sweep | plot``.
+"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs``.
 
+    asyncopt run quickstart --set rule.lr=0.01          # a ready config by name, or a TOML file
+    asyncopt configs                                    # the ready configs; copy one out:
+    asyncopt configs quickstart --out my.toml
     asyncopt run configs/quickstart.toml --set rule.lr=0.01
     asyncopt run --resume runs/<run> --set budget.steps=2000
     asyncopt compare configs/quickstart.toml --vary protocol.name=asgd,minibatch --seeds 3
@@ -9,6 +12,9 @@
 
 Exit codes: 0 the run completed; 1 it diverged, stalled or failed; 2 bad input; 128 + N when
 a signal N stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), in a run or outside one.
+
+torch (and Ray) are imported by the commands that need them, not by the parser: ``--help``
+and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -19,19 +25,22 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from asyncopt import config as configuration
-from asyncopt.api import Result, resume_run, run
+from asyncopt import shipped
+from asyncopt.arguments import parser
 from asyncopt.errors import ConfigError, check
-from asyncopt.record import History, load
-from asyncopt.runtimes import signals
+from asyncopt.runtimes import signals  # the standard library only
+
+if TYPE_CHECKING:
+    from asyncopt.api import Result
+    from asyncopt.record import History
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        return args.command(args)
+        return COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError) as error:
         print(f"asyncopt: error: {error}", file=sys.stderr)
         return 2
@@ -41,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from asyncopt import config as configuration
+    from asyncopt.api import resume_run, run
+
     overrides = list(args.set)
     if args.resume:
         check(args.config is None and not args.out and not args.method, "--resume",
@@ -54,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolved = configuration.load(args.config, overrides, method=args.method)
         result = run(resolved, progress=not args.quiet)
     print(format_summary(result))
-    if result.run_dir is not None:
+    if result.run_dir is not None and not args.no_plot:
         from asyncopt.plots import plot_run
 
         figures = plot_run(result.history, result.run_dir)
@@ -72,8 +84,10 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from asyncopt import config as configuration
     from asyncopt.aggregate import compare_table, format_table
-    from asyncopt.plots import plot_compare
+    from asyncopt.api import run
+    from asyncopt.record import load
 
     out = Path(args.out)
     groups: dict[str, list[History]] = {}
@@ -97,17 +111,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       f"final loss {result.summary['final'].get('loss', float('nan')):.4g}")
                 groups.setdefault(name, []).append(result.history)
     out.mkdir(parents=True, exist_ok=True)
-    figure = plot_compare(groups, out / "compare.png", x=args.x)
     table = format_table(compare_table(groups, metric="loss", target=args.target, x=args.x))
     (out / "compare.md").write_text(table + "\n")
     print(table)
-    print(f"figure:   {figure}\ntable:    {out / 'compare.md'}")
+    if not args.no_plot:
+        from asyncopt.plots import plot_compare
+
+        print(f"figure:   {plot_compare(groups, out / 'compare.png', x=args.x)}")
+    print(f"table:    {out / 'compare.md'}")
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Each method's best value of one key (e.g. the step size) on one seed, by final metric."""
+    from asyncopt import config as configuration
     from asyncopt.aggregate import format_table
+    from asyncopt.api import run
 
     key, sep, values = args.grid.partition("=")
     check(bool(sep) and bool(values), "--grid", args.grid, "KEY=V1,V2,... e.g. rule.lr=0.1,0.01")
@@ -146,6 +165,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """A final metric against one key (``asyncopt.sweep``): CSV, table and figure."""
+    from asyncopt import config as configuration
     from asyncopt import sweep
 
     out = Path(args.out)
@@ -170,10 +190,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from asyncopt.plots import plot_run
+    from asyncopt.record import load
 
     history = load(args.run_dir)
     figures = plot_run(history, Path(args.out or args.run_dir))
     print("figures:  " + ", ".join(str(f) for f in figures))
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """List the ready configs, or copy one out for editing."""
+    if args.name is None:
+        names = shipped.names()
+        width = max(map(len, names))
+        for name in names:
+            print(f"{name:{width}s}  {shipped.summary(name)}")
+        print(f"\n{len(names)} ready configs in {shipped.directory()}; run one by name "
+              f"(asyncopt run quickstart), or copy one out: asyncopt configs NAME --out FILE")
+        return 0
+    target = shipped.copy_out(args.name, Path(args.out or "."))
+    print(f"copied:   {target}  (asyncopt run {target})")
     return 0
 
 
@@ -206,6 +242,8 @@ def _variations(vary: Sequence[str]) -> list[list[str]]:
 
 
 def _label(resolved: dict[str, Any], source: str) -> str:
+    from asyncopt import config as configuration
+
     return configuration.label(resolved) if resolved else Path(source).name
 
 
@@ -213,59 +251,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asyncopt", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(required=True)
-    p = commands.add_parser("run", help="run one experiment from a TOML file")
-    p.add_argument("config", nargs="?")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue RUN_DIR from its checkpoint.pt (in RUN_DIR-resumed)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", help="parent directory of the run directory (output.dir)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--method", help="the [[methods]] entry to run, by label")
-    p.set_defaults(command=cmd_run)
-    t = commands.add_parser("tune", help="pick each method's value of one key on one seed")
-    t.add_argument("config")
-    t.add_argument("--grid", required=True, metavar="KEY=V1,V2,...")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--metric", default="loss", help="minimized final metric (default: loss)")
-    t.add_argument("--out", default="runs/tune")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(command=cmd_tune)
-    c = commands.add_parser("compare", help="several configs or variations over seeds, one plot")
-    c.add_argument("inputs", nargs="+", help="TOML files to run, or run directories to load")
-    c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--seeds", type=int, default=3)
-    c.add_argument("--seed", type=int, default=0, help="first seed")
-    c.add_argument("--out", default="runs/compare")
-    c.add_argument("--x", choices=("now", "version"), default="now")
-    c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
-    c.add_argument("--quiet", action="store_true")
-    c.set_defaults(command=cmd_compare)
-    w = commands.add_parser("sweep", help="a final metric against one key, over seeds")
-    w.add_argument("config")
-    w.add_argument("--x", required=True, metavar="KEY=V1,V2|START:STOP:STEP")
-    w.add_argument("--series", metavar="KEY=V1,V2", help="one curve per value (and method)")
-    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    w.add_argument("--seeds", type=int, default=3)
-    w.add_argument("--seed", type=int, default=0, help="first seed")
-    w.add_argument("--metric", default="loss")
-    w.add_argument("--mode", choices=("min", "max"), default="min", help="best = min or max")
-    w.add_argument("--failed", type=float, default=float("nan"),
-                   help="value of a run that did not complete (default NaN: left out)")
-    w.add_argument("--x-axis", choices=("value", "delay"), default="value")
-    w.add_argument("--title")
-    w.add_argument("--out", default="runs/sweep")
-    w.add_argument("--quiet", action="store_true")
-    w.set_defaults(command=cmd_sweep)
-    q = commands.add_parser("plot", help="figures of a recorded run")
-    q.add_argument("run_dir")
-    q.add_argument("--out")
-    q.set_defaults(command=cmd_plot)
-    return parser
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "compare": cmd_compare, "sweep": cmd_sweep,
+            "plot": cmd_plot, "configs": cmd_configs}
+"""The command names of :func:`asyncopt.arguments.parser` -> what runs them."""
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from asyncopt import shipped
 from asyncopt.errors import ConfigError, check, check_choice, check_int, check_keys
 from asyncopt.problems.registry import resolve_problem_spec
 from asyncopt.protocols.registry import resolve_protocol_spec
@@ -62,10 +63,13 @@ TABLES = ("problem", "rule", "protocol", "speed", "budget", "eval", "output", "r
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """The raw contents of a TOML experiment file (not yet validated)."""
-    path = Path(path)
+    """The raw contents of a TOML experiment file (not yet validated), or of a ready config
+    by name (``quickstart``: :mod:`asyncopt.shipped`) when no such file exists."""
+    given, path = str(path), Path(path)
     if not path.is_file():
-        raise ConfigError("config", str(path), "an existing TOML file")
+        path = shipped.find(given) or path
+    if not path.is_file():
+        raise ConfigError("config", given, "an existing TOML file, or " + shipped.unknown(given))
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:

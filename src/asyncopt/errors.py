@@ -6,6 +6,7 @@ message has the same shape: the field, the value, and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -54,7 +55,7 @@ def check_float(field: str, value: Any, minimum: float | None = None,
 
 def check_choice(field: str, value: Any, choices: Iterable[str]) -> str:
     choices = sorted(choices)
-    check(value in choices, field, value, "one of " + ", ".join(choices))
+    check(value in choices, field, value, "one of " + ", ".join(choices) + nearest(value, choices))
     return str(value)
 
 
@@ -62,8 +63,17 @@ def check_keys(field: str, given: Iterable[str], allowed: Iterable[str]) -> None
     """Refuse unknown keys in a user-given table (a typo must not be ignored silently)."""
     allowed = sorted(allowed)
     unknown = sorted(set(given) - set(allowed))
-    check(not unknown, field, unknown[0] if unknown else None,
-          "known keys are " + (", ".join(allowed) if allowed else "none"))
+    if unknown:
+        raise ConfigError(field, unknown[0], "known keys are " + (", ".join(allowed) or "none")
+                          + nearest(unknown[0], allowed))
+
+
+def nearest(value: Any, allowed: Iterable[str]) -> str:
+    """``"; did you mean 'lr'?"`` for the allowed word closest to a misspelt one, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, list(allowed), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _range(minimum: int | None, maximum: int | None) -> str:

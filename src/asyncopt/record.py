@@ -26,9 +26,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+
+from asyncopt.errors import check_choice
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ARRIVAL_COLUMNS = ("now", "worker", "version", "delay", "loss", "action", "stepped",
                    "compute_time")
@@ -54,6 +59,19 @@ class History:
         values = self.evaluations.get(metric)
         measured = [] if values is None else [v for v in values if not math.isnan(v)]
         return float(measured[-1]) if measured else math.nan
+
+    def to_pandas(self, table: str = "evaluations") -> pd.DataFrame:
+        """One table as a ``pandas.DataFrame``, a row per record: ``"evaluations"`` (now,
+        version, arrivals and each metric) or ``"arrivals"`` (now, worker, version, delay, loss,
+        action, stepped, compute_time). pandas is optional (``pip install pandas``)."""
+        columns = {"evaluations": self.evaluations, "arrivals": self.arrivals}
+        check_choice("table", table, columns)
+        try:
+            import pandas
+        except ImportError as error:
+            raise ImportError("History.to_pandas needs pandas, which asyncopt does not "
+                              "install: pip install pandas (or asyncopt[pandas])") from error
+        return pandas.DataFrame(columns[table])
 
 
 class Recorder:

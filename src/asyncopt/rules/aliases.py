@@ -59,6 +59,19 @@ def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, nesterov: bool = Fal
     return fused.with_step(rule, fused.sgd_step(lr, momentum, nesterov, weight_decay))
 
 
+def momentum(lr: float | Schedule = 0.01, momentum: float = 0.9,
+             weight_decay: float = 0.0) -> Rule:
+    """Heavy-ball SGD (Polyak 1964), torch.optim.SGD(momentum=μ): :func:`sgd` with μ = 0.9."""
+    return sgd(lr, momentum, weight_decay=weight_decay)
+
+
+def nesterov(lr: float | Schedule = 0.01, momentum: float = 0.9,
+             weight_decay: float = 0.0) -> Rule:
+    """Nesterov momentum as torch.optim.SGD(nesterov=True) (Sutskever et al. 2013): ``x ← x −
+    α_k (d + μ b)``; :func:`sgd` with μ = 0.9 and ``nesterov=True``."""
+    return sgd(lr, momentum, nesterov=True, weight_decay=weight_decay)
+
+
 def adagrad(lr: float | Schedule = 0.01, eps: float = 1e-10,
             initial_accumulator_value: float = 0.0, weight_decay: float = 0.0,
             momentum: float = 0.0) -> Rule:
@@ -96,6 +109,19 @@ def adam(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: f
     rule = _chain(_decay(weight_decay), scale_by_adam(b1, b2, eps, amsgrad),
                   scale_by_learning_rate(lr))
     return fused.with_step(rule, fused.adam_step(lr, b1, b2, eps, weight_decay, amsgrad))
+
+
+def adamw(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.01, amsgrad: bool = False) -> Rule:
+    """torch.optim.AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019).
+
+    ``x ← x − α_k (m̂/(√v̂ + ε) + wd·x)``: the decay is added after the preconditioner, so it is
+    not rescaled by ``√v``, and it follows the schedule ``α_k`` (torch's ``p ← p(1 − α_k·wd)``).
+    """
+    rule = _chain(scale_by_adam(b1, b2, eps, amsgrad), _decay(weight_decay),
+                  scale_by_learning_rate(lr))
+    return fused.with_step(rule, fused.adam_step(lr, b1, b2, eps, weight_decay, amsgrad,
+                                                 decoupled=True))
 
 
 def amsgrad(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,

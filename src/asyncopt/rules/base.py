@@ -28,6 +28,12 @@ A rule may also carry a **fused step** (``rule.step``, :mod:`asyncopt.rules.fuse
 step done in place, ``params`` and state together, in one pass where torch has a fused kernel.
 Lock-free workers use it when it is there; ``tests/test_rules_fused.py`` holds every fused step
 to its rule's ``update`` + :func:`apply_updates`.
+
+A rule that must be stepped by one central server owning the whole model and the rule's state
+says so with ``rule.needs_central_server`` (:func:`~asyncopt.rules.torch_optim.from_torch`: a
+live ``torch.optim`` object steps a private copy of the model); lock-free workers (several
+processes stepping one shared state) and block servers (the model cut into blocks, each with its
+own state) refuse it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from asyncopt.errors import ConfigError
 from asyncopt.tree import Params
 
 State = Any
@@ -66,6 +73,10 @@ class Rule(NamedTuple):
     init: Callable[[Params], State]
     update: UpdateFn
     step: StepFn | None = None
+    needs_central_server: bool = False
+    """True when only one central server holding the whole model can run ``update`` (its state
+    is more than the tensors of ``state``, e.g. a live torch.optim object): lock-free workers
+    and block servers cannot. A chain needs it when one of its blocks does."""
 
 
 class EmptyState(NamedTuple):
@@ -82,6 +93,7 @@ def chain(*rules: Rule) -> Rule:
     If a block drops the gradient (answers ``None``), the chain answers ``None`` and the blocks
     after it are not called. A chain of one block is that block (one call less per step).
     """
+    rules = tuple(as_rule(rule, f"chain argument {i}") for i, rule in enumerate(rules))
     if len(rules) == 1:
         return rules[0]
 
@@ -101,7 +113,25 @@ def chain(*rules: Rule) -> Rule:
                 break
         return updates, ChainState(tuple(new_states))
 
-    return Rule(init, update)
+    return Rule(init, update,
+                needs_central_server=any(rule.needs_central_server for rule in rules))
+
+
+def as_rule(value: Any, field: str = "rule") -> Rule:
+    """``value`` if it is a :class:`Rule`; otherwise a ConfigError saying what to pass instead
+    (for a torch.optim optimizer, class or instance: :func:`~.torch_optim.from_torch`)."""
+    if isinstance(value, Rule):
+        return value
+    optimizer = value if isinstance(value, type) else type(value)
+    if issubclass(optimizer, torch.optim.Optimizer):
+        public = optimizer.__module__.startswith("torch.optim.")  # torch.optim.adamw.AdamW
+        name = ("torch.optim" if public else optimizer.__module__) + "." + optimizer.__qualname__
+        raise ConfigError(field, name, f"a rule: asyncopt.rules.from_torch({name}, lr=...) runs "
+                          f"this torch optimizer (its class and its options) as one, or take "
+                          f"a built-in rule such as asyncopt.rules.adamw(lr=...)")
+    raise ConfigError(field, type(value).__name__, "a Rule (e.g. asyncopt.rules.adam(lr=1e-3), "
+                      "asyncopt.rules.from_torch(torch.optim.SGD, lr=0.1)) or a spec such as "
+                      "{'name': 'adam', 'lr': 1e-3}")
 
 
 def stateless(fn: Callable[..., Params | None]) -> Rule:

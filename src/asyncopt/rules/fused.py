@@ -17,6 +17,8 @@ place:
   leaf's own count (one shared counter per leaf, ticked under the shared lock like the
   functional path's), handed to the kernel as private copies so that another process's tick in
   between cannot change it.
+* ``adamw``: ``torch._fused_adamw_`` (``torch.optim.AdamW(fused=True)``), the same pass with
+  ``p ← p(1 − α_k·wd)`` first instead of ``d = g + wd·p``.
 * ``adagrad`` without momentum: ``torch._fused_adagrad_`` — ``s ← s + d²``,
   ``p ← p − α_k d/(√s + ε)`` (``lr_decay = 0``, so the kernel's step count is unused).
 * ``amsgrad`` (APAM, Xu et al.): its direction comes from
@@ -57,7 +59,7 @@ from asyncopt.tree import Params
 
 def with_step(rule: Rule, step: StepFn) -> Rule:
     """``rule`` with the fused ``step`` that does its update in place."""
-    return Rule(rule.init, rule.update, step)
+    return rule._replace(step=step)
 
 
 def part(state: State, kind: type) -> State:
@@ -90,18 +92,19 @@ def sgd_step(lr: float | Schedule, momentum: float, nesterov: bool,
 
 
 def adam_step(lr: float | Schedule, b1: float, b2: float, eps: float, weight_decay: float,
-              amsgrad: bool) -> StepFn:
-    """The fused step of :func:`~.aliases.adam` (its state: AdamState, CountState)."""
+              amsgrad: bool, decoupled: bool = False) -> StepFn:
+    """The fused step of :func:`~.aliases.adam` (its state: AdamState, CountState), or of
+    :func:`~.aliases.adamw` with ``decoupled`` weight decay."""
     schedule = as_schedule(lr)
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
 
     def step(grads: Params, state: State, params: Params, *, delay: int, worker: int) -> bool:
         moments, count = part(state, AdamState), part(state, CountState)
         *ks, k = tick_each([*leaves(moments.count, grads), count.count])  # one lock
-        torch._fused_adam_(leaves(params, grads), list(grads.values()),
-                           leaves(moments.mu, grads), leaves(moments.nu, grads),
-                           leaves(moments.nu_max, grads) if amsgrad else [], _private_steps(ks),
-                           lr=schedule(k), beta1=b1, beta2=b2, weight_decay=weight_decay,
-                           eps=eps, amsgrad=amsgrad, maximize=False)
+        kernel(leaves(params, grads), list(grads.values()), leaves(moments.mu, grads),
+               leaves(moments.nu, grads), leaves(moments.nu_max, grads) if amsgrad else [],
+               _private_steps(ks), lr=schedule(k), beta1=b1, beta2=b2,
+               weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=False)
         return True
 
     return step

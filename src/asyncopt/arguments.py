@@ -1,0 +1,118 @@
+"""The command line's arguments: every command and option of ``asyncopt``, with its help.
+
+:mod:`asyncopt.cli` runs what they ask; this module imports nothing heavy, so ``--help`` and
+``--version`` answer without torch. A command's ``command`` default is its name in
+``cli.COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from asyncopt import __version__
+
+DESCRIPTION = ("Asynchronous parallel and distributed stochastic optimization with PyTorch: run "
+               "experiments in the simulator, on worker processes or on Ray, compare and plot "
+               "them.")
+EPILOG = ("CONFIG is a TOML experiment file or the name of a ready config (asyncopt configs "
+          "lists them).")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="asyncopt", description=DESCRIPTION, epilog=EPILOG)
+    root.add_argument("--version", action="version", version=f"asyncopt {__version__}")
+    commands = root.add_subparsers(required=True, metavar="COMMAND")
+    p = commands.add_parser("run", help="run one experiment", description="Run one experiment "
+                            "and print its summary; its run directory holds the history, the "
+                            "resolved config and the figures.", epilog=EPILOG)
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="a TOML experiment file or a ready config's name (e.g. quickstart)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its checkpoint.pt (in RUN_DIR-resumed)")
+    _set(p)
+    p.add_argument("--out", metavar="DIR", help="parent directory of the run directory "
+                   "(output.dir, default runs)")
+    p.add_argument("--method", metavar="LABEL",
+                   help="the [[methods]] entry to run, by label (files with several methods)")
+    _quiet(p)
+    _no_plot(p, "no figures (run 'asyncopt plot RUN_DIR' later)")
+    p.set_defaults(command="run")
+    t = commands.add_parser("tune", help="pick each method's value of one key on one seed",
+                            description="Run each method of CONFIG once per grid value and "
+                            "write tuned.toml with each method's best value.")
+    t.add_argument("config", metavar="CONFIG", help="a TOML file or a ready config's name")
+    t.add_argument("--grid", required=True, metavar="KEY=V1,V2,...",
+                   help="the key and its values, e.g. rule.lr=0.001,0.01,0.1")
+    _set(t)
+    t.add_argument("--seed", type=int, default=0, help="the seed of every run (default 0)")
+    t.add_argument("--metric", default="loss", help="minimized final metric (default: loss)")
+    t.add_argument("--out", default="runs/tune", metavar="DIR",
+                   help="where tuned.toml goes (default runs/tune)")
+    _quiet(t)
+    t.set_defaults(command="tune")
+    c = commands.add_parser("compare", help="several configs or variations over seeds, one plot",
+                            description="Run configs (or load run directories) over seeds and "
+                            "compare them: median and IQR curves, a table, time to a target.")
+    c.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="TOML files or ready configs to run, or run directories to load")
+    c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run every value of KEY (repeatable: every combination)")
+    _set(c)
+    c.add_argument("--seeds", type=int, default=3, help="seeds per variation (default 3)")
+    c.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    c.add_argument("--out", default="runs/compare", metavar="DIR",
+                   help="output directory (default runs/compare)")
+    c.add_argument("--x", choices=("now", "version"), default="now",
+                   help="x axis: the runtime's clock or the server version (default now)")
+    c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
+    _quiet(c)
+    _no_plot(c, "no compare.png (the table only)")
+    c.set_defaults(command="compare")
+    w = commands.add_parser("sweep", help="a final metric against one key, over seeds",
+                            description="A final metric against one key, over seeds: CSV, "
+                            "table and figure.")
+    w.add_argument("config", metavar="CONFIG", help="a TOML file or a ready config's name")
+    w.add_argument("--x", required=True, metavar="KEY=V1,V2|START:STOP:STEP",
+                   help="the swept key and its values (a list or an integer range)")
+    w.add_argument("--series", metavar="KEY=V1,V2", help="one curve per value (and method)")
+    _set(w)
+    w.add_argument("--seeds", type=int, default=3, help="seeds per point (default 3)")
+    w.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    w.add_argument("--metric", default="loss", help="the final metric (default loss)")
+    w.add_argument("--mode", choices=("min", "max"), default="min", help="best = min or max")
+    w.add_argument("--failed", type=float, default=float("nan"),
+                   help="value of a run that did not complete (default NaN: left out)")
+    w.add_argument("--x-axis", choices=("value", "delay"), default="value",
+                   help="plot against the swept value or the mean delay measured")
+    w.add_argument("--title", help="the figure's title (default: the config's name)")
+    w.add_argument("--out", default="runs/sweep", metavar="DIR",
+                   help="output directory (default runs/sweep)")
+    _quiet(w)
+    w.set_defaults(command="sweep")
+    q = commands.add_parser("plot", help="figures of a recorded run",
+                            description="Draw the figures of a recorded run from its files.")
+    q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    q.add_argument("--out", metavar="DIR", help="where the figures go (default RUN_DIR)")
+    q.set_defaults(command="plot")
+    f = commands.add_parser("configs", help="list the ready configs, or copy one out",
+                            description="List the ready experiment files that ship with "
+                            "asyncopt, or copy one out for editing (never overwriting).")
+    f.add_argument("name", nargs="?", metavar="NAME", help="the config to copy out")
+    f.add_argument("--out", metavar="PATH",
+                   help="the file or directory to copy it to (default: ./NAME.toml)")
+    f.set_defaults(command="configs")
+    return root
+
+
+def _set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. rule.lr=0.01 (repeatable; the "
+                        "value is read as TOML)")
+
+
+def _quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _no_plot(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--no-plot", action="store_true", help=what)
