@@ -38,6 +38,11 @@ def _path(field: str, value: Any) -> str:
     return str(value)
 
 
+def _bool(field: str, value: Any) -> bool:
+    check(isinstance(value, bool), field, value, "true or false")
+    return value
+
+
 def _fraction(field: str, value: Any) -> float:
     value = check_float(field, value, 0.0, 1.0)
     check(value < 1.0, field, value, "a number in [0, 1)")
@@ -64,6 +69,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_classes": lambda f, v: check_int(f, v, 2),
     "label_noise": lambda f, v: check_float(f, v, 0.0, 1.0),
     "path": _path,
+    "standardize": _bool,
     "eigenvalues": check_eigenvalues,
     "covariance": check_covariance,
 }
