@@ -24,6 +24,7 @@ from asyncopt.errors import (
 from asyncopt.problems.base import Problem
 from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
+from asyncopt.problems.partition import SCHEMES
 from asyncopt.problems.pca import check_covariance, check_eigenvalues
 from asyncopt.problems.vision import check_model
 
@@ -56,8 +57,8 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "noise": lambda f, v: check_float(f, v, 0.0),
     "dataset": lambda f, v: check_choice(f, v, DATASETS),
     "batch_size": lambda f, v: check_int(f, v, 1),
-    "partition": lambda f, v: check_choice(f, v, ("iid", "dirichlet", "dirichlet_equal",
-                                                  "sorted")),
+    "partition": lambda f, v: check_choice(f, v, [s for s in SCHEMES if s != "given"]),
+    "partition_seed": _optional_int(0),
     "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
     "test_fraction": _fraction,
     "l2": lambda f, v: check_float(f, v, 0.0),
