@@ -138,7 +138,8 @@ def _trim_to_multiple(labels: np.ndarray, num_workers: int,
     members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     sizes = np.array([len(m) for m in members])
     drops = rounded_counts(sizes / sizes.sum(), excess)
-    dropped = [rng.choice(m, size=k, replace=False) for m, k in zip(members, drops) if k > 0]
+    dropped = [rng.choice(m, size=k, replace=False)
+               for m, k in zip(members, drops, strict=True) if k > 0]
     keep = np.ones(len(labels), dtype=bool)
     keep[np.concatenate(dropped)] = False
     return np.flatnonzero(keep)
