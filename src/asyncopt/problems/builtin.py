@@ -20,9 +20,11 @@ The data problems share ``batch_size``, ``partition`` (iid, dirichlet, dirichlet
 dirichlet_equal_rounded, sorted; :mod:`asyncopt.problems.partition`), ``alpha`` (Dirichlet
 concentration), ``partition_seed`` (the partition's own seed, an integer ≥ 0; by default the run
 seed, so each seed draws its own partition; the Ringleader authors keep 654321 for every run
-seed), ``test_fraction`` and ``gradient``: ``"closed_form"`` computes each
-stochastic gradient by hand (:mod:`asyncopt.problems.closed_form`, the same minibatches, loss
-and gradient as autograd to float rounding, several times faster for small models),
+seed), ``replacement`` (minibatches drawn with replacement from the shard, the default, or
+distinct samples as the authors'), ``test_fraction`` and ``gradient``: ``"closed_form"``
+computes each stochastic gradient by hand (:mod:`asyncopt.problems.closed_form`, the same
+minibatches, loss and gradient as autograd to float rounding, several times faster for small
+models),
 ``"autograd"`` by ``torch.autograd``, and ``"auto"`` (default) picks the closed form where the
 model has one (both built-in models do); a dataset's own options (``path`` for
 ``libsvm``; ``num_samples``, ``num_features``, ... for ``synthetic``) are allowed only with it.
@@ -49,8 +51,8 @@ from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.problems.vision import model_factory
 
 DATA_KEYS: dict[str, Any] = {"batch_size": 32, "partition": "iid", "alpha": 0.5,
-                             "partition_seed": None, "test_fraction": 0.2, "l2": 0.0,
-                             "gradient": "auto"}
+                             "partition_seed": None, "replacement": True,
+                             "test_fraction": 0.2, "l2": 0.0, "gradient": "auto"}
 GRADIENTS = ("auto", "autograd", "closed_form")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quadratic": {"dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1},
@@ -121,7 +123,7 @@ def _supervised(spec: Mapping[str, Any], data: Dataset, num_workers: int, seed: 
     shards = partition(data.y_train.numpy(), len(data.y_train), num_workers, spec["partition"],
                        alpha=spec["alpha"], seed=partition_seed)
     keywords = {"batch_size": spec["batch_size"], "X_test": data.X_test, "y_test": data.y_test,
-                "l2": spec["l2"]}
+                "l2": spec["l2"], "replacement": spec["replacement"]}
     closed_form = spec["gradient"] == "closed_form" or (
         spec["gradient"] == "auto" and has_closed_form(factory))
     if closed_form:

@@ -59,6 +59,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "batch_size": lambda f, v: check_int(f, v, 1),
     "partition": lambda f, v: check_choice(f, v, [s for s in SCHEMES if s != "given"]),
     "partition_seed": _optional_int(0),
+    "replacement": _bool,
     "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
     "test_fraction": _fraction,
     "l2": lambda f, v: check_float(f, v, 0.0),
