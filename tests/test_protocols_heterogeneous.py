@@ -291,12 +291,16 @@ class _Node:
         return (point - self._center) * self._curvature
 
 
-def authors_run(method: Any, workers: int, seed: int, calls: int, **options: Any,
-                ) -> tuple[np.ndarray, list[tuple[float, int]]]:
-    """The authors' ``method`` on the noiseless quadratic with their time model: the final
-    point and every arrival (time, worker), read from their transport."""
-    from ringleader_reference import RandomDelayedAsynchronousTransport, make_delays, \
-        make_noise_function
+def authors_run(method: Any, workers: int, seed: int, calls: int, times: Any = None,
+                **options: Any) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """The authors' ``method`` on the noiseless quadratic with their time model (or fixed
+    ``times``, without noise): the final point and every arrival (time, worker), read from
+    their transport."""
+    from ringleader_reference import (
+        RandomDelayedAsynchronousTransport,
+        make_delays,
+        make_noise_function,
+    )
 
     arrivals: list[tuple[float, int]] = []
 
@@ -307,15 +311,19 @@ def authors_run(method: Any, workers: int, seed: int, calls: int, **options: Any
 
     problem = make_problem({**QUADRATIC, "noise": 0.0}, workers, seed)
     start = problem.init_params(torch.Generator().manual_seed(seed))["x"].numpy().copy()
-    transport = Logged([_Node(problem, w) for w in range(workers)],
-                       make_delays(workers, seed), make_noise_function(workers, seed))
+    if times is None:
+        delays, noise = make_delays(workers, seed), make_noise_function(workers, seed)
+    else:
+        delays, noise = np.asarray(times), lambda index: 0.0
+    transport = Logged([_Node(problem, w) for w in range(workers)], delays, noise)
     optimizer = method(transport, start, gamma=SGD["lr"], **options)
     for _ in range(calls):
         optimizer.step()
     return optimizer.get_point(), arrivals
 
 
-def ours_run(spec: dict[str, Any], workers: int, seed: int, steps: int) -> tuple[Any, History]:
+def ours_run(spec: dict[str, Any], workers: int, seed: int, steps: int,
+             speed: dict[str, Any] = AUTHORS_SPEED) -> tuple[Any, History]:
     problem = make_problem({**QUADRATIC, "noise": 0.0}, workers, seed)
     server = Server(problem.init_params(torch.Generator().manual_seed(seed)),
                     make_rule(SGD, workers))
@@ -323,7 +331,7 @@ def ours_run(spec: dict[str, Any], workers: int, seed: int, steps: int) -> tuple
     recorder = Recorder()
     coordinator = Coordinator(problem, protocol, recorder, Budget(steps=steps),
                               Evaluation(every=10**9))
-    Simulator(problem, make_speed_model(AUTHORS_SPEED, workers, seed), seed).run(coordinator)
+    Simulator(problem, make_speed_model(speed, workers, seed), seed).run(coordinator)
     coordinator.finish()
     return server.params["x"].numpy(), recorder.history()
 
@@ -342,6 +350,28 @@ def test_ia2sgd_without_step_on_fill_is_the_authors_iaasgd():
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     stepping, _ = ours_run({"name": "ia2sgd"}, workers, seed, steps=calls * workers)
     assert not np.allclose(stepping, theirs, rtol=1e-5, atol=1e-6)  # the default differs
+
+
+def test_rennala_launching_everyone_gives_the_authors_b_fastest_batches():
+    """The authors' RennalaSGD with B < n launches only the B workers that finish first. Launching
+    all n (ours) gives the same batches: the B earliest arrivals all come from those B workers,
+    since each of the others finishes after all B of them have finished once. Without noise the
+    runs agree step for step. With noise the random streams part: the authors also draw a compute
+    time for the worker that completes a batch before restarting everyone (asyncopt draws one
+    per start), so that worker's later times are shifted by one draw."""
+    from ringleader_reference import RennalaSGD
+
+    workers, batch, calls = 7, 3, 12
+    times = [float(t) for t in np.sqrt([2.0, 3.0, 5.0, 7.0, 11.0, 13.0, 17.0])[::-1]]
+    theirs, arrivals = authors_run(RennalaSGD, workers, 0, calls, times, batch_size=batch)
+    ours, history = ours_run({"name": "rennala", "batch_size": batch}, workers, 0, calls,
+                             {"times": times})
+    used = np.isin(history.arrivals["action"], ("step", "buffer"))
+    assert history.arrivals["worker"][used].tolist() == [w for _, w in arrivals]
+    np.testing.assert_allclose(history.arrivals["now"][used], [t for t, _ in arrivals],
+                               rtol=1e-12)
+    assert {w for _, w in arrivals} == {4, 5, 6}  # only the three fastest ever contribute
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 # --- every protocol with several rules -----------------------------------------------------------
