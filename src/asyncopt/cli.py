@@ -7,6 +7,10 @@
     asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
 
+``compare``, ``tune`` and ``sweep`` run their simulated runs ``--jobs`` at a time in worker
+processes (default: the cores; :mod:`asyncopt.jobs`), with the results and the printed lines in
+the same order as one run after the other.
+
 Exit codes: 0 the run completed; 1 it diverged, stalled or was interrupted; 2 bad input;
 130 interrupted outside a run.
 """
@@ -23,6 +27,7 @@ from typing import Any
 from asyncopt import config as configuration
 from asyncopt.api import Result, resume_run, run
 from asyncopt.errors import ConfigError, check
+from asyncopt.jobs import Task, check_jobs, default_jobs, run_all
 from asyncopt.record import History, load
 
 
@@ -65,7 +70,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from asyncopt.plots import plot_compare
 
     out = Path(args.out)
+    jobs = check_jobs(args.jobs)
     groups: dict[str, list[History]] = {}
+    planned: list[tuple[str, int, Task]] = []  # every run is checked before any starts
     for source in args.inputs:
         if Path(source).is_dir():
             history = load(source)
@@ -77,13 +84,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 resolved = configuration.resolve(configuration.apply_overrides(raw, overrides))
                 name = " ".join([method, *variation]).strip() or _label(resolved, source)
                 run_dir = out / _slug(Path(source).stem + "-" + name) / f"seed{args.seed + seed}"
-                check(not run_dir.exists(), "--out", str(out),
+                check(not run_dir.exists() and all(run_dir != t.run_dir for *_, t in planned),
+                      "--out", str(out),
                       f"a directory without {run_dir.relative_to(out)} (never overwritten)")
-                run_dir.mkdir(parents=True)
-                result = run(resolved, run_dir=run_dir, progress=not args.quiet)
-                print(f"{name:40s} seed {args.seed + seed}: {result.summary['status']}, "
-                      f"final loss {result.summary['final'].get('loss', float('nan')):.4g}")
-                groups.setdefault(name, []).append(result.history)
+                planned.append((name, args.seed + seed, Task(resolved, run_dir)))
+    for *_, task in planned:
+        assert task.run_dir is not None
+        task.run_dir.mkdir(parents=True)
+    outcomes = run_all([task for *_, task in planned], jobs, progress=not args.quiet)
+    for (name, seed, _), outcome in zip(planned, outcomes, strict=True):
+        print(f"{name:40s} seed {seed}: {outcome.summary['status']}, "
+              f"final loss {outcome.summary['final'].get('loss', float('nan')):.4g}")
+        assert outcome.history is not None
+        groups.setdefault(name, []).append(outcome.history)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_compare(groups, out / "compare.png", x=args.x)
     table = format_table(compare_table(groups, metric="loss", target=args.target, x=args.x))
@@ -103,17 +116,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     raw = configuration.read(args.config)
     out = Path(args.out)
     check(not (out / "tuned.toml").exists(), "--out", str(out), "a directory without tuned.toml")
-    rows = []
-    for method, method_raw in configuration.methods(raw):
-        scores = {}
+    jobs = check_jobs(args.jobs)
+    methods = configuration.methods(raw)
+    tasks = []
+    for _, method_raw in methods:
         for value in grid:
             resolved = configuration.resolve(configuration.apply_overrides(
                 method_raw, [*args.set, f"seed={args.seed}"]))
             configuration.set_in_method(resolved, "", key, value)
-            result = run(configuration.resolve(resolved), save=False, progress=not args.quiet)
-            final = result.history.final(args.metric)
-            scores[value] = final if result.summary["status"] == "completed" else float("inf")
-            print(f"{method or 'config'} {key}={value}: {result.summary['status']}, "
+            tasks.append(Task(configuration.resolve(resolved)))
+    outcomes = run_all(tasks, jobs, progress=not args.quiet)
+    rows = []
+    for method, method_raw in methods:
+        scores = {}
+        for value in grid:
+            summary, finals, _ = next(outcomes)
+            final = finals.get(args.metric, float("nan"))
+            scores[value] = final if summary["status"] == "completed" else float("inf")
+            print(f"{method or 'config'} {key}={value}: {summary['status']}, "
                   f"final {args.metric} {final:.4g}")
         best = min(scores, key=lambda v: scores[v])
         configuration.set_in_method(raw, method, key, best)
@@ -146,7 +166,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   f"{p.final.get(args.metric, float('nan')):.4g}, max delay {p.max_delay:g}")
 
     points = sweep.run_sweep(configuration.read(args.config), x, series, seeds=args.seeds,
-                             first_seed=args.seed, overrides=args.set, report=report)
+                             first_seed=args.seed, overrides=args.set, report=report,
+                             jobs=check_jobs(args.jobs))
     *paths, text = sweep.write_outputs(points, out, args.metric, mode=args.mode,
                                        failed=args.failed, x_label=x[0], x_axis=args.x_axis,
                                        title=args.title or Path(args.config).stem)
@@ -220,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--metric", default="loss", help="minimized final metric (default: loss)")
     t.add_argument("--out", default="runs/tune")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="runs at once, in processes (default: the cores)")
     t.set_defaults(command=cmd_tune)
     c = commands.add_parser("compare", help="several configs or variations over seeds, one plot")
     c.add_argument("inputs", nargs="+", help="TOML files to run, or run directories to load")
@@ -231,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--x", choices=("now", "version"), default="now")
     c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="runs at once, in processes (default: the cores)")
     c.set_defaults(command=cmd_compare)
     w = commands.add_parser("sweep", help="a final metric against one key, over seeds")
     w.add_argument("config")
@@ -247,6 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--title")
     w.add_argument("--out", default="runs/sweep")
     w.add_argument("--quiet", action="store_true")
+    w.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="runs at once, in processes (default: the cores)")
     w.set_defaults(command=cmd_sweep)
     q = commands.add_parser("plot", help="figures of a recorded run")
     q.add_argument("run_dir")
