@@ -105,3 +105,18 @@ def test_jobs_zero_is_refused_before_anything_runs(tmp_path, capsys):
         assert main([*command, "--jobs", "0", "--out", str(out), "--quiet"]) == 2
         assert "--jobs = 0 is not allowed: an integer >= 1" in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_run_refused_at_build_time_leaves_no_run_directory(tmp_path, capsys):
+    from asyncopt.cli import main
+
+    config = tmp_path / "exp.toml"
+    config.write_text(f'workers = 2\n[problem]\nname = "mlp"\ndataset = "fashion_mnist"\n'
+                      f'path = "{tmp_path / "none"}"\n[budget]\nsteps = 5\n')
+    for jobs in ("1", "2"):
+        out = tmp_path / f"cmp{jobs}"
+        assert main(["compare", str(config), "--seeds", "2", "--out", str(out), "--quiet",
+                     "--jobs", jobs]) == 2
+        assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+        assert not any(p.is_dir() and any(p.iterdir()) for p in out.glob("*/*"))
+        assert not list(out.glob("*/seed*"))

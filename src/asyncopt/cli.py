@@ -88,9 +88,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       "--out", str(out),
                       f"a directory without {run_dir.relative_to(out)} (never overwritten)")
                 planned.append((name, args.seed + seed, Task(resolved, run_dir)))
-    for *_, task in planned:
-        assert task.run_dir is not None
-        task.run_dir.mkdir(parents=True)
     outcomes = run_all([task for *_, task in planned], jobs, progress=not args.quiet)
     for (name, seed, _), outcome in zip(planned, outcomes, strict=True):
         print(f"{name:40s} seed {seed}: {outcome.summary['status']}, "

@@ -77,8 +77,15 @@ def run_task(task: Task, progress: bool = False) -> Outcome:
     """One run (module level, so that a worker process can import it)."""
     from asyncopt.api import run
 
-    result = run(task.config, save=task.run_dir is not None, run_dir=task.run_dir,
-                 progress=progress)
+    if task.run_dir is not None:
+        task.run_dir.mkdir(parents=True)
+    try:
+        result = run(task.config, save=task.run_dir is not None, run_dir=task.run_dir,
+                     progress=progress)
+    except BaseException:
+        if task.run_dir is not None and not any(task.run_dir.iterdir()):
+            task.run_dir.rmdir()  # refused before anything ran: no trace
+        raise
     history = result.history
     finals = {metric: history.final(metric) for metric in history.evaluations}
     return Outcome(dict(result.summary), finals, history if task.run_dir is not None else None)

@@ -80,8 +80,11 @@ class DataFileError(ConfigError):
 
     def __init__(self, path: str | Path, line: int, what: str) -> None:
         super().__init__("path", str(path), f"line {line}: {what}")
-        self.line = line
+        self.line, self.what = line, what
         self.args = (f"{path}, line {line}: {what}",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.value, self.line, self.what)
 
 
 def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options: Any) -> Dataset:
