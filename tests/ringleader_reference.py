@@ -6,7 +6,7 @@ commits 9013e25…d175d78), ``code/experiments/``:
 * ``prep_data.py``: ``reduce_dataset_to_multiple`` and ``dirichlet_partition_equal_size``;
 * ``tune_and_plot_single_seed.py``: ``make_delays`` and ``make_noise_function``;
 * ``asynchronous/asynchronous_transport.py``: ``State`` and ``RandomDelayedAsynchronousTransport``;
-* ``asynchronous/algorithm.py``: ``IAASGD`` and ``RennalaSGD``.
+* ``asynchronous/algorithm.py``: ``IAASGD``, ``RennalaSGD`` and ``RingleaderASGD``.
 
 The bodies are unchanged (only imports are gathered here), so ruff is silenced for this file.
 Tests compare asyncopt's options against these functions on small cases, not against asyncopt's
@@ -430,4 +430,161 @@ class RennalaSGD(object):
     
     def get_total_worker_time(self):
         return self._total_worker_time
+
+class RingleaderASGD(object):
+    """
+    Phase 1: collect until every worker has contributed at least once (no updates).
+    Phase 2: perform exactly n updates — start with the last finisher of Phase 1.
+             Extra arrivals from already-updated workers go into NEXT buffer.
+    After Phase 2: move NEXT -> CURRENT, clear NEXT, and start a new Phase 1.
+    """
+    def __init__(self, transport, point, gamma=None, gamma_multiply=None, meta=None):
+        self._transport = transport
+        self._transport.reset_all_nodes(0)
+        self._point = point
+        if gamma_multiply is not None:
+            gamma *= gamma_multiply
+        self._gamma = gamma
+        self._time = 0
+        self._iter = 0
+
+        self._number_of_nodes = n = self._transport.get_number_of_nodes()
+        d = int(np.asarray(self._point).size)
+
+        # CURRENT table (running per-node means at the current point)
+        self._mean_curr   = np.zeros((n, d), dtype=self._point.dtype)
+        self._cnt_curr    = np.zeros(n, dtype=np.int64)
+        self._global_mean = np.zeros(d, dtype=self._point.dtype)
+
+        # NEXT buffer (arrivals during Phase 2 from already-updated workers)
+        self._mean_next  = np.zeros((n, d), dtype=self._point.dtype)
+        self._cnt_next   = np.zeros(n, dtype=np.int64)
+        self._global_mean_next = np.zeros(d, dtype=self._point.dtype)
+
+        # Phase-1 bookkeeping
+        self._have_arrived  = np.zeros(n, dtype=np.int8)  # whether worker i has contributed in current cycle
+        self._arrived_count = 0
+
+        # Event queue
+        self._heap = []
+        for i in range(n):
+            tnext = self._transport.call_available_node_method(
+                self._time, i, node_method="calculate_stochastic_gradient", point=self._point
+            )
+            heapq.heappush(self._heap, (tnext, i, self._iter))
+
+    # ---- helpers ----
+    def _asarray_like_point(self, g):
+        # Ensure 1-D shape compatible with rows of mean tables
+        return np.asarray(g, dtype=self._point.dtype).ravel()
+
+    @staticmethod
+    def _inc_mean(mean_mat, cnt_arr, i, g, n_for_global, global_vec):
+        """
+        Incremental mean for worker i and corresponding global mean:
+          mean_i <- mean_i + (g - mean_i)/(cnt_i + 1)
+          global <- global + (mean_i_new - mean_i_old)/n
+        """
+        c_new = int(cnt_arr[i]) + 1
+        cnt_arr[i] = c_new
+        mi = mean_mat[i]                 # view (1d)
+        delta = (g - mi) / float(c_new)  # (d,)
+        np.add(mi, delta, out=mi)
+        np.add(global_vec, delta / float(n_for_global), out=global_vec)
+
+    def _finish_cycle_and_prepare_next(self):
+        """Promote NEXT -> CURRENT (O(1) swaps), clear NEXT, rebuild Phase-1 flags."""
+        # Swap tables/globals
+        self._mean_curr,  self._mean_next  = self._mean_next,  self._mean_curr
+        self._cnt_curr,   self._cnt_next   = self._cnt_next,   self._cnt_curr
+        self._global_mean, self._global_mean_next = self._global_mean_next, self._global_mean
+        # Clear NEXT in-place
+        self._mean_next.fill(0.0)
+        self._cnt_next.fill(0)
+        self._global_mean_next.fill(0.0)
+        # Phase 1 pre-arrivals (fast workers may already be nonzero)
+        self._have_arrived[:] = (self._cnt_curr > 0).astype(np.int8)
+        self._arrived_count = int(self._have_arrived.sum())
+
+    def step(self):
+        n = self._number_of_nodes
+
+        # -------- Phase 1: collect until all workers have contributed once
+        last_finisher = None
+        while self._arrived_count < n:
+            available_time, i, _ = heapq.heappop(self._heap)
+            self._time = available_time
+
+            g = self._asarray_like_point(self._transport.call_ready_node(self._time, i))
+            first = (self._have_arrived[i] == 0)
+            self._inc_mean(self._mean_curr, self._cnt_curr, i, g, n, self._global_mean)
+            if first:
+                self._have_arrived[i] = 1
+                self._arrived_count += 1
+
+            if self._arrived_count == n:
+                # i is the LAST finisher → do NOT reschedule at OLD point
+                last_finisher = i
+                break
+            else:
+                # keep non-last workers busy at the old point
+                tnext = self._transport.call_available_node_method(
+                    self._time, i, node_method="calculate_stochastic_gradient", point=self._point
+                )
+                heapq.heappush(self._heap, (tnext, i, self._iter))
+
+        # -------- Phase 2: exactly n updates (start with last finisher)
+        # First update with CURRENT global mean
+        self._point -= self._gamma * self._global_mean
+        self._iter += 1
+
+        # Reschedule last finisher with the NEW point
+        tnext = self._transport.call_available_node_method(
+            self._time, last_finisher, node_method="calculate_stochastic_gradient", point=self._point
+        )
+        heapq.heappush(self._heap, (tnext, last_finisher, self._iter))
+
+        # Everyone except last finisher still needs one update
+        needs_update = np.ones(n, dtype=np.int8)
+        needs_update[last_finisher] = 0
+        remaining = n - 1
+
+        while remaining > 0:
+            available_time, i, _ = heapq.heappop(self._heap)
+            self._time = available_time
+
+            g = self._asarray_like_point(self._transport.call_ready_node(self._time, i))
+
+            if needs_update[i]:
+                # Fold old-point grad into CURRENT table, update once, then send new point
+                self._inc_mean(self._mean_curr, self._cnt_curr, i, g, n, self._global_mean)
+                self._point -= self._gamma * self._global_mean
+                self._iter += 1
+                needs_update[i] = 0
+                remaining -= 1
+
+                tnext = self._transport.call_available_node_method(
+                    self._time, i, node_method="calculate_stochastic_gradient", point=self._point
+                )
+                heapq.heappush(self._heap, (tnext, i, self._iter))
+            else:
+                # Already updated this cycle → stash into NEXT (new-point grads)
+                self._inc_mean(self._mean_next, self._cnt_next, i, g, n, self._global_mean_next)
+                tnext = self._transport.call_available_node_method(
+                    self._time, i, node_method="calculate_stochastic_gradient", point=self._point
+                )
+                heapq.heappush(self._heap, (tnext, i, self._iter))
+
+        # -------- Prepare next cycle
+        self._finish_cycle_and_prepare_next()
+
+    def calculate_function(self):
+        return np.mean(self._transport.call_nodes_method(
+            node_method='calculate_function', point=self._point))
+
+    def get_point(self):
+        return self._point
+
+    def get_time(self):
+        return self._time
 

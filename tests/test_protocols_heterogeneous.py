@@ -352,6 +352,18 @@ def test_ia2sgd_without_step_on_fill_is_the_authors_iaasgd():
     assert not np.allclose(stepping, theirs, rtol=1e-5, atol=1e-6)  # the default differs
 
 
+def test_ringleader_under_the_authors_time_model_is_the_authors_ringleader():
+    from ringleader_reference import RingleaderASGD
+
+    workers, seed, rounds = 6, 27, 8
+    theirs, arrivals = authors_run(RingleaderASGD, workers, seed, rounds)
+    ours, history = ours_run({"name": "ringleader"}, workers, seed, steps=rounds * workers)
+    assert set(history.arrivals["action"]) == {"step", "buffer"}  # nothing lost
+    assert history.arrivals["worker"].tolist() == [w for _, w in arrivals]
+    np.testing.assert_allclose(history.arrivals["now"], [t for t, _ in arrivals], rtol=1e-12)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_rennala_launching_everyone_gives_the_authors_b_fastest_batches():
     """The authors' RennalaSGD with B < n launches only the B workers that finish first. Launching
     all n (ours) gives the same batches: the B earliest arrivals all come from those B workers,
