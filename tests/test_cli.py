@@ -64,7 +64,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
 def test_compare_runs_variations_over_seeds(tmp_path, capsys):
     out = tmp_path / "cmp"
     code = main(["compare", str(_config(tmp_path)), "--vary", "protocol.name=asgd,minibatch",
-                 "--seeds", "2", "--out", str(out), "--quiet"])
+                 "--seeds", "2", "--out", str(out), "--quiet", "--jobs", "1"])
     assert code == 0
     assert (out / "compare.png").stat().st_size > 1000
     table = (out / "compare.md").read_text()
@@ -141,7 +141,7 @@ def test_methods_tune_and_compare(tmp_path, capsys):
     assert "minibatch" in next(tmp_path.glob("*/config.toml")).read_text()
 
     assert main(["tune", str(path), "--grid", "rule.lr=0.001,0.2", "--out",
-                 str(tmp_path / "tune"), "--quiet"]) == 0
+                 str(tmp_path / "tune"), "--quiet", "--jobs", "1"]) == 0
     tuned = tomllib.loads((tmp_path / "tune" / "tuned.toml").read_text())
     by_label = {m["label"]: m for m in tuned["methods"]}
     assert by_label["fast"]["rule"]["lr"] == 0.2  # a larger step wins on this quadratic
@@ -149,7 +149,7 @@ def test_methods_tune_and_compare(tmp_path, capsys):
     assert tuned["problem"]["dim"] == 5
 
     assert main(["compare", str(tmp_path / "tune" / "tuned.toml"), "--seeds", "2", "--out",
-                 str(tmp_path / "cmp"), "--quiet"]) == 0
+                 str(tmp_path / "cmp"), "--quiet", "--jobs", "1"]) == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| fast" in table and "| sync" in table
 

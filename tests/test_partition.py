@@ -87,3 +87,52 @@ def test_given_lists_are_checked_and_may_overlap():
 def test_bad_inputs_name_their_field(args, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         partition(*args, seed=0, **kwargs)
+
+
+# --- the Ringleader authors' construction, against their prep_data.py (ringleader_reference) ---
+
+@pytest.mark.parametrize(("count", "workers", "alpha"), [(1000, 10, 0.1), (1037, 10, 0.1),
+                                                          (523, 7, 0.5), (300, 100, 0.1)])
+def test_rounded_dirichlet_is_the_authors_trim_and_partition(count, workers, alpha):
+    from ringleader_reference import dirichlet_partition_equal_size, reduce_dataset_to_multiple
+
+    # unequal classes, so that the trim, the remainders and the top-ups all have work to do
+    labels = np.random.default_rng(count).choice(10, size=count, p=np.linspace(1, 3, 10) / 20)
+    features = np.arange(count)  # the authors' functions return features; ours index arrays
+    kept, kept_labels, _, _ = reduce_dataset_to_multiple(features, labels, 10, workers,
+                                                         seed=123456)
+    _, _, expected = dirichlet_partition_equal_size(kept, kept_labels, 10, num_nodes=workers,
+                                                    alpha=alpha, seed=654321)
+    shards = partition(labels, count, workers, "dirichlet_equal_rounded", alpha=alpha,
+                       seed=654321)
+    assert len(shards) == workers
+    for ours, theirs in zip(shards, expected, strict=True):
+        assert ours.dtype == np.int64 and np.array_equal(ours, kept[theirs])
+    assert len({len(s) for s in shards}) == 1
+
+
+def test_rounded_dirichlet_needs_one_sample_per_client():
+    with pytest.raises(ConfigError, match=r"num_workers = 11 .*equal-size clients of at least "
+                       "one sample"):
+        partition(LABELS[:10], 10, 11, "dirichlet_equal_rounded", alpha=0.1, seed=0)
+
+
+def test_partition_seed_fixes_the_partition_whatever_the_run_seed():
+    from asyncopt.problems.registry import make_problem
+
+    def shards(seed: int, **keys: object) -> list[np.ndarray]:
+        spec = {"name": "logistic", "dataset": "digits", "partition": "dirichlet",
+                "test_fraction": 0.0, **keys}
+        return make_problem(spec, 5, seed).shards
+
+    fixed = [shards(seed, partition_seed=654321) for seed in (26, 27)]
+    assert all(np.array_equal(a, b) for a, b in zip(*fixed, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(shards(26), shards(3, partition_seed=26),
+                                                     strict=True))  # default: the run seed
+    assert not all(np.array_equal(a, b) for a, b in zip(shards(26), shards(27), strict=True))
+    for bad in (1.5, "654321", -1, True):
+        with pytest.raises(ConfigError, match=r"problem\.partition_seed = .* an integer >= 0"):
+            shards(0, partition_seed=bad)
+    with pytest.raises(ConfigError, match=r"workers = 1001 .*equal-size clients"):
+        make_problem({"name": "logistic", "dataset": "synthetic", "test_fraction": 0.0,
+                      "partition": "dirichlet_equal_rounded"}, 1001, 0)

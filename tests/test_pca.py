@@ -145,7 +145,7 @@ def test_sweep_command_writes_table_csv_and_figure(tmp_path: Path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", str(path), "--x", "workers=1,2", "--series", "rule.lr=0.01,0.02",
                  "--seeds", "1", "--x-axis", "delay", "--failed", "1", "--out", str(out),
-                 "--quiet"])
+                 "--quiet", "--jobs", "1"])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"sweep.csv", "sweep.md", "sweep.png"}
     lines = (out / "sweep.csv").read_text().splitlines()

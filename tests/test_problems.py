@@ -140,6 +140,46 @@ def test_batches_larger_than_a_shard_work():
     assert tree.all_finite(grads)
 
 
+@pytest.mark.parametrize(("shard", "batch"), [(5, 2), (3, 2), (40, 4)])
+def test_minibatches_without_replacement_are_uniform_subsets(shard, batch):
+    """Redraws (B² ≤ N) and permutations (B² > N) both give every B-subset of the shard with
+    probability 1/C(N, B), the law of the authors' rng.choice(N, size=B, replace=False)."""
+    import math
+    from collections import Counter
+
+    import numpy as np
+
+    spec = {"name": "logistic", "dataset": "synthetic", "num_samples": 4 * shard,
+            "test_fraction": 0.0, "batch_size": batch, "replacement": False}
+    problem = make_problem(spec, 4, 0)
+    assert {len(s) for s in problem.shards} == {shard}
+    draws, generator = 6000, _gen(1)
+    ours = Counter(tuple(sorted(problem._picks(0, generator).tolist())) for _ in range(draws))
+    assert all(len(set(subset)) == batch for subset in ours)
+    rng = np.random.default_rng(1)  # the authors' model.py _sample_minibatch
+    theirs = Counter(tuple(sorted(rng.choice(shard, size=batch, replace=False).tolist()))
+                     for _ in range(draws))
+    subsets = math.comb(shard, batch)
+    if subsets <= 10:
+        assert set(ours) == set(theirs) and len(ours) == subsets
+        for counts in (ours, theirs):
+            assert max(abs(c / draws - 1 / subsets) for c in counts.values()) < 0.03
+    positions = np.bincount([i for subset in ours.elements() for i in subset], minlength=shard)
+    assert positions.min() > 0.8 * draws * batch / shard
+    again = make_problem({**spec, "replacement": True}, 4, 0)
+    assert torch.equal(again._picks(0, _gen(2)), torch.randint(shard, (batch,),
+                                                               generator=_gen(2)))
+
+
+def test_without_replacement_the_batch_must_fit_in_every_shard():
+    spec = {"name": "logistic", "dataset": "synthetic", "num_samples": 40,
+            "test_fraction": 0.0, "batch_size": 11, "replacement": False}
+    with pytest.raises(ConfigError, match=r"problem\.batch_size = 11 .*smallest shard \(10 "):
+        make_problem(spec, 4, 0)
+    with pytest.raises(ConfigError, match=r"problem\.replacement = 'no' .*true or false"):
+        make_problem({**spec, "replacement": "no"}, 4, 0)
+
+
 def test_evaluate_weighs_workers_equally_and_reports_test_metrics():
     problem = _supervised(l2=0.05)
     params = problem.init_params(_gen())
@@ -196,8 +236,8 @@ def test_registry_builds_every_problem_with_its_defaults_resolved():
         "name": "quadratic", "dim": 10, "condition": 10.0, "heterogeneity": 0.0, "noise": 0.1}
     mlp = resolve_problem_spec({"name": "mlp"})
     assert mlp == {"name": "mlp", "dataset": "digits", "batch_size": 32, "partition": "iid",
-                   "alpha": 0.5, "test_fraction": 0.2, "l2": 0.0, "gradient": "auto",
-                   "hidden": 64}
+                   "alpha": 0.5, "partition_seed": None, "replacement": True,
+                   "test_fraction": 0.2, "l2": 0.0, "gradient": "auto", "hidden": 64}
     logistic = resolve_problem_spec({"name": "logistic"})
     assert logistic["dataset"] == "synthetic" and logistic["num_features"] == 20
     assert resolve_problem_spec(logistic) == logistic

@@ -271,6 +271,121 @@ def test_ia2sgd_steps_on_every_arrival_after_warm_up_and_its_slots_grow_stale():
     assert arrivals["delay"].max() > 2 * workers - 2
 
 
+# --- against the authors' simulator (tests/ringleader_reference.py) ------------------------------
+
+AUTHORS_SPEED = {"profile": "linear", "permute": True, "noise": "half_normal",
+                 "noise_grows": True, "noise_index": "worker", "seeding": "offset"}
+
+
+class _Node:
+    """A node of the authors' transport computing asyncopt's quadratic f_i without noise."""
+
+    def __init__(self, problem: Any, worker: int) -> None:
+        self._curvature = problem.curvature.numpy()
+        self._center = problem.centers[worker].numpy()
+
+    def create_instance(self) -> _Node:
+        return self
+
+    def calculate_stochastic_gradient(self, point: np.ndarray) -> np.ndarray:
+        return (point - self._center) * self._curvature
+
+
+def authors_run(method: Any, workers: int, seed: int, calls: int, times: Any = None,
+                **options: Any) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """The authors' ``method`` on the noiseless quadratic with their time model (or fixed
+    ``times``, without noise): the final point and every arrival (time, worker), read from
+    their transport."""
+    from ringleader_reference import (
+        RandomDelayedAsynchronousTransport,
+        make_delays,
+        make_noise_function,
+    )
+
+    arrivals: list[tuple[float, int]] = []
+
+    class Logged(RandomDelayedAsynchronousTransport):
+        def call_ready_node(self, time: float, node_index: int) -> Any:
+            arrivals.append((time, node_index))
+            return super().call_ready_node(time, node_index)
+
+    problem = make_problem({**QUADRATIC, "noise": 0.0}, workers, seed)
+    start = problem.init_params(torch.Generator().manual_seed(seed))["x"].numpy().copy()
+    if times is None:
+        delays, noise = make_delays(workers, seed), make_noise_function(workers, seed)
+    else:
+        delays, noise = np.asarray(times), lambda index: 0.0
+    transport = Logged([_Node(problem, w) for w in range(workers)], delays, noise)
+    optimizer = method(transport, start, gamma=SGD["lr"], **options)
+    for _ in range(calls):
+        optimizer.step()
+    return optimizer.get_point(), arrivals
+
+
+def ours_run(spec: dict[str, Any], workers: int, seed: int, steps: int,
+             speed: dict[str, Any] = AUTHORS_SPEED) -> tuple[Any, History]:
+    problem = make_problem({**QUADRATIC, "noise": 0.0}, workers, seed)
+    server = Server(problem.init_params(torch.Generator().manual_seed(seed)),
+                    make_rule(SGD, workers))
+    protocol = make_protocol(spec, server, workers)
+    recorder = Recorder()
+    coordinator = Coordinator(problem, protocol, recorder, Budget(steps=steps),
+                              Evaluation(every=10**9))
+    Simulator(problem, make_speed_model(speed, workers, seed), seed).run(coordinator)
+    coordinator.finish()
+    return server.params["x"].numpy(), recorder.history()
+
+
+def test_ia2sgd_without_step_on_fill_is_the_authors_iaasgd():
+    from ringleader_reference import IAASGD
+
+    workers, seed, calls = 7, 26, 6
+    theirs, arrivals = authors_run(IAASGD, workers, seed, calls)
+    ours, history = ours_run({"name": "ia2sgd", "step_on_fill": False}, workers, seed,
+                             steps=calls * workers)
+    used = history.arrivals["action"] != "cancel"
+    assert history.arrivals["worker"][used].tolist() == [w for _, w in arrivals]
+    np.testing.assert_allclose(history.arrivals["now"][used], [t for t, _ in arrivals],
+                               rtol=1e-12)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    stepping, _ = ours_run({"name": "ia2sgd"}, workers, seed, steps=calls * workers)
+    assert not np.allclose(stepping, theirs, rtol=1e-5, atol=1e-6)  # the default differs
+
+
+def test_ringleader_under_the_authors_time_model_is_the_authors_ringleader():
+    from ringleader_reference import RingleaderASGD
+
+    workers, seed, rounds = 6, 27, 8
+    theirs, arrivals = authors_run(RingleaderASGD, workers, seed, rounds)
+    ours, history = ours_run({"name": "ringleader"}, workers, seed, steps=rounds * workers)
+    assert set(history.arrivals["action"]) == {"step", "buffer"}  # nothing lost
+    assert history.arrivals["worker"].tolist() == [w for _, w in arrivals]
+    np.testing.assert_allclose(history.arrivals["now"], [t for t, _ in arrivals], rtol=1e-12)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_rennala_launching_everyone_gives_the_authors_b_fastest_batches():
+    """The authors' RennalaSGD with B < n launches only the B workers that finish first. Launching
+    all n (ours) gives the same batches: the B earliest arrivals all come from those B workers,
+    since each of the others finishes after all B of them have finished once. Without noise the
+    runs agree step for step. With noise the random streams part: the authors also draw a compute
+    time for the worker that completes a batch before restarting everyone (asyncopt draws one
+    per start), so that worker's later times are shifted by one draw."""
+    from ringleader_reference import RennalaSGD
+
+    workers, batch, calls = 7, 3, 12
+    times = [float(t) for t in np.sqrt([2.0, 3.0, 5.0, 7.0, 11.0, 13.0, 17.0])[::-1]]
+    theirs, arrivals = authors_run(RennalaSGD, workers, 0, calls, times, batch_size=batch)
+    ours, history = ours_run({"name": "rennala", "batch_size": batch}, workers, 0, calls,
+                             {"times": times})
+    used = np.isin(history.arrivals["action"], ("step", "buffer"))
+    assert history.arrivals["worker"][used].tolist() == [w for _, w in arrivals]
+    np.testing.assert_allclose(history.arrivals["now"][used], [t for t, _ in arrivals],
+                               rtol=1e-12)
+    assert {w for _, w in arrivals} == {4, 5, 6}  # only the three fastest ever contribute
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 # --- every protocol with several rules -----------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -328,7 +443,8 @@ def test_every_protocol_with_every_rule_decreases_the_loss(case, rule):
     ({"name": "rennala", "batch_size": 0}, r"protocol\.batch_size = 0 .*integer >= 1"),
     ({"name": "malenia", "batch_size": -3}, r"protocol\.batch_size = -3 .*integer >= 1"),
     ({"name": "ringleader", "max_delay": 3}, r"protocol = 'max_delay' .*known keys are none"),
-    ({"name": "ia2sgd", "batch": 3}, r"protocol = 'batch' .*known keys are none"),
+    ({"name": "ia2sgd", "batch": 3}, r"protocol = 'batch' .*known keys are step_on_fill"),
+    ({"name": "ia2sgd", "step_on_fill": 1}, r"protocol\.step_on_fill = 1 .*true or false"),
 ])
 def test_bad_options_name_the_field(spec, message):
     server = Server({"x": torch.zeros(2)}, make_rule(SGD, 3))

@@ -27,3 +27,23 @@ def test_the_pca_delay_config_is_async_msgd_with_fixed_delays():
         assert resolved["protocol"]["name"] == "asgd"
         assert resolved["speed"]["profile"] == "constant" and resolved["speed"]["noise"] == "none"
         assert label == f"mu={resolved['rule']['momentum']:g}"
+
+
+@pytest.mark.parametrize("name", ["ringleader_fashion", "ringleader_mnist_full"])
+def test_the_full_data_ringleader_configs_select_the_authors_setting(name):
+    path = Path(__file__).parents[1] / "configs" / f"{name}.toml"
+    labels = []
+    for label, raw in configuration.methods(configuration.read(path)):
+        resolved = configuration.resolve(raw)
+        problem, speed = resolved["problem"], resolved["speed"]
+        assert (problem["partition"], problem["alpha"], problem["partition_seed"]) == (
+            "dirichlet_equal_rounded", 0.1, 654321)
+        assert problem["standardize"] and not problem["replacement"]
+        assert (problem["hidden"], problem["batch_size"], resolved["workers"]) == (128, 4, 100)
+        assert (speed["noise_index"], speed["seeding"], speed["profile"]) == (
+            "worker", "offset", "linear")
+        assert resolved["budget"]["time"] == 3e5 and resolved["eval"]["every"] == 2000.0
+        if resolved["protocol"]["name"] == "ia2sgd":
+            assert resolved["protocol"]["step_on_fill"] is False
+        labels.append(label)
+    assert labels[:3] == ["Ringleader", "Malenia", "IA2SGD"]

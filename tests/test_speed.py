@@ -112,6 +112,37 @@ def test_permutation_moves_the_noise_spread_with_the_base_time():
         assert times(model, worker, 4000).mean() - base == pytest.approx(math.sqrt(base), rel=0.1)
 
 
+AUTHORS = {"profile": "linear", "permute": True, "noise": "half_normal", "noise_grows": True,
+           "noise_index": "worker", "seeding": "offset"}
+
+
+@pytest.mark.parametrize(("workers", "seed"), [(5, 26), (100, 30)])
+def test_authors_time_model_gives_their_base_times_and_noise_draws(workers, seed):
+    from ringleader_reference import make_delays, make_noise_function
+
+    model = make_speed_model(AUTHORS, workers, seed)
+    assert model.base_times() == make_delays(workers, seed).astype(float).tolist()
+    noise = make_noise_function(workers, seed)
+    order = np.random.default_rng(0).permutation(np.repeat(np.arange(workers), 20))
+    base = model.base_times()
+    for worker in order:  # interleaved calls: each worker's own stream, one draw per call
+        drawn = model.compute_time(int(worker), 0.0) - base[worker]
+        assert drawn == pytest.approx(noise(int(worker)), rel=1e-12, abs=1e-12)
+
+
+def test_noise_index_worker_ties_the_spread_to_the_worker_not_its_base_time():
+    spec = {"profile": "linear", "permute": True, "noise": "exponential", "noise_grows": True,
+            "noise_index": "worker"}
+    model = make_speed_model(spec, 6, 4)
+    assert model.base_times() != sorted(model.base_times())  # the permutation moved them
+    for worker, base in enumerate(model.base_times()):
+        mean_noise = times(model, worker, 4000).mean() - base
+        assert mean_noise == pytest.approx(math.sqrt(worker + 1), rel=0.1)
+    default = make_speed_model({**spec, "noise_index": "profile"}, 6, 4)
+    assert default.base_times() == model.base_times()  # the option moves spreads only
+    assert "w the worker" in model.describe() and "base time's index" in default.describe()
+
+
 def test_slowdowns_apply_inside_their_window_to_their_workers_only():
     spec = {"times": [1.0, 2.0, 4.0], "slowdowns": [
         {"workers": [0, 2], "start": 10.0, "end": 20.0, "factor": 3.0},
@@ -168,6 +199,8 @@ def test_resolved_spec_has_every_default_and_round_trips_through_toml():
     ({"noise": "gaussian"}, r"speed\.noise = 'gaussian'.*exponential, half_normal"),
     ({"noise_scale": -1}, r"speed\.noise_scale = -1 .*>= 0"),
     ({"noise_grows": 1}, r"speed\.noise_grows = 1 .*true or false"),
+    ({"noise_index": "base"}, r"speed\.noise_index = 'base' .*profile, worker"),
+    ({"seeding": "numpy"}, r"speed\.seeding = 'numpy' .*offset, spawn"),
     ({"straggler_probability": 1.5}, r"speed\.straggler_probability = 1\.5 .*<= 1"),
     ({"straggler_factor": 0.5}, r"speed\.straggler_factor = 0\.5 .*>= 1"),
     ({"slowdowns": {"factor": 2}}, r"speed\.slowdowns = .*a list of tables"),

@@ -49,3 +49,74 @@ def test_loglog_slope_recovers_the_exponent_of_a_power_law():
     assert b == pytest.approx(-0.5, abs=0.1)  # the running minimum removes the wiggles' rises
     assert fitted.sum() > 300 and times[1:][fitted].min() >= 10.0
     assert math.isnan(module.slope(times[:3], noisy[:3])[0])
+
+
+def test_parallel_jobs_give_the_sequential_results_in_the_same_order(tmp_path, capsys):
+    """``--jobs 2`` (two spawned processes) against ``--jobs 1`` for all three commands: the
+    same points, the same tuned values, the same recorded histories, the same printed lines."""
+    import tomllib
+
+    import numpy as np
+
+    from asyncopt.cli import main
+    from asyncopt.record import load
+
+    noisy = {**RAW, "workers": 3, "problem": {"name": "quadratic", "dim": 5, "noise": 0.3},
+             "speed": {"profile": "linear", "noise": "half_normal"},
+             "budget": {"time": 30.0}}
+    one, two = (run_sweep(noisy, parse_axis("workers=2,3"), seeds=2, jobs=jobs)
+                for jobs in (1, 2))
+    drop_wall = [(p.label, p.x, p.seed, p.status, p.final, p.max_delay, p.now) for p in one]
+    assert drop_wall == [(p.label, p.x, p.seed, p.status, p.final, p.max_delay, p.now)
+                         for p in two]
+    assert len({p.final["loss"] for p in one}) == 4  # four different runs, not one repeated
+    config = tmp_path / "exp.toml"
+    config.write_text('seed = 0\nworkers = 3\n[problem]\nname = "quadratic"\ndim = 5\n'
+                      '[rule]\nname = "sgd"\nlr = 0.1\n[speed]\nprofile = "linear"\n'
+                      'noise = "exponential"\n[budget]\nsteps = 40\n[eval]\nevery = 10\n')
+    printed = []
+    for jobs in ("1", "2"):
+        assert main(["compare", str(config), "--vary", "rule.lr=0.05,0.2", "--seeds", "2",
+                     "--out", str(tmp_path / f"cmp{jobs}"), "--quiet", "--jobs", jobs]) == 0
+        assert main(["tune", str(config), "--grid", "rule.lr=0.01,0.1,0.3", "--out",
+                     str(tmp_path / f"tune{jobs}"), "--quiet", "--jobs", jobs]) == 0
+        text = capsys.readouterr().out.replace(f"cmp{jobs}", "cmp").replace(f"tune{jobs}", "tune")
+        # the tables' arrivals-per-second column is a wall-clock measurement: left out
+        printed.append([line for line in text.splitlines() if not line.startswith("|")])
+    assert printed[0] == printed[1] and len(printed[0]) >= 4 + 3
+    runs = sorted(p.relative_to(tmp_path / "cmp1") for p in (tmp_path / "cmp1").glob("*/seed*"))
+    assert len(runs) == 4
+    for run in runs:
+        first, second = load(tmp_path / "cmp1" / run), load(tmp_path / "cmp2" / run)
+        for column in ("now", "worker", "delay", "loss"):
+            assert np.array_equal(first.arrivals[column], second.arrivals[column])
+    tuned = [tomllib.loads((tmp_path / f"tune{j}" / "tuned.toml").read_text()) for j in "12"]
+    assert tuned[0]["rule"] == tuned[1]["rule"]
+
+
+def test_jobs_zero_is_refused_before_anything_runs(tmp_path, capsys):
+    from asyncopt.cli import main
+
+    config = tmp_path / "exp.toml"
+    config.write_text('workers = 2\n[problem]\nname = "quadratic"\n[budget]\nsteps = 5\n')
+    for command in (["compare", str(config)], ["tune", str(config), "--grid", "rule.lr=0.1"],
+                    ["sweep", str(config), "--x", "workers=1,2"]):
+        out = tmp_path / command[0]
+        assert main([*command, "--jobs", "0", "--out", str(out), "--quiet"]) == 2
+        assert "--jobs = 0 is not allowed: an integer >= 1" in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_a_run_refused_at_build_time_leaves_no_run_directory(tmp_path, capsys):
+    from asyncopt.cli import main
+
+    config = tmp_path / "exp.toml"
+    config.write_text(f'workers = 2\n[problem]\nname = "mlp"\ndataset = "fashion_mnist"\n'
+                      f'path = "{tmp_path / "none"}"\n[budget]\nsteps = 5\n')
+    for jobs in ("1", "2"):
+        out = tmp_path / f"cmp{jobs}"
+        assert main(["compare", str(config), "--seeds", "2", "--out", str(out), "--quiet",
+                     "--jobs", jobs]) == 2
+        assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+        assert not any(p.is_dir() and any(p.iterdir()) for p in out.glob("*/*"))
+        assert not list(out.glob("*/seed*"))

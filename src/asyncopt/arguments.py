@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/tune", metavar="DIR",
                    help="where tuned.toml goes (default runs/tune)")
     _quiet(t)
+    _jobs(t)
     t.set_defaults(command="tune")
     c = commands.add_parser("compare", help="several configs or variations over seeds, one plot",
                             description="Run configs (or load run directories) over seeds and "
@@ -88,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="runs/sweep", metavar="DIR",
                    help="output directory (default runs/sweep)")
     _quiet(w)
+    _jobs(w)
     w.set_defaults(command="sweep")
     q = commands.add_parser("plot", help="figures of a recorded run",
                             description="Draw the figures of a recorded run from its files.")
@@ -112,6 +114,12 @@ def _set(parser: argparse.ArgumentParser) -> None:
 
 def _quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="simulated runs at once, each in its own process (default: the "
+                        "cores); runs on processes or ray go one at a time")
 
 
 def _no_plot(parser: argparse.ArgumentParser, what: str) -> None:

@@ -10,6 +10,10 @@
     asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
 
+``compare``, ``tune`` and ``sweep`` run their simulated runs ``--jobs`` at a time in worker
+processes (default: the cores; :mod:`asyncopt.jobs`), with the results and the printed lines in
+the same order as one run after the other.
+
 Exit codes: 0 the run completed; 1 it diverged, stalled or failed; 2 bad input; 128 + N when
 a signal N stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), in a run or outside one.
 
@@ -30,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from asyncopt import shipped
 from asyncopt.arguments import parser
 from asyncopt.errors import ConfigError, check
-from asyncopt.runtimes import signals  # the standard library only
 
 if TYPE_CHECKING:
     from asyncopt.api import Result
@@ -86,11 +89,13 @@ def exit_code(summary: dict[str, Any]) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from asyncopt import config as configuration
     from asyncopt.aggregate import compare_table, format_table
-    from asyncopt.api import run
+    from asyncopt.jobs import Task, run_all
     from asyncopt.record import load
 
     out = Path(args.out)
+    jobs = jobs_of(args)
     groups: dict[str, list[History]] = {}
+    planned: list[tuple[str, int, Task]] = []  # every run is checked before any starts
     for source in args.inputs:
         if Path(source).is_dir():
             history = load(source)
@@ -102,14 +107,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 resolved = configuration.resolve(configuration.apply_overrides(raw, overrides))
                 name = " ".join([method, *variation]).strip() or _label(resolved, source)
                 run_dir = out / _slug(Path(source).stem + "-" + name) / f"seed{args.seed + seed}"
-                check(not run_dir.exists(), "--out", str(out),
+                check(not run_dir.exists() and all(run_dir != t.run_dir for *_, t in planned),
+                      "--out", str(out),
                       f"a directory without {run_dir.relative_to(out)} (never overwritten)")
-                run_dir.mkdir(parents=True)
-                result = run(resolved, run_dir=run_dir, progress=not args.quiet)
-                signals.reraise(result.summary)
-                print(f"{name:40s} seed {args.seed + seed}: {result.summary['status']}, "
-                      f"final loss {result.summary['final'].get('loss', float('nan')):.4g}")
-                groups.setdefault(name, []).append(result.history)
+                planned.append((name, args.seed + seed, Task(resolved, run_dir)))
+    outcomes = run_all([task for *_, task in planned], jobs, progress=not args.quiet)
+    for (name, seed, _), outcome in zip(planned, outcomes, strict=True):
+        print(f"{name:40s} seed {seed}: {outcome.summary['status']}, "
+              f"final loss {outcome.summary['final'].get('loss', float('nan')):.4g}")
+        assert outcome.history is not None
+        groups.setdefault(name, []).append(outcome.history)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(compare_table(groups, metric="loss", target=args.target, x=args.x))
     (out / "compare.md").write_text(table + "\n")
@@ -126,7 +133,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Each method's best value of one key (e.g. the step size) on one seed, by final metric."""
     from asyncopt import config as configuration
     from asyncopt.aggregate import format_table
-    from asyncopt.api import run
+    from asyncopt.jobs import Task, run_all
 
     key, sep, values = args.grid.partition("=")
     check(bool(sep) and bool(values), "--grid", args.grid, "KEY=V1,V2,... e.g. rule.lr=0.1,0.01")
@@ -134,18 +141,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     raw = configuration.read(args.config)
     out = Path(args.out)
     check(not (out / "tuned.toml").exists(), "--out", str(out), "a directory without tuned.toml")
-    rows = []
-    for method, method_raw in configuration.methods(raw):
-        scores = {}
+    jobs = jobs_of(args)
+    methods = configuration.methods(raw)
+    tasks = []
+    for _, method_raw in methods:
         for value in grid:
             resolved = configuration.resolve(configuration.apply_overrides(
                 method_raw, [*args.set, f"seed={args.seed}"]))
             configuration.set_in_method(resolved, "", key, value)
-            result = run(configuration.resolve(resolved), save=False, progress=not args.quiet)
-            signals.reraise(result.summary)
-            final = result.history.final(args.metric)
-            scores[value] = final if result.summary["status"] == "completed" else float("inf")
-            print(f"{method or 'config'} {key}={value}: {result.summary['status']}, "
+            tasks.append(Task(configuration.resolve(resolved)))
+    outcomes = run_all(tasks, jobs, progress=not args.quiet)
+    rows = []
+    for method, method_raw in methods:
+        scores = {}
+        for value in grid:
+            summary, finals, _ = next(outcomes)
+            final = finals.get(args.metric, float("nan"))
+            scores[value] = final if summary["status"] == "completed" else float("inf")
+            print(f"{method or 'config'} {key}={value}: {summary['status']}, "
                   f"final {args.metric} {final:.4g}")
         best = min(scores, key=lambda v: scores[v])
         configuration.set_in_method(raw, method, key, best)
@@ -179,7 +192,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   f"{p.final.get(args.metric, float('nan')):.4g}, max delay {p.max_delay:g}")
 
     points = sweep.run_sweep(configuration.read(args.config), x, series, seeds=args.seeds,
-                             first_seed=args.seed, overrides=args.set, report=report)
+                             first_seed=args.seed, overrides=args.set, report=report,
+                             jobs=jobs_of(args))
     *paths, text = sweep.write_outputs(points, out, args.metric, mode=args.mode,
                                        failed=args.failed, x_label=x[0], x_axis=args.x_axis,
                                        title=args.title or Path(args.config).stem)
@@ -211,6 +225,13 @@ def cmd_configs(args: argparse.Namespace) -> int:
     target = shipped.copy_out(args.name, Path(args.out or "."))
     print(f"copied:   {target}  (asyncopt run {target})")
     return 0
+
+
+def jobs_of(args: argparse.Namespace) -> int:
+    """``--jobs``, checked (default: the cores this process may use)."""
+    from asyncopt.jobs import check_jobs, default_jobs
+
+    return check_jobs(default_jobs() if args.jobs is None else args.jobs)
 
 
 def format_summary(result: Result) -> str:

@@ -19,6 +19,10 @@ class ConfigError(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field} = {value!r} is not allowed: {allowed}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its fields, so that one raised in a worker process reaches the parent
+        return type(self), (self.field, self.value, self.allowed)
+
 
 class DivergenceError(RuntimeError):
     """A run stopped because its loss or its parameters stopped being finite or exploded."""

@@ -41,9 +41,8 @@ from matplotlib.figure import Figure
 
 from asyncopt import config as configuration
 from asyncopt.aggregate import format_table
-from asyncopt.api import run
 from asyncopt.errors import check, check_choice
-from asyncopt.runtimes import signals
+from asyncopt.jobs import Task, run_all
 
 
 @dataclass(frozen=True)
@@ -106,13 +105,16 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
 def run_sweep(raw: Mapping[str, Any], x: tuple[str, Sequence[Any]],
               series: tuple[str, Sequence[Any]] | None = None, *, seeds: int = 3,
               first_seed: int = 0, overrides: Sequence[str] = (),
-              report: Callable[[Point], None] | None = None) -> list[Point]:
+              report: Callable[[Point], None] | None = None, jobs: int = 1) -> list[Point]:
     """Every method × series value × x value × seed of a raw config, run in the simulator or
-    the config's runtime, unsaved. ``report`` is called after each run (progress)."""
+    the config's runtime, unsaved; simulated runs ``jobs`` at a time in processes
+    (:mod:`asyncopt.jobs`, same points in the same order). ``report`` is called after each
+    run, in order (progress)."""
     check(seeds >= 1, "--seeds", seeds, "an integer >= 1")
     x_key, x_values = x
     s_key, s_values = series if series is not None else ("", [None])
-    points = []
+    planned: list[tuple[str, Any, Any, int]] = []
+    tasks = []
     for method, method_raw in configuration.methods(raw):
         for s_value in s_values:
             name = " ".join(p for p in (method, "" if s_value is None else
@@ -122,18 +124,21 @@ def run_sweep(raw: Mapping[str, Any], x: tuple[str, Sequence[Any]],
                     extra = [f"{x_key}={value}", f"seed={seed}"]
                     if s_value is not None:
                         extra.append(f"{s_key}={s_value}")
-                    resolved = configuration.resolve(configuration.apply_overrides(
-                        method_raw, [*overrides, *extra]))
-                    summary = run(resolved, save=False).summary
-                    signals.reraise(summary)
-                    point = Point(name, "" if s_value is None else str(s_value), value, seed,
-                                  summary["status"], dict(summary["final"]),
-                                  float(summary["mean_delay"]), float(summary["max_delay"]),
-                                  float(summary["now"]), float(summary["wall_seconds"]),
-                                  str(summary["reason"]).startswith("target loss"))
-                    points.append(point)
-                    if report is not None:
-                        report(point)
+                    tasks.append(Task(configuration.resolve(configuration.apply_overrides(
+                        method_raw, [*overrides, *extra]))))
+                    planned.append((name, s_value, value, seed))
+    points = []
+    for (name, s_value, value, seed), outcome in zip(planned, run_all(tasks, jobs),
+                                                     strict=True):
+        summary = outcome.summary
+        point = Point(name, "" if s_value is None else str(s_value), value, seed,
+                      summary["status"], dict(summary["final"]), float(summary["mean_delay"]),
+                      float(summary["max_delay"]), float(summary["now"]),
+                      float(summary["wall_seconds"]),
+                      str(summary["reason"]).startswith("target loss"))
+        points.append(point)
+        if report is not None:
+            report(point)
     return points
 
 

@@ -16,10 +16,15 @@
 * ``pca`` — :class:`~asyncopt.problems.pca.PCAProblem`, streaming PCA (Liu et al. 2018): the top
   eigenvector of Σ = ``diag(eigenvalues)`` or a full ``covariance``, from fresh samples.
 
-The data problems share ``batch_size``, ``partition`` (iid, dirichlet, sorted), ``alpha``
-(Dirichlet concentration), ``test_fraction`` and ``gradient``: ``"closed_form"`` computes each
-stochastic gradient by hand (:mod:`asyncopt.problems.closed_form`, the same minibatches, loss
-and gradient as autograd to float rounding, several times faster for small models),
+The data problems share ``batch_size``, ``partition`` (iid, dirichlet, dirichlet_equal,
+dirichlet_equal_rounded, sorted; :mod:`asyncopt.problems.partition`), ``alpha`` (Dirichlet
+concentration), ``partition_seed`` (the partition's own seed, an integer ≥ 0; by default the run
+seed, so each seed draws its own partition; the Ringleader authors keep 654321 for every run
+seed), ``replacement`` (minibatches drawn with replacement from the shard, the default, or
+distinct samples as the authors'), ``test_fraction`` and ``gradient``: ``"closed_form"``
+computes each stochastic gradient by hand (:mod:`asyncopt.problems.closed_form`, the same
+minibatches, loss and gradient as autograd to float rounding, several times faster for small
+models),
 ``"autograd"`` by ``torch.autograd``, and ``"auto"`` (default) picks the closed form where the
 model has one (both built-in models do); a dataset's own options (``path`` for
 ``libsvm``; ``num_samples``, ``num_features``, ... for ``synthetic``) are allowed only with it.
@@ -46,6 +51,7 @@ from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.problems.vision import model_factory
 
 DATA_KEYS: dict[str, Any] = {"batch_size": 32, "partition": "iid", "alpha": 0.5,
+                             "partition_seed": None, "replacement": True,
                              "test_fraction": 0.2, "l2": 0.0, "gradient": "auto"}
 GRADIENTS = ("auto", "autograd", "closed_form")
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -113,10 +119,11 @@ def _supervised(spec: Mapping[str, Any], data: Dataset, num_workers: int, seed: 
                 factory: Callable[[], nn.Module]) -> Problem:
     """Partition the training set and wrap the model in a SupervisedProblem (a
     ClosedFormProblem unless ``gradient`` asks for autograd or the model has no closed form)."""
+    partition_seed = seed if spec["partition_seed"] is None else spec["partition_seed"]
     shards = partition(data.y_train.numpy(), len(data.y_train), num_workers, spec["partition"],
-                       alpha=spec["alpha"], seed=seed)
+                       alpha=spec["alpha"], seed=partition_seed)
     keywords = {"batch_size": spec["batch_size"], "X_test": data.X_test, "y_test": data.y_test,
-                "l2": spec["l2"]}
+                "l2": spec["l2"], "replacement": spec["replacement"]}
     closed_form = spec["gradient"] == "closed_form" or (
         spec["gradient"] == "auto" and has_closed_form(factory))
     if closed_form:

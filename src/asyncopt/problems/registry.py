@@ -24,6 +24,7 @@ from asyncopt.errors import (
 from asyncopt.problems.base import Problem
 from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
+from asyncopt.problems.partition import SCHEMES
 from asyncopt.problems.pca import check_covariance, check_eigenvalues
 from asyncopt.problems.vision import check_model
 
@@ -36,6 +37,11 @@ def _path(field: str, value: Any) -> str:
     check(isinstance(value, str) and bool(value), field, value,
           "the path of a LIBSVM file, or of a directory of MNIST IDX or CIFAR files")
     return str(value)
+
+
+def _bool(field: str, value: Any) -> bool:
+    check(isinstance(value, bool), field, value, "true or false")
+    return value
 
 
 def _fraction(field: str, value: Any) -> float:
@@ -51,8 +57,9 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "noise": lambda f, v: check_float(f, v, 0.0),
     "dataset": lambda f, v: check_choice(f, v, DATASETS),
     "batch_size": lambda f, v: check_int(f, v, 1),
-    "partition": lambda f, v: check_choice(f, v, ("iid", "dirichlet", "dirichlet_equal",
-                                                  "sorted")),
+    "partition": lambda f, v: check_choice(f, v, [s for s in SCHEMES if s != "given"]),
+    "partition_seed": _optional_int(0),
+    "replacement": _bool,
     "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
     "test_fraction": _fraction,
     "l2": lambda f, v: check_float(f, v, 0.0),
@@ -64,6 +71,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_classes": lambda f, v: check_int(f, v, 2),
     "label_noise": lambda f, v: check_float(f, v, 0.0, 1.0),
     "path": _path,
+    "standardize": _bool,
     "eigenvalues": check_eigenvalues,
     "covariance": check_covariance,
 }

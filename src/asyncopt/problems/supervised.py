@@ -6,9 +6,13 @@ Workers weigh equally in f, whatever their shard sizes (the federated / Ringlead
 Maranjyan & Richtárik 2026); with equal iid shards f is the full training-set mean. A worker's
 stochastic gradient averages ``batch_size`` samples drawn uniformly *with replacement* from its
 shard, an unbiased estimate of ∇f_i that works for any shard size (a shard smaller than the
-batch is fine). The model is evaluated functionally, ``torch.func.functional_call(module,
-params, (x,))``, on cached modules (one in training mode for gradients, one in evaluation mode
-for metrics), so the server's Params are never touched.
+batch is fine), or with ``replacement = False`` ``batch_size`` *distinct* samples, a uniform
+subset (the Ringleader authors' ``rng.choice(N, size=b, replace=False)`` in ``model.py``; the
+batch must then fit in every shard). Distinct samples are drawn as samples with replacement,
+redrawn until distinct while the batch is small beside the shard (B² ≤ N, at most one redraw in
+two), else as the first B of a random permutation. The model is evaluated functionally,
+``torch.func.functional_call(module, params, (x,))``, on cached modules (one in training mode
+for gradients, one in evaluation mode for metrics), so the server's Params are never touched.
 
 ``loss_fn(outputs, targets)`` returns the *mean* loss of a batch as a scalar tensor (``F.mse_loss``,
 ``nn.CrossEntropyLoss()``, any function of that shape). f = Σ_j w_j ℓ_j is then evaluated over
@@ -60,7 +64,7 @@ class SupervisedProblem(Problem):
                  y_train: Tensor, shards: Sequence[np.ndarray], *, batch_size: int,
                  X_test: Tensor | None = None, y_test: Tensor | None = None,
                  metrics: Mapping[str, Metric] | None = None, l2: float = 0.0,
-                 eval_batch: int = 8192) -> None:
+                 eval_batch: int = 8192, replacement: bool = True) -> None:
         check(len(X_train) == len(y_train) > 0, "y_train", f"{len(y_train)} targets",
               f"one target per training sample ({len(X_train)})")
         if X_test is not None and y_test is not None:
@@ -78,12 +82,19 @@ class SupervisedProblem(Problem):
         self.X_train, self.y_train = X_train, y_train
         self.X_test, self.y_test = X_test, y_test
         self.shards = [self._shard(worker, shard) for worker, shard in enumerate(shards)]
+        check(isinstance(replacement, bool), "replacement", replacement, "true or false")
+        self.replacement = replacement
+        smallest = min(len(shard) for shard in self.shards)
+        check(replacement or self.batch_size <= smallest, "batch_size", self.batch_size,
+              f"at most the smallest shard ({smallest} samples) when minibatches are drawn "
+              "without replacement")
         self._setup()
         self.per_sample_loss = dry_run(self)
 
     def __getstate__(self) -> dict[str, Any]:
         keep = ("num_workers", "batch_size", "eval_batch", "l2", "model_factory", "loss_fn",
-                "metrics", "X_train", "y_train", "X_test", "y_test", "shards", "per_sample_loss")
+                "metrics", "X_train", "y_train", "X_test", "y_test", "shards", "per_sample_loss",
+                "replacement")
         return {key: self.__dict__[key] for key in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -139,8 +150,17 @@ class SupervisedProblem(Problem):
         return batched.loss_and_grads(self, params, workers, generators)
 
     def _picks(self, worker: int, generator: torch.Generator) -> Tensor:
-        """The minibatch: ``batch_size`` positions in shard ``worker``, drawn with replacement."""
-        return torch.randint(len(self.shards[worker]), (self.batch_size,), generator=generator)
+        """The minibatch: ``batch_size`` positions in shard ``worker``, drawn with replacement,
+        or distinct ones when ``replacement`` is False."""
+        size, count = len(self.shards[worker]), self.batch_size
+        picks = torch.randint(size, (count,), generator=generator)
+        if self.replacement:
+            return picks
+        if count * count > size:  # redraws would be frequent: a permutation's first B
+            return torch.randperm(size, generator=generator)[:count]
+        while len(set(picks.tolist())) < count:
+            picks = torch.randint(size, (count,), generator=generator)
+        return picks
 
     def _picks_on_device(self, worker: int, generator: torch.Generator) -> Tensor:
         """:meth:`_picks` drawn on the CPU generator, then moved to the problem's device (set

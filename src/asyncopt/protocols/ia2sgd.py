@@ -12,30 +12,45 @@ far staler: a slow worker's slot ages by one version for every arrival of the ot
 why the method is not optimal and what Ringleader's rounds bound (δ ≤ 2n − 2).
 
 Warm-up: until every worker has sent a gradient, arrivals only fill (or refresh) their slot,
-recorded as ``buffer``, and the sender restarts at the unchanged x_0. The arrival that fills the
-last slot steps at once, as in Ringleader's first round: waiting for one more arrival would only
-replace a slot and delay the first step.
+recorded as ``buffer``, and the sender restarts at the unchanged x_0. What the arrival that
+fills the last slot does is the option ``step_on_fill``:
+
+* ``true`` (the default): it steps at once, as in Ringleader's first round: waiting for one more
+  arrival would only replace a slot and delay the first step;
+* ``false``: it only fills its slot, its sender restarts at x_0, and the first step comes with
+  the next arrival, as the authors' simulator (``IAASGD.step`` in ``asynchronous/algorithm.py``
+  of vectozavr/ringmaster-lmo at d175d78). The paper's description ("after a warm-up in which
+  the table is filled, every arrival replaces its slot and steps", algorithms.md) does not say
+  which; the two differ by one arrival and one step.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from asyncopt.errors import check
 from asyncopt.protocols.base import Action, Arrival, Reply, Server
 from asyncopt.protocols.table import GradientTable, TableProtocol
 
 
 class IA2SGD(TableProtocol):
-    """Replace the sender's slot; once the table is full, step with its mean on every arrival."""
+    """Replace the sender's slot; once the table is full, step with its mean on every arrival
+    (the arrival that fills it too, unless ``step_on_fill`` is False)."""
 
     name = "ia2sgd"
     needs_every_worker = True
 
-    def __init__(self, server: Server, num_workers: int) -> None:
+    def __init__(self, server: Server, num_workers: int, step_on_fill: Any = True) -> None:
         super().__init__(server, num_workers)
+        check(isinstance(step_on_fill, bool), "protocol.step_on_fill", step_on_fill,
+              "true or false")
+        self.step_on_fill = step_on_fill
         self.table = GradientTable(num_workers)
 
     def receive(self, arrival: Arrival, delay: int) -> Reply:
+        filling = not self.table.full
         self.table.replace(arrival.worker, arrival.grads)
-        if not self.table.full:
+        if not self.table.full or (filling and not self.step_on_fill):
             return Reply(Action.BUFFER, start=(arrival.worker,), delay=delay)
         stepped = self.server.step(self.table.average, delay=delay, worker=arrival.worker)
         return Reply(Action.STEP if stepped else Action.DROP, start=(arrival.worker,), delay=delay)

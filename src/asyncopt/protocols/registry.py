@@ -45,7 +45,7 @@ PROTOCOLS: dict[str, tuple[Callable[..., Protocol], dict[str, Any]]] = {
     "minibatch": (Minibatch, {"wait_for": None}),
     "rennala": (Rennala, {"batch_size": None}),
     "malenia": (Malenia, {"batch_size": None}),
-    "ia2sgd": (IA2SGD, {}),
+    "ia2sgd": (IA2SGD, {"step_on_fill": True}),
     "ringmaster": (Ringmaster, {"max_delay": None, "stops": True}),
     "ringleader": (Ringleader, {}),
 }

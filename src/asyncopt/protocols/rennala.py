@@ -13,11 +13,16 @@ computation that a runtime failed to cancel; it is dropped, never applied. With 
 and S = max{⌈σ²/ε⌉, 1}, Rennala reaches the optimal homogeneous time T_homog; with heterogeneous
 data its estimator is biased towards the fast workers' functions.
 
-Which workers compute: all n, always. The authors' simulator launches only the S fastest when
-S < n, which needs the speeds; a protocol does not know them (and under time-varying speeds
-"the fastest" changes). In the fixed computation model, launching everyone and keeping the
-first S arrivals is never slower, since the S fastest are among those launched; the price is the
-cancelled work of the others.
+Which workers compute: all n, always. The authors' simulator (``RennalaSGD`` in
+``asynchronous/algorithm.py`` of vectozavr/ringmaster-lmo at d175d78) launches only the S
+workers whose first gradient would finish first when S < n. That gives the same batches:
+whenever a computation's time is fixed when it starts, the S earliest arrivals all come from
+those S workers (each other worker finishes after every one of them has finished once), so
+launching everyone changes no arrival and no step, only adds the others' cancelled work; a test
+pins this against the authors' code. With random times the histories still differ, because the
+authors draw one more compute time per step (for the worker that completes the batch, before
+restarting everyone); matching that draw needs the runtime, not a protocol option, and is not
+offered.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ add random noise per call. This module builds that model, and the time-varying o
   τ_i = a·(1 + √i), the Ringmaster paper's. ``permute = true`` shuffles them with a seeded
   permutation π: worker w gets τ_{π(w)} (the papers permute per seed);
 * ε ≥ 0, the **noise**, drawn afresh for every gradient with spread σ_w = ``noise_scale``, or
-  σ·√(π(w) + 1) when ``noise_grows`` (the Ringleader paper's |N(0, i + 1)|). The index is the
-  *profile* index π(w), the one before permutation, so a worker keeps the spread that belongs
-  with its base time: permuting moves whole (τ_i, σ_i) pairs between workers.
+  σ·√(j + 1) when ``noise_grows`` (the Ringleader paper's |N(0, i + 1)|). With ``noise_index =
+  "profile"`` (the default) j = π(w), the index before permutation, so a worker keeps the spread
+  that belongs with its base time: permuting moves whole (τ_i, σ_i) pairs between workers. With
+  ``noise_index = "worker"`` j = w, the worker's own index, as the Ringleader authors' code
+  (``tune_and_plot_single_seed.py``, ``make_noise_function``: σ_i = √(i + 1) for node i, whose
+  base time is perm[i]): a worker's spread is then unrelated to its base time.
   ``half_normal``: |N(0, σ_w²)| (mean σ_w·√(2/π)); ``exponential``: Exp with mean σ_w;
   ``lognormal``: σ_w·exp(N(0, 1)) (median σ_w, mean σ_w·e^{1/2});
 * c_i, the persistent per-worker ``factors`` (``[3, 1, 1, 1]``: worker 0 three times slower),
@@ -24,11 +27,16 @@ add random noise per call. This module builds that model, and the time-varying o
 * m_i(now), the product of the active slowdowns and periodic waves of
   :mod:`~asyncopt.runtimes.sim.slowdown`, at the virtual time ``now`` the gradient starts.
 
-Randomness: worker w draws from its own generator, ``SeedSequence(seed).spawn(n + 1)[w]`` (built
-lazily as ``SeedSequence(seed, spawn_key=(w,))``, the same stream), and the permutation from child
-n. A worker's sequence of times therefore depends only on (spec, n, seed) and on how many gradients
-*it* started, never on how calls to other workers interleave. The stationary part (τ_i + ε)·c_i·s
-is pre-drawn in blocks per worker so that a call is a few list look-ups.
+Randomness: with ``seeding = "spawn"`` (the default) worker w draws from its own generator,
+``SeedSequence(seed).spawn(n + 1)[w]`` (built lazily as ``SeedSequence(seed, spawn_key=(w,))``,
+the same stream), and the permutation from child n. With ``seeding = "offset"`` the streams are
+the Ringleader authors': the permutation is ``default_rng(seed).permutation`` and worker w draws
+from ``default_rng(seed + w)`` (``make_delays`` and ``make_noise_function``), so their base
+times and noise draws are reproduced exactly (the streams of neighbouring seeds overlap: seed
+s's worker 1 is seed s + 1's worker 0). Either way a worker's sequence of times depends only on
+(spec, n, seed) and on how many gradients *it* started, never on how calls to other workers
+interleave. The stationary part (τ_i + ε)·c_i·s is pre-drawn in blocks per worker, the same
+numbers one draw at a time would give, so that a call is a few list look-ups.
 """
 
 from __future__ import annotations
@@ -44,10 +52,12 @@ from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic
 
 PROFILES = ("constant", "linear", "sqrt")
 NOISES = ("none", "half_normal", "exponential", "lognormal")
+NOISE_INDICES = ("profile", "worker")
+SEEDINGS = ("spawn", "offset")
 DEFAULTS: dict[str, Any] = {
     "profile": "constant", "scale": 1.0, "permute": False, "noise": "none", "noise_scale": 1.0,
-    "noise_grows": False, "straggler_probability": 0.0, "straggler_factor": 10.0,
-    "slowdowns": [], "periodic": [],
+    "noise_grows": False, "noise_index": "profile", "seeding": "spawn",
+    "straggler_probability": 0.0, "straggler_factor": 10.0, "slowdowns": [], "periodic": [],
 }
 """Every key with its default; ``times`` and ``factors`` (one value per worker) have none."""
 KEYS = (*DEFAULTS, "times", "factors")
@@ -76,6 +86,9 @@ def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["noise"] = check_choice("speed.noise", spec.get("noise", "none"), NOISES)
     out["noise_scale"] = check_float("speed.noise_scale", spec.get("noise_scale", 1.0), 0.0)
     out["noise_grows"] = _bool("speed.noise_grows", spec.get("noise_grows", False))
+    out["noise_index"] = check_choice("speed.noise_index", spec.get("noise_index", "profile"),
+                                      NOISE_INDICES)
+    out["seeding"] = check_choice("speed.seeding", spec.get("seeding", "spawn"), SEEDINGS)
     if "factors" in spec:
         out["factors"] = _positive_list("speed.factors", spec["factors"])
     out["straggler_probability"] = check_float(
@@ -110,9 +123,11 @@ class SpeedModel:
             profile = _per_worker("speed.times", spec["times"], n)
         else:
             profile = profile_times(spec["profile"], spec["scale"], n)
+        self._offset = spec.get("seeding", "spawn") == "offset"
         index = list(range(n))
         if spec["permute"]:
-            permuter = np.random.Generator(np.random.PCG64(_child(seed, n)))
+            permuter = np.random.default_rng(seed) if self._offset else np.random.Generator(
+                np.random.PCG64(_child(seed, n)))
             index = permuter.permutation(n).tolist()
         self._index = index  # worker w has the profile's entry index[w]
         self._base = [profile[j] for j in index]
@@ -120,7 +135,8 @@ class SpeedModel:
             else [1.0] * n
         grows = spec["noise_grows"]
         sigma = spec["noise_scale"]
-        self._sigma = [sigma * math.sqrt(j + 1.0) if grows else sigma for j in index]
+        spread_index = range(n) if spec.get("noise_index", "profile") == "worker" else index
+        self._sigma = [sigma * math.sqrt(j + 1.0) if grows else sigma for j in spread_index]
         self._noise = spec["noise"] if spec["noise"] != "none" and sigma > 0 else None
         self._p, self._straggle = spec["straggler_probability"], spec["straggler_factor"]
         self._random = self._noise is not None or (self._p > 0 and self._straggle > 1)
@@ -182,8 +198,10 @@ class SpeedModel:
             formula = {"constant": "a", "linear": "a·(i+1)", "sqrt": "a·(1+√i)"}[spec["profile"]]
             words = f"{n} workers with base times τ_i = {formula}, a = {spec['scale']:g}"
         words += ", randomly permuted" if spec["permute"] else ""
+        words += " (streams default_rng(seed) and default_rng(seed + w))" if self._offset else ""
         if self._noise is not None:
-            spread = "σ·√(i+1)" if spec["noise_grows"] else "σ"
+            spread = "σ" if not spec["noise_grows"] else "σ·√(w+1), w the worker" if (
+                spec.get("noise_index") == "worker") else "σ·√(i+1), i the base time's index"
             words += f"; {self._noise.replace('_', '-')} noise with spread {spread}, " \
                      f"σ = {spec['noise_scale']:g}"
         if "factors" in spec:
@@ -201,8 +219,8 @@ class SpeedModel:
     def _refill(self, worker: int) -> list[float]:
         rng = self._rngs[worker]
         if rng is None:
-            rng = self._rngs[worker] = np.random.Generator(np.random.PCG64(
-                _child(self.seed, worker)))
+            rng = self._rngs[worker] = np.random.default_rng(self.seed + worker) if (
+                self._offset) else np.random.Generator(np.random.PCG64(_child(self.seed, worker)))
         size = min(max(2 * len(self._blocks[worker]), _FIRST_BLOCK), _MAX_BLOCK)
         times = np.full(size, self._base[worker])
         if self._noise is not None:
