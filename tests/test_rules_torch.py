@@ -158,3 +158,11 @@ def test_a_torch_optimizer_where_a_rule_is_expected_gets_the_hint(given) -> None
         rules.chain(rules.drop_if_stale(3), given)
     with pytest.raises(ConfigError, match=r"rule = 'str' .*a Rule"):
         _train("adam")
+
+
+@pytest.mark.parametrize("options", [{"mode": "lockfree"}, {"servers": 2}])
+def test_modes_without_a_central_server_refuse_it_before_any_process_starts(options):
+    problem = make_problem(PROBLEM, 2, 0)
+    with pytest.raises(ConfigError, match="only one central server owns"):
+        asyncopt.train(problem, _adamw_cosine(), "asgd", budget={"steps": 5},
+                       runtime="processes", runtime_options=options)
