@@ -271,7 +271,8 @@ def _digest(run_dir: Path) -> dict[str, str]:
 
 def test_block_servers_train_like_one_server_with_delays_from_versions():
     one = _train(make_problem(QUADRATIC, 2, 0), steps=200)
-    two = _train(make_problem(QUADRATIC, 2, 0), options={"servers": 2}, steps=200)
+    two = _train(make_problem(QUADRATIC, 2, 0), options={"servers": 2, "layout": "ranges"},
+                 steps=200)
     arrivals = two.history.arrivals
     assert two.summary["status"] == "completed" and two.summary["version"] >= 200
     assert set(arrivals["worker"].tolist()) == {0, 1}
@@ -288,15 +289,18 @@ def test_block_servers_train_like_one_server_with_delays_from_versions():
 def test_block_servers_need_asgd_and_at_most_one_server_per_parameter():
     with pytest.raises(ConfigError, match=r"by itself \(asgd\) with runtime_options.servers"):
         _train(make_problem(QUADRATIC, 2, 0), "minibatch", options={"servers": 2}, steps=10)
+    with pytest.raises(ConfigError, match="at most the number of parameter tensors"):
+        _train(make_problem(QUADRATIC, 2, 0), options={"servers": 2}, steps=10)  # one tensor
     with pytest.raises(ConfigError, match="at most the number of parameters"):
-        _train(make_problem(QUADRATIC, 2, 0), options={"servers": 11}, steps=10)
+        _train(make_problem(QUADRATIC, 2, 0), options={"servers": 11, "layout": "ranges"},
+               steps=10)
 
 
 def test_killed_worker_with_block_servers_is_lost_and_the_other_goes_on(tmp_path):
     problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=5,
                           marker=tmp_path / "killed")
     with pytest.warns(RuntimeWarning, match="actor 1 died"):
-        result = _train(problem, options={"servers": 2}, steps=300)
+        result = _train(problem, options={"servers": 2, "layout": "ranges"}, steps=300)
     arrivals = result.history.arrivals
     assert result.summary["status"] == "completed" and result.summary["version"] >= 300
     lost = arrivals["action"].tolist().index("lost")
@@ -304,15 +308,22 @@ def test_killed_worker_with_block_servers_is_lost_and_the_other_goes_on(tmp_path
     assert set(arrivals["worker"][lost + 1:].tolist()) == {0}
 
 
-def test_layout_cuts_the_flat_model_into_balanced_ranges():
+def test_layout_cuts_the_flat_model_into_balanced_ranges_or_whole_tensors():
     params = {"w": torch.zeros(3, 4), "b": torch.zeros(4)}
-    layout = Layout(params, 3)
+    layout = Layout(params, 3, "ranges")
     assert layout.ranges() == [(0, 5), (5, 10), (10, 16)]
     assert [{k: shape for k, (shape, _) in pieces.items()} for pieces in layout.pieces] == [
         {"w": (5,)}, {"w": (5,)}, {"w": (2,), "b": (4,)}]
     square = {"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}  # a tensor not cut keeps its shape
     assert [{k: shape for k, (shape, _) in pieces.items()}
-            for pieces in Layout(square, 2).pieces] == [{"a": (2, 2)}, {"b": (2, 2)}]
+            for pieces in Layout(square, 2, "ranges").pieces] == [{"a": (2, 2)}, {"b": (2, 2)}]
+    # whole tensors, balanced by size: the default of both runtimes
+    mlp = {"w1": torch.zeros(8, 4), "b1": torch.zeros(8), "w2": torch.zeros(2, 8),
+           "b2": torch.zeros(2)}
+    tensors = Layout(mlp, 2)
+    assert tensors.ranges() == [(0, 32), (32, 58)]
+    assert [list(pieces) for pieces in tensors.pieces] == [["w1"], ["b1", "w2", "b2"]]
+    assert all(pieces[k][0] == tuple(mlp[k].shape) for pieces in tensors.pieces for k in pieces)
 
 
 def test_dead_server_actor_fails_the_run_with_the_reason():
@@ -322,7 +333,8 @@ def test_dead_server_actor_fails_the_run_with_the_reason():
     coordinator = Coordinator(problem, make_protocol({"name": "asgd"}, server, 2), Recorder(),
                               Budget(steps=10**6), Evaluation(10**9))
     runtime = make_runtime("ray", problem, make_speed_model({}, 2, 0), 0,
-                           {"servers": 2, "worker_cpus": 0.5, "time_scale": 0.01})
+                           {"servers": 2, "layout": "ranges", "worker_cpus": 0.5,
+                            "time_scale": 0.01})
     thread = threading.Thread(target=runtime.run, args=(coordinator,))
     thread.start()
     deadline = time.monotonic() + 60

@@ -268,7 +268,7 @@ def test_a_block_server_goes_on_from_its_snapshot_exactly():
     from asyncopt.runtimes.ray.servers import BlockServer
 
     params = {"w": torch.linspace(-1, 1, 12).reshape(3, 4), "b": torch.ones(3)}
-    layout = Layout(params, 2)
+    layout = Layout(params, 2, "ranges")
     rule = make_rule({"name": "amsgrad", "lr": 0.1}, 2)
     flat = torch.cat([v.reshape(-1) for v in params.values()]).numpy()
     lo, hi = layout.ranges()[1]

@@ -147,7 +147,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
         from asyncopt import resume as resuming
 
         # before anything is written; block servers: the same number as the checkpoint's
-        resuming.check(resume[0], driver, getattr(engine, "num_servers", 1))
+        resuming.check(resume[0], driver, getattr(engine, "num_servers", 1),
+                       getattr(engine, "cut", "tensors"))
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)

@@ -1,7 +1,8 @@
 """Checkpoints of the server's state, and resuming a run from one.
 
-A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
-``runtime_options.checkpoint_every`` steps) holds what the server owns:
+A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by the driver every
+``runtime_options.checkpoint_every`` steps, :mod:`asyncopt.runtimes.snapshot`) holds what the
+server owns:
 
 * the parameters, and the rule's state (its tensors in ``torch.utils._pytree`` order, restored
   into the structure ``rule.init`` builds);
@@ -15,7 +16,10 @@ A checkpoint (``RUN_DIR/checkpoint.pt``, written atomically by a runtime every
   evaluation rows were recorded) and the initial loss that divergence is judged against;
 * with K ≥ 2 block servers (Ray, ``runtime_options.servers``), instead of the rule's state,
   ``blocks``: each server's block, rule state and version, read at its own moment
-  (:mod:`asyncopt.runtimes.ray.sharded`); such a checkpoint resumes only with the same K.
+  (:mod:`asyncopt.runtimes.ray.sharded`); such a checkpoint resumes only with the same K;
+* ``source``: for the simulator, its work in flight (pending jobs with their finish times and
+  start order, the snapshots they read, every worker's minibatch generator, the speed model's
+  streams) and the driver's job table, so that a resumed simulation continues exactly.
 
 It is a dict of tensors, numbers, strings and lists, saved by ``torch.save`` and read with
 ``torch.load(weights_only=True)``: loading never runs pickled code.
@@ -29,13 +33,15 @@ history up to the checkpoint and goes on from there. A checkpoint that does not 
 :class:`~asyncopt.errors.ConfigError` naming the field, its value and what is allowed, before
 any directory is created.
 
-Not restored, because the server does not own it: the gradients in flight (they are the
-workers', and the workers restart). The workers that were computing at the checkpoint restart
+The real runtimes do not restore what the server does not own: the gradients in flight (they are
+the workers', and the workers restart). The workers that were computing at the checkpoint restart
 at the checkpoint's version v, exactly those (a worker idle then, such as one whose gradient
 waits in a minibatch, stays idle); so each one's next delay counts from v, not from the older
 version its lost computation had started at, and no ``cancel`` row records the lost work. The
 workers' minibatch streams restart from their seeds. The model at the checkpoint is evaluated
-again at the start only when no evaluation row was recorded at its version just before it.
+again at the start only when no evaluation row was recorded at its version just before it. The
+simulator instead goes on with its pending jobs, evaluates nothing at the start, and gives the
+uninterrupted run's history bit for bit (with ``runtime_options.batch = 1``).
 """
 
 from __future__ import annotations
@@ -62,8 +68,8 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
     wrong with them (nothing is written)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
-        raise ConfigError("--resume", str(run_dir), f"a run directory with {CHECKPOINT} (a Ray "
-                          f"run with runtime_options.checkpoint_every > 0)")
+        raise ConfigError("--resume", str(run_dir), f"a run directory with {CHECKPOINT} (a run "
+                          f"with runtime_options.checkpoint_every > 0)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a damaged file
@@ -91,14 +97,20 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
     return state, history
 
 
-def check(state: dict[str, Any], protocol: Protocol, servers: int = 1) -> None:
-    """Refuse a checkpoint that does not belong to this protocol, model, rule and number of
-    block servers (ConfigError)."""
+def check(state: dict[str, Any], protocol: Protocol, servers: int = 1,
+          layout: str = "tensors") -> None:
+    """Refuse a checkpoint that does not belong to this protocol, model, rule, number of block
+    servers and their layout (ConfigError)."""
     server, blocks = protocol.server, state["blocks"]
     saved_servers = 1 if blocks is None else len(blocks) if isinstance(blocks, list) else blocks
     if saved_servers != servers:
         raise ConfigError("runtime_options.servers", servers, f"{saved_servers}, the checkpoint's "
                           f"number of servers (a block's rule state cannot be cut again)")
+    if isinstance(blocks, list) and blocks and isinstance(blocks[0], dict):
+        saved_layout = blocks[0].get("layout", "ranges")  # before layouts: Ray's flat ranges
+        if saved_layout != layout:
+            raise ConfigError("runtime_options.layout", layout, f"{saved_layout!r}, the "
+                              f"checkpoint's layout (a block's rule state cannot be cut again)")
     _check(protocol.name == state["protocol"], "protocol", state["protocol"], protocol.name)
     params = state["params"]
     _check(isinstance(params, dict) and list(params) == list(server.params) and all(
@@ -110,7 +122,7 @@ def check(state: dict[str, Any], protocol: Protocol, servers: int = 1) -> None:
     if blocks is None:
         _check_rule_state(server.state, state["rule_state"], "rule state")
     else:
-        _check_blocks(blocks, server)
+        _check_blocks(blocks, server, layout)
     protocol.check_state(state["protocol_state"])
     _check_source(state["source"], protocol.num_workers)
 
@@ -144,9 +156,9 @@ def _check_rule_state(fresh: Any, saved: Any, what: str) -> None:
         f"{len(leaves)} leaves shaped as rule.init builds them")
 
 
-def _check_blocks(blocks: list[Any], server: Any) -> None:
+def _check_blocks(blocks: list[Any], server: Any, cut: str) -> None:
     """Each block server's snapshot against the block that ``Layout`` gives it."""
-    layout = Layout(server.params, len(blocks))
+    layout = Layout(server.params, len(blocks), cut)
     for b, (saved, (lo, hi), pieces) in enumerate(zip(blocks, layout.ranges(), layout.pieces,
                                                        strict=True)):
         block = saved.get("block") if isinstance(saved, dict) else None

@@ -28,11 +28,12 @@ RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
     "processes": ("asyncopt.runtimes.processes.runtime",
                   {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
                    "mode": "server", "blocks": "whole", "block_fraction": 0.5,
-                   "warmup_steps": 0, "servers": 1, "device": "cpu", "checkpoint_every": 0}),
+                   "warmup_steps": 0, "servers": 1, "layout": "tensors", "device": "cpu",
+                   "checkpoint_every": 0}),
     "ray": ("asyncopt.runtimes.ray.runtime",
             {"address": "", "time_scale": 0.0, "max_restarts": 3, "checkpoint_every": 0,
              "worker_cpus": 1.0, "placement": "default", "startup_timeout": 120.0,
-             "servers": 1, "transport": "auto"}),
+             "servers": 1, "layout": "tensors", "transport": "auto"}),
 }
 """name -> (module that defines ``build(problem, speed, seed, **options)``, option defaults)."""
 

@@ -1,9 +1,20 @@
 """How a model is cut into K blocks for K block servers, and a partition of tensors by size.
 
 :func:`partition` splits whole tensors into contiguous runs balanced by element count (PASSM+'s
-partitioning, Kungurtsev et al. 2021; the processes runtime's block servers and the lock-free
-``partition`` blocks use it); :class:`Layout` cuts the flat parameter vector into K ranges of
-equal size (Ray's block servers), which may cut a tensor in two.
+partitioning, Kungurtsev et al. 2021; the lock-free ``partition`` blocks use it too).
+:class:`Layout` is the one cut of ``runtime_options.servers = K`` in every runtime, by
+``runtime_options.layout``:
+
+* ``"tensors"`` (the default): K contiguous runs of whole tensors, balanced by size. Every rule
+  sees each tensor whole, so per-tensor rules (a normalization per tensor, Newton–Schulz) act as
+  with one server; the balance is only as good as the tensors' sizes allow, and K is at most the
+  number of tensors.
+* ``"ranges"``: K contiguous ranges of the flat model of ⌊N/K⌋ or ⌈N/K⌉ elements, exactly
+  balanced; a range may cut a tensor, whose pieces a rule then sees as flat vectors under the
+  tensor's name (nothing changes for per-element rules; a per-tensor rule acts on each piece).
+
+Either way whole-model rule state (step counters, AdaGrad-Norm's accumulator, a normalization's
+norm) is kept per block.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import numpy as np
 import torch
 
 from asyncopt import tree
-from asyncopt.errors import check
+from asyncopt.errors import check, check_choice
 from asyncopt.tree import Params
 
 
@@ -49,15 +60,29 @@ def partition(sizes: Sequence[int], parts: int) -> list[range]:
 Shapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-class Layout:
-    """The K contiguous ranges ``[bounds[b], bounds[b+1])`` of the flat model, and the pieces
-    (name → shape) of the tensors that each range holds."""
+CUTS = ("tensors", "ranges")
 
-    def __init__(self, params: Params, servers: int) -> None:
+
+class Layout:
+    """The K contiguous ranges ``[bounds[b], bounds[b+1])`` of the flat model, cut by ``cut``
+    (see the module docstring), and the pieces (name → shape) of the tensors each one holds."""
+
+    def __init__(self, params: Params, servers: int, cut: str = "tensors") -> None:
+        check_choice("runtime_options.layout", cut, CUTS)
         total = tree.numel(params)
-        check(servers <= total, "runtime_options.servers", servers,
-              f"at most the number of parameters ({total}): each server owns at least one")
-        self.bounds = [total * b // servers for b in range(servers + 1)]
+        if cut == "tensors":
+            check(servers <= len(params), "runtime_options.servers", servers,
+                  f"at most the number of parameter tensors ({len(params)}) with "
+                  f"runtime_options.layout = 'tensors' (each server owns whole tensors); "
+                  f"layout = 'ranges' cuts the flat model into equal ranges instead")
+            sizes = [leaf.numel() for leaf in params.values()]
+            starts = np.cumsum([0, *sizes]).tolist()
+            self.bounds = [starts[run.start] for run in partition(sizes, servers)] + [total]
+        else:
+            check(servers <= total, "runtime_options.servers", servers,
+                  f"at most the number of parameters ({total}): each server owns at least one")
+            self.bounds = [total * b // servers for b in range(servers + 1)]
+        self.cut = cut
         self.dtype = next(iter(params.values())).dtype
         self.pieces: list[Shapes] = []
         for lo, hi in zip(self.bounds, self.bounds[1:], strict=False):

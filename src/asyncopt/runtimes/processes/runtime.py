@@ -4,31 +4,35 @@ APAM's master–worker design (Xu et al., *Parallel and distributed asynchronous
 stochastic gradient methods*), for any protocol and rule: the main process is the server. It runs
 the :class:`~asyncopt.runtimes.coordinator.Coordinator` (protocol + rule, so optimizer state
 exists once and is never raced on, unlike Hogwild-style shared optimizers), and after every server
-step it publishes the new model into shared memory (:class:`~.shared.SharedModel`, a seqlocked
-double buffer with a version counter). N worker processes (:mod:`.worker`) read the latest model
+step it publishes the new model into shared memory
+(:class:`~asyncopt.runtimes.common.shared.SharedModel`, a seqlocked double buffer with a version
+counter). N worker processes (:mod:`.worker`) read the latest model
 from there when told to start, compute one stochastic gradient on their own shard and hand it
 back through a shared slot; the arrival carries the version the worker read, so the coordinator
 measures every delay.
 
-Protocol replies are executed as in the simulator (:mod:`asyncopt.runtimes.sim.loop`):
-``start`` = the worker computes at the latest published model (at least the version of the
-start), ``cancel`` = its in-flight gradient is discarded (each start gets a new job number, and a
-gradient of an older job is dropped when it arrives). ``now`` is wall seconds since every worker
+This module is the event source; the driver (:mod:`asyncopt.runtimes.driver`) executes the
+protocol's replies as in every runtime: ``start`` = the worker computes at the latest published
+model (published before the start), ``cancel`` = its in-flight gradient is discarded (each start
+gets a new job number, and a gradient of an older job is dropped when it arrives; a CANCEL is
+sent at the next wait unless a new job superseded it). ``now`` is wall seconds since every worker
 was ready (process start-up does not count against a time budget). Evaluations run in the main
 process and block the server while they run. The main process uses one torch thread during the
-run (its own setting is restored afterwards): see the comment in :meth:`ProcessRuntime.run`.
+run (the driver restores its setting afterwards): the server's work per arrival is memory-bound
+and small, and with several intra-op threads it waits for threads the OS lent to the workers.
 
 A worker that dies (SIGKILL, a crash outside the problem's code) is detected through its process
-sentinel: a ``cancel`` row is recorded for its in-flight gradient, a ``RuntimeWarning`` names it,
-and the run goes on with the others; if none is left, the run stops with status ``failed``. An
-exception raised by the problem in a worker stops the run and is re-raised here with the
-worker's traceback. Whatever ends the run (budget, Ctrl-C, an error), every worker process is
-stopped before :meth:`ProcessRuntime.run` returns or raises.
+sentinel and reported as :class:`~asyncopt.runtimes.source.Lost`: the driver records a
+``cancel`` row for its in-flight gradient and a ``lost`` row, warns, and the run goes on with the
+others; if none is left, the run stops with status ``failed``. An exception raised by the
+problem in a worker stops the run and is re-raised here with the worker's traceback. Whatever
+ends the run (budget, a signal, an error), every worker process is stopped before the run
+returns or raises.
 
 ``runtime_options.device`` other than ``"cpu"`` (:mod:`.device`, written for GPUs and never run
 on one yet): the server's model and rule state, the shared model and the gradient slots live on
 the device (:mod:`.device_shared`), each worker computes on its own device, and everything is
-moved back to the CPU before :meth:`ProcessRuntime.run` returns.
+moved back to the CPU when the run ends.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 from asyncopt.errors import check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.common.layout import CUTS
 from asyncopt.runtimes.common.shared import template
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
@@ -132,7 +137,7 @@ class ProcessRuntime(RealTimeSource):
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int, servers: int, device: str, checkpoint_every: int
+          warmup_steps: int, servers: int, layout: str, device: str, checkpoint_every: int
           ) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
@@ -148,8 +153,10 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       (Gratton–Toint), see :mod:`.blocks`; ``block_fraction`` in (0, 1], the share of the
       tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
       ``partition`` takes full-model steps only;
-    * ``servers`` (server mode only): K ≥ 1 server processes, one per block of tensors
-      (:mod:`.servers`, protocol ``asgd`` only); 1 = the main process is the one server;
+    * ``servers`` (server mode only): K ≥ 1 server processes, one per block (:mod:`.servers`,
+      protocol ``asgd`` only); 1 = the main process is the one server; ``layout``: how the
+      model is cut into the K blocks, ``tensors`` or ``ranges``
+      (:class:`~asyncopt.runtimes.common.layout.Layout`, the same in the Ray runtime);
     * ``device``: ``cpu`` (default), ``cuda``, ``cuda:K``, or a list of them, one per worker
       round-robin (:mod:`.device`: written for GPUs, never run on one yet);
     * ``checkpoint_every``: write ``RUN_DIR/checkpoint.pt`` every N steps (0: never), for
@@ -184,7 +191,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
               "'whole' with mode = 'server' (blocks are a lock-free option)")
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
-            return ServersRuntime(problem, speed, seed, **common, servers=servers)
+            return ServersRuntime(problem, speed, seed, **common, servers=servers,
+                                  layout=check_choice("runtime_options.layout", layout, CUTS))
         return ProcessRuntime(problem, speed, seed, **common, devices=plan,
                               checkpoint_every=checkpoint_every)
     check(servers == 1, "runtime_options.servers", servers,

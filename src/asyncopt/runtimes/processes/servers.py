@@ -1,9 +1,11 @@
 """``runtime_options.servers = K ≥ 2``: concurrent parameter servers, one process per block.
 
-The parameter tensors are cut into K contiguous runs balanced by size (:func:`.blocks.partition`,
-PASSM+'s partitioning); server process b owns run b: its parameters ``x_b``, the rule's state
-for them ``s_b = rule.init(x_b)``, its version ``v_b`` (steps applied to the block) and a
-published copy (a seqlocked :class:`~.shared.SharedModel` of the block). This is the
+The model is cut into K blocks by the one layout of every runtime
+(:class:`~asyncopt.runtimes.common.layout.Layout`: whole tensors balanced by size, PASSM+'s
+partitioning, by default; or equal flat ranges); server process b owns block b: its parameters
+``x_b`` (views of one flat shared buffer that holds the model), the rule's state for them
+``s_b = rule.init(x_b)``, its version ``v_b`` (steps applied to the block) and a published copy
+(a seqlocked :class:`~asyncopt.runtimes.common.shared.SharedModel` of the block). This is the
 multi-master layout of APAM's shared-memory code (Xu et al.: the coordinates split among master
 threads) and the "concurrent parameter servers" of the common framework, with processes: the
 server work of an arrival (rule, in-place update, publication) is split K ways and runs in
@@ -42,16 +44,16 @@ from typing import Any
 
 import torch.multiprocessing as mp
 
-from asyncopt.errors import check
+from asyncopt import tree
 from asyncopt.problems.base import Problem
 from asyncopt.rules.base import apply_updates
-from asyncopt.runtimes.common.layout import partition
+from asyncopt.runtimes.common.layout import Layout
+from asyncopt.runtimes.common.layout import like as common_like
 from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.common.shared import (
     GradientSlots,
     SharedCounters,
     SharedModel,
-    share_tree,
     template,
 )
 from asyncopt.runtimes.coordinator import Coordinator
@@ -70,28 +72,29 @@ class ServersRuntime(Watcher):
     """K server processes (one per block of tensors) and N worker processes."""
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
-                 time_scale: float, startup_timeout: float, servers: int) -> None:
+                 time_scale: float, startup_timeout: float, servers: int, layout: str) -> None:
         super().__init__(problem)
         self.start_method, self.startup_timeout = start_method, startup_timeout
-        self.num_servers = servers
+        self.num_servers, self.cut = servers, layout
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale}
 
     def open(self, coordinator: Coordinator) -> None:
         """Share the blocks, start the servers and the workers."""
         server = coordinator.protocol.server
         require_serverless(coordinator.protocol, "runtime_options.servers", self.num_servers)
-        check(self.num_servers <= len(server.params), "runtime_options.servers",
-              self.num_servers, f"at most the number of parameter tensors "
-              f"({len(server.params)}): each server owns at least one")
-        params = share_tree(server.params)
-        names = list(params)
-        runs = partition([params[k].numel() for k in names], self.num_servers)
-        blocks = [{names[j]: params[names[j]] for j in run} for run in runs]
+        layout = Layout(server.params, self.num_servers, self.cut)
+        like = template(server.params)
+        # the model in one flat shared buffer; the server's params (what evaluations read) and
+        # every block are views of it, a block's pieces cut by the layout
+        flat = tree.flatten(server.params).detach().clone().share_memory_()
+        server.params = tree.unflatten(flat, like)
+        blocks = [tree.unflatten(flat[lo:hi], common_like(pieces))
+                  for (lo, hi), pieces in zip(layout.ranges(), layout.pieces, strict=True)]
         models = [SharedModel(template(block)) for block in blocks]
         for model, block in zip(models, blocks, strict=True):
             model.publish(block, 0)
-        starts = [sum(params[names[j]].numel() for j in range(run.start)) for run in runs]
-        slots = GradientSlots(template(params), self.problem.num_workers)
+        starts = layout.bounds[:-1]
+        slots = GradientSlots(like, self.problem.num_workers)
         context = mp.get_context(self.start_method)
         pipes = [[context.Pipe(duplex=True) for _ in blocks]
                  for _ in range(self.problem.num_workers)]
@@ -107,7 +110,7 @@ class ServersRuntime(Watcher):
                                     for b in range(self.num_servers)])
             self.pool = WorkerPool(
                 self.problem.num_workers, servers_worker_main,
-                (self.problem, models, slots, self.counters, options),
+                (self.problem, models, like, slots, self.counters, options),
                 start_method=self.start_method, own=[([end for end, _ in row],) for row in pipes])
         finally:
             for row in pipes:  # the children hold their ends; ours would hide a death (EOF)

@@ -25,26 +25,30 @@ from asyncopt import tree
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.processes.worker import ReportingWorker, guarded
+from asyncopt.tree import Params
 
 
 def servers_worker_main(worker: int, conn: Connection, problem: Problem,
-                        models: list[SharedModel], slots: GradientSlots,
+                        models: list[SharedModel], like: Params, slots: GradientSlots,
                         counters: SharedCounters, options: dict[str, Any],
                         servers: list[Connection]) -> None:
-    """Entry point of worker process ``worker``; ``servers[b]`` is its pipe to server b."""
-    guarded(conn, lambda: _ServersWorker(worker, conn, problem, models, slots, counters, options,
-                                         servers).loop())
+    """Entry point of worker process ``worker``; ``servers[b]`` is its pipe to server b, whose
+    block is the b-th contiguous range of the flat model shaped like ``like``."""
+    guarded(conn, lambda: _ServersWorker(worker, conn, problem, models, like, slots, counters,
+                                         options, servers).loop())
 
 
 class _ServersWorker(ReportingWorker):
     def __init__(self, worker: int, conn: Connection, problem: Problem,
-                 models: list[SharedModel], slots: GradientSlots, counters: SharedCounters,
-                 options: dict[str, Any], servers: list[Connection]) -> None:
+                 models: list[SharedModel], like: Params, slots: GradientSlots,
+                 counters: SharedCounters, options: dict[str, Any],
+                 servers: list[Connection]) -> None:
         super().__init__(worker, conn, problem, counters, options)
         self.models, self.slots, self.servers = models, slots, servers
-        self.flats = [torch.empty_like(model.slots[0]) for model in models]
-        self.params = {name: leaf for flat, model in zip(self.flats, models, strict=True)
-                       for name, leaf in tree.unflatten(flat, model.like).items()}
+        flat = torch.empty(tree.numel(like), dtype=next(iter(like.values())).dtype)
+        sizes = [model.slots[0].numel() for model in models]
+        self.flats = list(torch.split(flat, sizes))  # each block read into its range
+        self.params = tree.unflatten(flat, like)  # views: the whole model, blocks side by side
         self.gradient = problem.gradient_at(self.params, worker)  # bound once to the views
 
     def version(self) -> int:

@@ -50,6 +50,7 @@ import torch
 from asyncopt import tree
 from asyncopt.errors import ConfigError, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
+from asyncopt.runtimes.common.layout import CUTS
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.ray import actors, cluster, shm
 from asyncopt.runtimes.source import (
@@ -248,7 +249,7 @@ class RayRuntime(RealTimeSource):
 
 def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,
           max_restarts: int, checkpoint_every: int, worker_cpus: float, placement: str,
-          startup_timeout: float, servers: int, transport: str) -> RayRuntime:
+          startup_timeout: float, servers: int, layout: str, transport: str) -> RayRuntime:
     """The runtime registry's constructor for ``runtime = "ray"``; options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`):
 
@@ -263,7 +264,9 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
       object store for the others (:mod:`.shm`); ``object_store`` = the object store for all;
     * ``servers``: 1 = the driver is the one server (every protocol, restarts, checkpoints);
       K ≥ 2 = K block server actors that the workers talk to directly (:mod:`.sharded`,
-      :mod:`.servers`; protocol ``asgd`` only).
+      :mod:`.servers`; protocol ``asgd`` only);
+    * ``layout``: how K block servers cut the model, ``tensors`` or ``ranges``
+      (:class:`~asyncopt.runtimes.common.layout.Layout`, the same in the processes runtime).
     """
     if not isinstance(address, str):
         raise ConfigError("runtime_options.address", address, "'' or 'HOST:PORT'")
@@ -285,4 +288,5 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
         return RayRuntime(problem, speed, seed, **options)
     from asyncopt.runtimes.ray.sharded import ShardedRuntime
 
-    return ShardedRuntime(problem, speed, seed, servers=servers, **options)
+    return ShardedRuntime(problem, speed, seed, servers=servers,
+                          layout=check_choice("runtime_options.layout", layout, CUTS), **options)

@@ -1,11 +1,12 @@
 """``runtime_options.servers = K ≥ 2`` on Ray: K server actors, one per block of the model.
 
-The flat parameter vector ``x ∈ ℝᴺ`` (the tensors concatenated in key order) is cut into K
-contiguous ranges of ``⌊N/K⌋`` or ``⌈N/K⌉`` elements (:class:`Layout`); server actor b owns
-range b: its parameters ``x_b``, the rule's state for them ``s_b = rule.init(x_b)`` and its
-version ``v_b`` (steps applied to the block). These are the "concurrent parameter servers" of
-the common framework (Kungurtsev et al., AAAI 2021) and the multi-master layout of APAM (Xu et
-al.: the coordinates split among masters), with actors: the server work of an arrival (rule,
+The model is cut into K blocks by the one layout of every runtime
+(:class:`~asyncopt.runtimes.common.layout.Layout`: whole tensors by default, or K equal ranges
+of the flat vector ``x ∈ ℝᴺ``); server actor b owns block b: its parameters ``x_b``, the rule's
+state for them ``s_b = rule.init(x_b)`` and its version ``v_b`` (steps applied to the block).
+These are the "concurrent parameter servers" of the common framework (Kungurtsev et al., AAAI
+2021) and the multi-master layout of APAM (Xu et al.: the coordinates split among masters), with
+actors: the server work of an arrival (rule,
 in-place update, the transfers of the block) is split K ways and runs in parallel. On worker
 i's block gradient ``g_b`` computed at the block's version ``r_b``, server b does
 
@@ -19,11 +20,10 @@ after the step): one round trip per block and arrival, through the object store,
 is ``v = min_b v_b``; an arrival's recorded delay is ``max_b δ_b``, each ``δ_b`` measured by
 block b's own counter. **Rule state is per block**: per-element state (moments, accumulators) is
 the same as with one server; whole-model state (step counters, AdaGrad-Norm's accumulator, a
-normalization's norm) becomes block-wise. Balance is exact because a range may cut a tensor:
-the rule then sees the two pieces as flat vectors under the tensor's name, which changes
-nothing for per-element rules but makes a per-tensor one (``newton_schulz`` normalization) act
-on each piece. A rule that drops a gradient decides per block; the row says ``drop`` only if
-every block dropped it.
+normalization's norm) becomes block-wise; with ``layout = "ranges"`` a range may cut a tensor,
+whose pieces a rule sees as flat vectors under the tensor's name (the layout module says what
+that means for per-tensor rules). A rule that drops a gradient decides per block; the row says
+``drop`` only if every block dropped it.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ class ShardedRuntime(RayRuntime):
     asks_model_for = False  # workers pull the servers' latest blocks themselves
     reports_steps = True
 
-    def __init__(self, *args: Any, servers: int, **options: Any) -> None:
+    def __init__(self, *args: Any, servers: int, layout: str, **options: Any) -> None:
         super().__init__(*args, **options)
-        self.num_servers = servers
+        self.num_servers, self.cut = servers, layout
         self.servers: list[Any] = []
         self._running: dict[Any, int] = {}  # a worker's streaming generator -> the worker
         self._coordinator: Coordinator | None = None
@@ -69,7 +69,7 @@ class ShardedRuntime(RayRuntime):
         """Start the servers (from a checkpoint's blocks, when resumed) and the workers."""
         server = coordinator.protocol.server
         require_serverless(coordinator.protocol, "runtime_options.servers", self.num_servers)
-        self.layout = layout = Layout(server.params, self.num_servers)
+        self.layout = layout = Layout(server.params, self.num_servers, self.cut)
         steps = coordinator.budget.steps
         self._max_version = steps if steps is not None else 2**62
         self.ray = ray = self.connect()
@@ -134,9 +134,10 @@ class ShardedRuntime(RayRuntime):
     def snapshot(self) -> list[dict[str, Any]] | None:
         """Each server's block, rule state and version, read at its own moment."""
         try:
-            return self.ray.get([server.snapshot.remote() for server in self.servers])
+            snapshots = self.ray.get([server.snapshot.remote() for server in self.servers])
         except self.ray.exceptions.RayActorError:
             return None  # a dead server: a worker reports it and the run fails
+        return [{**snapshot, "layout": self.cut} for snapshot in snapshots]
 
     def close(self) -> None:
         coordinator = self._coordinator
