@@ -5,8 +5,8 @@ invariant for every cell it applies to (the applicability is a property of the c
 skip):
 
 * the history: delays ≥ 0, versions monotone, one row per arrival, step rows = final version
-  (one server, lock-free, simulator), ``cancel`` rows only where the protocol cancels, nothing
-  left running and nothing left in ``/dev/shm``;
+  (one server, lock-free, simulator; also after a killed worker and after SIGTERM), ``cancel``
+  rows only where the protocol cancels, nothing left running and nothing left in ``/dev/shm``;
 * with one worker and plain SGD every runtime computes the simulator's run: the same losses
   and the same final model;
 * a killed worker gets a ``lost`` row and the run goes on (where the protocol allows it);
@@ -198,6 +198,8 @@ def test_a_killed_worker_is_lost_and_the_run_goes_on(cell):
     assert len(lost) == 1
     assert not (a["worker"][lost[0] + 1:] == 1).any()  # never heard of again
     assert set(a["worker"][lost[0] + 1:]) == {0, 2}  # the others go on
+    if cell.one_version:  # every step has its row, the killed worker's last ones included
+        assert int((a["action"] == "step").sum()) == result.summary["version"]
     assert not _left_behind(before)
 
 
@@ -244,8 +246,12 @@ def test_sigterm_to_the_process_group_stops_the_run_cleanly(tmp_path, cell):
     report = (out + err).decode()
     assert process.returncode == 128 + signal.SIGTERM, report
     (run_dir,) = _runs(tmp_path)
-    summary = load(run_dir).summary
+    history = load(run_dir)
+    summary = history.summary
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM", report
+    if cell.one_version:
+        steps = int((history.arrivals["action"] == "step").sum())
+        assert steps == summary["version"], report
     assert summary["final"] and (run_dir / "model.pt").is_file()
     assert _group_gone(process.pid), "processes of the run outlived it"
     assert not [f for f in _shm() - before if f.startswith("asyncopt")]

@@ -25,6 +25,7 @@ from asyncopt.rules.base import Rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.layout import partition
 from asyncopt.runtimes.common.shared import SharedCounters
+from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
 from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.lockfree import dump_rule
@@ -253,15 +254,15 @@ def _worker_here(problem: Problem, rule: Rule):
                "time_scale": 0.0, "blocks": "whole", "block_fraction": 0.5, "warmup_steps": 0,
                "max_version": 100}
     worker = _LockFreeWorker(0, theirs, problem, params, state, dump_rule(rule), counters,
-                             options)
+                             StepLog(1), options)
     return worker, ours
 
 
 def _reported(worker, pipe) -> list[tuple]:
+    """The rows the worker wrote into its ring in shared memory (nothing goes by the pipe)."""
     worker._flush()
-    kind, rows = pipe.recv()
-    assert kind == "steps"
-    return rows
+    assert not pipe.poll()
+    return worker.log.take(0)
 
 
 def _raise(*args, **kwargs):
@@ -275,14 +276,14 @@ def test_a_non_finite_gradient_is_rejected_never_applied(spec):
     rule = make_rule(spec, 1)
     worker, pipe = _worker_here(_Poisoned(make_problem(QUADRATIC, 1, 0)), rule)
     before = {k: v.clone() for k, v in worker.params.items()}
-    state_before = [t.clone() for t in _tensors(worker.state)]
+    state_before = [t.clone() for t in _tensors(worker.stepper.state)]
     for _ in range(3):
         worker.step(0.0)
     assert [row[0] for row in _reported(worker, pipe)] == ["reject"] * 3
     assert worker.counters.version == 0
     for key, value in before.items():
         assert torch.equal(worker.params[key], value)
-    assert all(torch.equal(a, b) for a, b in zip(_tensors(worker.state), state_before,
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(worker.stepper.state), state_before,
                                                   strict=True))
 
 

@@ -212,7 +212,7 @@ def test_ringleader_tables_and_round_survive_a_resume(tmp_path, monkeypatch):
 
 
 def test_block_servers_checkpoint_their_blocks_and_resume_from_them(tmp_path):
-    config = _config(tmp_path, checkpoint_every=50, servers=2)
+    config = _config(tmp_path, checkpoint_every=50, servers=2, layout="ranges")
     config["rule"], config["eval"] = {"name": "adam", "lr": 0.05}, {"every": 10**6}
     first = run(config)
     saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)

@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
     _quiet(c)
     _no_plot(c, "no compare.png (the table only)")
+    _jobs(c)
     c.set_defaults(command="compare")
     w = commands.add_parser("sweep", help="a final metric against one key, over seeds",
                             description="A final metric against one key, over seeds: CSV, "

@@ -55,6 +55,7 @@ import torch.utils._pytree as pytree
 from asyncopt import tree
 from asyncopt.errors import ConfigError
 from asyncopt.protocols.base import Protocol
+from asyncopt.protocols.stepper import Counter
 from asyncopt.record import History, load
 from asyncopt.runtimes.common.layout import Layout, like
 from asyncopt.runtimes.coordinator import Coordinator
@@ -107,7 +108,7 @@ def check(state: dict[str, Any], protocol: Protocol, servers: int = 1,
         raise ConfigError("runtime_options.servers", servers, f"{saved_servers}, the checkpoint's "
                           f"number of servers (a block's rule state cannot be cut again)")
     if isinstance(blocks, list) and blocks and isinstance(blocks[0], dict):
-        saved_layout = blocks[0].get("layout", "ranges")  # before layouts: Ray's flat ranges
+        saved_layout = _layout(blocks)
         if saved_layout != layout:
             raise ConfigError("runtime_options.layout", layout, f"{saved_layout!r}, the "
                               f"checkpoint's layout (a block's rule state cannot be cut again)")
@@ -156,6 +157,13 @@ def _check_rule_state(fresh: Any, saved: Any, what: str) -> None:
         f"{len(leaves)} leaves shaped as rule.init builds them")
 
 
+def _layout(blocks: Any) -> str:
+    """The layout of a checkpoint's block servers (before layouts were saved: Ray's ranges)."""
+    if isinstance(blocks, list) and blocks and isinstance(blocks[0], dict):
+        return str(blocks[0].get("layout", "ranges"))
+    return "tensors"
+
+
 def _check_blocks(blocks: list[Any], server: Any, cut: str) -> None:
     """Each block server's snapshot against the block that ``Layout`` gives it."""
     layout = Layout(server.params, len(blocks), cut)
@@ -176,14 +184,14 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
     """Put a checked checkpoint's server state into a fresh coordinator (its recorder empty),
     and replay the history up to the checkpoint into its recorder."""
     server, blocks = coordinator.protocol.server, state["blocks"]
-    check(state, coordinator.protocol, 1 if blocks is None else len(blocks))
+    check(state, coordinator.protocol, 1 if blocks is None else len(blocks), _layout(blocks))
     if blocks is None:
         server.state = with_rule_leaves(server.state, state["rule_state"])
     else:  # the block servers hold the rule's state: they start from these
         coordinator.blocks = blocks
     coordinator.source_state = state["source"]
     server.params = {k: v.clone() for k, v in state["params"].items()}
-    server.version = int(state["version"])
+    server.counter = Counter(int(state["version"]))
     coordinator.protocol.load_state_dict(state["protocol_state"])  # after the model: it uses it
     _replay(coordinator, history, int(state["arrival_rows"]), int(state["evaluation_rows"]))
     coordinator.arrivals = int(state["arrival_budget_count"])

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from asyncopt import tree
 from asyncopt.protocols.state import entry, integer, need, workers
+from asyncopt.protocols.stepper import Stepper, finite
 from asyncopt.rules.base import Rule
 from asyncopt.tree import Params
 
@@ -66,30 +66,19 @@ class Reply:
     delay: int = 0
 
 
-class Server:
+class Server(Stepper):
     """The model, the rule's state and the version counter: optimizer state exists once.
 
-    Steps are out of place: each version's ``params`` is a fresh dict of fresh tensors that is
-    never modified afterwards, so a reference to ``server.params`` taken at version v *is* the
-    model of version v. Runtimes hand that reference to a worker instead of copying the model.
+    Steps are out of place (:class:`~asyncopt.protocols.stepper.Stepper`, the one step path):
+    each version's ``params`` is a fresh dict of fresh tensors that is never modified afterwards,
+    so a reference to ``server.params`` taken at version v *is* the model of version v. Runtimes
+    hand that reference to a worker instead of copying the model. In the modes without a
+    central server the runtime puts the model's own counter here (the lock-free workers' shared
+    one, the block servers' least version), so ``version`` always reads the model's.
     """
 
     def __init__(self, params: Params, rule: Rule) -> None:
-        self.params = params
-        self.rule = rule
-        self.state = rule.init(params)
-        self.version = 0
-
-    def step(self, grads: Params, *, delay: int, worker: int) -> bool:
-        """Apply one rule update; answer False (and keep the version) if the rule dropped it."""
-        updates, self.state = self.rule.update(
-            grads, self.state, self.params, delay=delay, worker=worker
-        )
-        if updates is None:
-            return False
-        self.params = tree.add(self.params, updates)
-        self.version += 1
-        return True
+        super().__init__(params, rule, in_place=False)
 
 
 class Protocol(ABC):
@@ -138,7 +127,7 @@ class Protocol(ABC):
         """Process one arrival; the worker that sent it is no longer in flight."""
         self.in_flight.pop(arrival.worker, None)
         delay = self.server.version - arrival.version
-        if not (tree.all_finite(arrival.grads) and _finite(arrival.loss)):
+        if not finite(arrival.grads, arrival.loss):
             reply = Reply(Action.REJECT, start=(arrival.worker,), delay=delay)
         else:
             reply = self.receive(arrival, delay)
@@ -238,7 +227,3 @@ class Protocol(ABC):
         if dead:  # a lost worker is never started: the runtime must not see it
             reply = replace(reply, start=tuple(w for w in reply.start if w in alive))
         return reply
-
-
-def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))

@@ -88,6 +88,7 @@ class Coordinator:
         self._last_metrics: dict[str, float] = {}
         self._wall_start = time.perf_counter()
         self.now = 0.0
+        self._row_version = 0  # the version of the last row of a step applied elsewhere
         self.signal: str | None = None  # the signal that interrupted the run, if one did
         self.blocks: list[dict[str, Any]] | None = None
         """Block servers' states restored from a checkpoint (:mod:`asyncopt.resume`): the
@@ -133,22 +134,25 @@ class Coordinator:
         reply = self.protocol.handle(arrival)
         action = reply.action.value if reply.action is not None else Action.STEP.value
         self._record(now, arrival.worker, action, reply.delay, arrival.loss,
-                     arrival.compute_time)
+                     arrival.compute_time, self.version)
         return reply
 
     def applied(self, now: float, worker: int, version: int, delay: int, loss: float,
                 compute_time: float, action: str = Action.STEP.value) -> None:
-        """A worker applied (or, with ``action``, dropped or rejected) its own gradient, as in
-        lock-free runtimes where there is no protocol to ask; ``version`` is the shared version
-        after it. Recorded, evaluated and budgeted exactly like an arrival."""
+        """A worker or a block server applied (or, with ``action``, dropped or rejected) a
+        gradient by itself, as in lock-free mode where there is no protocol to ask; ``version``
+        is the model's version after it as its worker saw it (the row gets the largest so far,
+        so that rows stay in version order). The model's version itself is its own counter's
+        (the runtime put it in ``protocol.server.counter``). Recorded, evaluated and budgeted
+        exactly like an arrival."""
         self.now = now
-        self.protocol.server.version = version
-        self._record(now, worker, action, delay, loss, compute_time)
+        self._row_version = max(self._row_version, version)
+        self._record(now, worker, action, delay, loss, compute_time, self._row_version)
 
     def _record(self, now: float, worker: int, action: str, delay: int, loss: float,
-                compute_time: float) -> None:
+                compute_time: float, version: int) -> None:
         self.arrivals += 1
-        self.recorder.arrival(now, worker, self.version, delay, loss, action, compute_time)
+        self.recorder.arrival(now, worker, version, delay, loss, action, compute_time)
         if action == "reject" or self._reject_streaks:
             self._check_rejects(worker, action == "reject")
         if self.progress is not None and self.arrivals % 64 == 0:

@@ -99,10 +99,11 @@ class Driver:
                 self._idle()
                 break
             events = source.wait(self._timeout())
-            if not coordinator.advance(source.now()):
-                break
-            for event in events:
+            going = coordinator.advance(source.now())
+            for event in events:  # steps taken elsewhere are recorded even when stopping
                 self._handle(event)
+            if not going:
+                break
             self._checkpoint()
 
     def _timeout(self) -> float:
@@ -122,9 +123,7 @@ class Driver:
             arrival = Arrival(event.worker, event.version, grads, loss, event.compute_time)
             self._execute(coordinator.arrive(now, arrival))
         elif isinstance(event, Applied):  # recorded even while stopping: the step was taken
-            version = max(coordinator.version, event.version) if event.action == "step" \
-                else coordinator.version
-            coordinator.applied(now, event.worker, version, event.delay, event.loss,
+            coordinator.applied(now, event.worker, event.version, event.delay, event.loss,
                                 event.compute_time, event.action)
         elif isinstance(event, Ended):
             self.jobs.pop(event.worker, None)

@@ -49,7 +49,8 @@ class Arrived:
 @dataclass(frozen=True, slots=True)
 class Applied:
     """``worker``'s gradient was applied (or, with ``action``, dropped or rejected) where it was
-    computed or by block servers; ``version`` is the model's version after it."""
+    computed or by block servers; ``version`` is the model's version after it as the worker saw
+    it (the model's own counter is the one the source put into ``protocol.server.counter``)."""
 
     worker: int
     action: str

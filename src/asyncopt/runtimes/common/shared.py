@@ -29,6 +29,7 @@ a params dict or a rule state to shared memory in place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -182,11 +183,15 @@ class SharedCounters:
     def version(self) -> int:
         return int(self._view[_COUNT])
 
-    def increment(self) -> int:
-        """``version += 1`` atomically; answer the new version."""
+    def increment(self, then: Callable[[int], None] | None = None) -> int:
+        """``version += 1`` atomically; answer the new version. ``then(version)`` runs under the
+        same lock (a lock-free worker writes the step's row there: :mod:`.steplog`)."""
         with self.lock:
             self._view[_COUNT] += 1
-            return int(self._view[_COUNT])
+            version = int(self._view[_COUNT])
+            if then is not None:
+                then(version)
+            return version
 
     @property
     def stopped(self) -> bool:

@@ -28,6 +28,7 @@ every worker has stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -94,9 +95,9 @@ class DeviceCounters(SharedCounters):
     """:class:`~.shared.SharedCounters` whose increment first waits for this process's queued
     updates of the shared model (lock-free mode on a device)."""
 
-    def increment(self) -> int:
+    def increment(self, then: Callable[[int], None] | None = None) -> int:
         synchronize(local_device())
-        return super().increment()
+        return super().increment(then)
 
 
 def shared_model(plan: DevicePlan | None, like: Params) -> SharedModel:

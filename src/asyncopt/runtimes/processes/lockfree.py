@@ -24,9 +24,11 @@ import torch.multiprocessing as mp
 
 from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
+from asyncopt.protocols.stepper import Counter
 from asyncopt.rules.base import Rule
 from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.common.shared import share_tree
+from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import check_blocks
 from asyncopt.runtimes.processes.device import DevicePlan, place, restore
@@ -75,15 +77,18 @@ class LockFreeRuntime(Watcher):
         options = {**self.options, "max_version": budget if budget is not None else 2**62}
         self.counters = shared_counters(self.devices, mp.get_context(self.start_method))
         self.counters.header[0] = server.version
+        server.counter = self.counters  # the model's version: the workers' shared counter
+        self.log = StepLog(self.problem.num_workers)
         self.pool = WorkerPool(self.problem.num_workers, lockfree_main,
                                (self.problem, self.params, self.state, dump_rule(server.rule),
-                                self.counters, options), start_method=self.start_method,
-                               devices=self.devices)
+                                self.counters, self.log, options),
+                               start_method=self.start_method, devices=self.devices)
         self.ready(coordinator, self.startup_timeout)
 
     def close(self) -> None:
         if getattr(self, "counters", None) is not None:
             self.counters.stop()
+            self._server.counter = Counter(self.counters.version)
         if getattr(self, "pool", None) is not None:
             self.pool.close()
         if self._server is not None:

@@ -7,10 +7,11 @@ Worker i loops, with no lock around the model or the rule's state (Hogwild!, Niu
     δ = version − v ; (u, state) = rule.update(g_B, state, x, delay=δ, worker=i) ;
     x_B += u_B (in place, shared) ; version += 1 (under a lock) ; report to the main process
 
-When the rule has a fused step (``rule.step``, :mod:`asyncopt.rules.fused`: sgd, adam, amsgrad,
-adagrad) the update and its addition are one in-place pass over ``x_B`` and the state, as
-``torch.optim``'s fused kernels do; other rules (and chains with delay blocks) take the
-functional path above.
+The step is the one step path of every mode (:class:`~asyncopt.protocols.stepper.Stepper`, in
+place): when the rule has a fused step (``rule.step``, :mod:`asyncopt.rules.fused`: sgd, adam,
+amsgrad, adagrad) the update and its addition are one in-place pass over ``x_B`` and the state,
+as ``torch.optim``'s fused kernels do; other rules (and chains with delay blocks) update and
+apply.
 
 ``x`` and the rule's state are the main process's own tensors, moved to shared memory by
 :func:`~.shared.share_tree`, so every process steps the *same* optimizer: one step counter
@@ -28,42 +29,48 @@ The worker stops stepping when the shared stop flag is set or the version reache
 budget, says ``("idle",)``, and waits for a command (STOP). Reports are rows
 ``(action, version_after, delay, loss, compute_time, block_kind)`` with action ``step``,
 ``drop`` (the rule answered ``None``; nothing applied, version unchanged) or ``reject`` (a
-non-finite loss or gradient; never applied), sent in batches (:class:`~.worker.ReportingWorker`).
+non-finite loss or gradient; never applied), written into the worker's ring in shared memory
+(:mod:`asyncopt.runtimes.common.steplog`); a step's row is written under the lock of the version's
+increment, so every version has its row even if the worker is killed right after its step.
 """
 
 from __future__ import annotations
 
-import math
 import pickle
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from asyncopt import tree
 from asyncopt.problems.base import Problem
-from asyncopt.rules.base import State, apply_updates, share_ticks
+from asyncopt.protocols.stepper import Stepper, finite
+from asyncopt.rules.base import State, share_ticks
 from asyncopt.runtimes.common.shared import SharedCounters
+from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.worker import ReportingWorker, guarded
 from asyncopt.tree import Params
 
 
 def lockfree_main(worker: int, conn: Connection, problem: Problem, params: Params,
-                  state: State, rule: bytes, counters: SharedCounters, options: dict[str, Any]
-                  ) -> None:
+                  state: State, rule: bytes, counters: SharedCounters, log: StepLog,
+                  options: dict[str, Any]) -> None:
     """Entry point of lock-free worker process ``worker`` (``rule`` is cloudpickled)."""
     guarded(conn, lambda: _LockFreeWorker(worker, conn, problem, params, state, rule, counters,
-                                          options).loop())
+                                          log, options).loop())
 
 
 class _LockFreeWorker(ReportingWorker):
     def __init__(self, worker: int, conn: Connection, problem: Problem, params: Params,
-                 state: State, rule: bytes, counters: SharedCounters,
+                 state: State, rule: bytes, counters: SharedCounters, log: StepLog,
                  options: dict[str, Any]) -> None:
         super().__init__(worker, conn, problem, counters, options)
-        self.params, self.state = params, state
-        self.rule = pickle.loads(rule)
+        self.params, self.log = params, log
         share_ticks(counters.lock)  # the rule's shared step counter counts every step exactly
+        # the one step path, in place on the shared model and state; its version increments
+        # write the step's row in the same locked moment (see .steplog)
+        self.counter = LoggedCounter(counters, log, worker)
+        self.stepper = Stepper(params, pickle.loads(rule), in_place=True, state=state,
+                               counter=self.counter)
         self.gradient = problem.gradient_at(params, worker)  # bound once to the shared tensors
         self.chooser = BlockChooser(
             options["blocks"], list(params), [p.numel() for p in params.values()], worker,
@@ -76,25 +83,38 @@ class _LockFreeWorker(ReportingWorker):
         kind, names = self.chooser.next(read)
         if not self.pad(start, now):
             return  # a command came while padding: this gradient is abandoned, unapplied
+        block = grads if kind == "whole" else {k: grads[k] for k in names}
         delay = self.counters.version - read
-        if not (math.isfinite(loss) and tree.all_finite(grads)):
+        if not finite(block, loss):
             self.report("reject", self.counters.version, delay, loss, start, kind)
             return
-        block = grads if kind == "whole" else {k: grads[k] for k in names}
-        if not self._apply(block, delay):
+        self.counter.row = (delay, float(loss), start, kind)
+        if self.stepper.step(block, delay=delay, worker=self.worker) is None:
             self.report("drop", self.counters.version, delay, loss, start, kind)
-            return
-        self.report("step", self.counters.increment(), delay, loss, start, kind)
 
-    def _apply(self, block: Params, delay: int) -> bool:
-        """Step the shared params and state with ``block``: the rule's fused in-place step if it
-        has one (:mod:`asyncopt.rules.fused`), else update + apply; False if it dropped it."""
-        if self.rule.step is not None:
-            return self.rule.step(block, self.state, self.params, delay=delay,
-                                  worker=self.worker)
-        updates, _ = self.rule.update(block, self.state, self.params, delay=delay,
-                                      worker=self.worker)
-        if updates is None:
-            return False
-        apply_updates({k: self.params[k] for k in updates}, updates)
-        return True
+    def report(self, action: str, version: int, delay: int, loss: float, start: float,
+               kind: str) -> None:
+        self.log.append(self.worker, (action, version, delay, float(loss),
+                                      time.perf_counter() - start, kind))
+
+
+class LoggedCounter:
+    """The shared version, whose every increment writes the step's row into the worker's ring
+    under the same lock (:meth:`~asyncopt.runtimes.common.shared.SharedCounters.increment`):
+    ``row`` = (delay, loss, start time, block kind) of the step about to be applied."""
+
+    def __init__(self, counters: SharedCounters, log: StepLog, worker: int) -> None:
+        self.counters, self.log, self.worker = counters, log, worker
+        self.row: tuple[int, float, float, str] = (0, 0.0, 0.0, "whole")
+
+    @property
+    def version(self) -> int:
+        return self.counters.version
+
+    def increment(self) -> int:
+        return self.counters.increment(then=self._logged)
+
+    def _logged(self, version: int) -> None:
+        delay, loss, start, kind = self.row
+        self.log.append(self.worker, ("step", version, delay, loss,
+                                      time.perf_counter() - start, kind))

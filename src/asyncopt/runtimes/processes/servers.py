@@ -16,6 +16,8 @@ block's version it read):
     δ_b = v_b − r_b ;  (u_b, s_b) = rule.update(g_b, s_b, x_b, delay=δ_b, worker=i) ;
     x_b += u_b (in place) ;  v_b += 1 ;  publish x_b as v_b ;  answer (v_b, δ_b)
 
+(the one step path of every mode, :class:`~asyncopt.protocols.stepper.Stepper`, in place).
+
 **Versions and delays.** The model's version is ``v = min_b v_b``: the arrivals that every block
 has applied (with ``asgd`` every server applies every arrival, so the ``v_b`` differ only by the
 arrivals in flight). An arrival's recorded delay is its largest block delay ``max_b δ_b``, each
@@ -46,7 +48,7 @@ import torch.multiprocessing as mp
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
-from asyncopt.rules.base import apply_updates
+from asyncopt.protocols.stepper import Counter, Stepper
 from asyncopt.runtimes.common.layout import Layout
 from asyncopt.runtimes.common.layout import like as common_like
 from asyncopt.runtimes.common.serverless import require_serverless
@@ -76,11 +78,12 @@ class ServersRuntime(Watcher):
         super().__init__(problem)
         self.start_method, self.startup_timeout = start_method, startup_timeout
         self.num_servers, self.cut = servers, layout
+        self._server: Any = None
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale}
 
     def open(self, coordinator: Coordinator) -> None:
         """Share the blocks, start the servers and the workers."""
-        server = coordinator.protocol.server
+        self._server = server = coordinator.protocol.server
         require_serverless(coordinator.protocol, "runtime_options.servers", self.num_servers)
         layout = Layout(server.params, self.num_servers, self.cut)
         like = template(server.params)
@@ -92,7 +95,8 @@ class ServersRuntime(Watcher):
                   for (lo, hi), pieces in zip(layout.ranges(), layout.pieces, strict=True)]
         models = [SharedModel(template(block)) for block in blocks]
         for model, block in zip(models, blocks, strict=True):
-            model.publish(block, 0)
+            model.publish(block, server.version)
+        server.counter = LeastVersion(models)
         starts = layout.bounds[:-1]
         slots = GradientSlots(like, self.problem.num_workers)
         context = mp.get_context(self.start_method)
@@ -137,6 +141,9 @@ class ServersRuntime(Watcher):
         self.check()  # a server's error that ended the workers is raised, not lost
 
     def close(self) -> None:
+        server = self._server
+        if server is not None and isinstance(server.counter, LeastVersion):
+            server.counter = Counter(server.counter.version)
         if getattr(self, "counters", None) is not None:
             self.counters.stop()
         for pool in (getattr(self, "pool", None), getattr(self, "servers", None)):
@@ -155,11 +162,10 @@ def server_main(index: int, conn: Connection, rule: bytes, slots: GradientSlots,
 class _Server:
     def __init__(self, conn: Connection, rule: Any, slots: GradientSlots, params: Params,
                  model: SharedModel, start: int, workers: list[Connection]) -> None:
-        self.conn, self.rule, self.slots, self.params = conn, rule, slots, params
-        self.model, self.start = model, start
+        self.conn, self.slots, self.model, self.start = conn, slots, model, start
         self.like = template(params)
-        self.state = rule.init(params)
-        self.version = model.latest
+        # the one step path, in place on the block, on the block's own version counter
+        self.stepper = Stepper(params, rule, in_place=True, counter=Counter(model.latest))
         self.workers = {end: worker for worker, end in enumerate(workers)}
         self.parent = os.getppid()
 
@@ -179,13 +185,23 @@ class _Server:
                 return  # re-parented: the main process died
 
     def _step(self, worker: int, read: int) -> tuple[int, int, bool]:
-        delay = self.version - read
         grads = self.slots.view(worker, self.start, self.like)
-        updates, self.state = self.rule.update(grads, self.state, self.params, delay=delay,
-                                               worker=worker)
-        if updates is None:
-            return self.version, delay, False
-        apply_updates(self.params, updates)
-        self.version += 1
-        self.model.publish(self.params, self.version)
-        return self.version, delay, True
+        action, version, delay = self.stepper.arrive(grads, 0.0, read, worker)
+        if action == "step":
+            self.model.publish(self.stepper.params, version)
+        return version, delay, action == "step"
+
+
+class LeastVersion:
+    """The model's version with K block servers: the least of the blocks' published versions
+    (the arrivals that every block has applied), read from their shared copies."""
+
+    def __init__(self, models: list[SharedModel]) -> None:
+        self.models = models
+
+    @property
+    def version(self) -> int:
+        return min(model.latest for model in self.models)
+
+    def increment(self) -> int:
+        raise RuntimeError("the block servers step their blocks; the main process never does")

@@ -22,6 +22,7 @@ import time
 
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.shared import SharedCounters
+from asyncopt.runtimes.common.steplog import Row, StepLog
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.pool import WorkerPool
 from asyncopt.runtimes.source import Applied, Ended, Event, Lost, RealTimeSource
@@ -50,6 +51,7 @@ class Watcher(RealTimeSource):
         self.block_steps: list[dict[str, int]] = [{} for _ in range(problem.num_workers)]
         """Per worker: applied steps by block kind (``whole``, ``partition``, ``random``)."""
         self._rested = False
+        self.log: StepLog | None = None  # the workers' rows in shared memory (lock-free mode)
 
     def ready(self, coordinator: Coordinator, startup_timeout: float) -> None:
         """Wait for the workers; the clock starts now."""
@@ -71,22 +73,28 @@ class Watcher(RealTimeSource):
             more = self.pool.events(0.0)
             messages += more
         found = self.check()  # after the wait, before the reports: a server's death is seen
+        ended: list[Event] = []
         for worker, kind, payload in messages:
             if kind == "steps":
-                counts = self.block_steps[worker]
-                for action, version, delay, loss, compute_time, block in payload[0]:
-                    if action == "step":
-                        counts[block] = counts.get(block, 0) + 1
-                    found.append(Applied(worker, action, version, delay, loss, compute_time))
+                found += self._applied(worker, payload[0])
             elif kind == "idle":
-                found.append(Ended(worker))
+                ended.append(Ended(worker))
             elif kind == "dead":
                 code = self.pool.mark_dead(worker)
-                found.append(Lost(worker, f"worker process {worker} died (exit code "
-                                          f"{code})"))
+                ended.append(Lost(worker, f"worker process {worker} died (exit code {code})"))
             else:
                 raise RuntimeError(f"worker process {worker} raised:\n{payload[0]}")
-        return found
+        if self.log is not None:  # read after the pipes: a loop's rows are all in before "idle"
+            for worker in range(self.problem.num_workers):
+                found += self._applied(worker, self.log.take(worker))
+        return found + ended
+
+    def _applied(self, worker: int, rows: list[Row]) -> list[Event]:
+        counts = self.block_steps[worker]
+        for action, *_, block in rows:
+            if action == "step":
+                counts[block] = counts.get(block, 0) + 1
+        return [Applied(worker, *row[:5]) for row in rows]
 
     def check(self) -> list[Event]:
         """Subclasses watch their other processes here; their events come before the workers'

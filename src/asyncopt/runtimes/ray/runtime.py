@@ -104,10 +104,10 @@ class RayRuntime(RealTimeSource):
         remote = ray.remote(actors.GradientWorker).options(
             num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0,
             scheduling_strategy=self.placement.upper())
-        # one copy in the object store for every actor, kept alive by this reference for
-        # the whole run: a restarted actor is built from it again
-        problem = ray.put(self.problem)
-        self.workers = [remote.remote(problem, w, shapes, self.speed, self.seed,
+        # one copy in the object store for every actor, kept alive by this reference until
+        # close: a restarted actor is built from it again
+        self._problem_ref = ray.put(self.problem)
+        self.workers = [remote.remote(self._problem_ref, w, shapes, self.speed, self.seed,
                                       self.time_scale) for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
         if self.transport == "auto":
@@ -133,6 +133,7 @@ class RayRuntime(RealTimeSource):
                 for worker in self.workers:
                     self.ray.kill(worker, no_restart=True)
             self._models.clear()
+            self._problem_ref = None
             self.shm.close()
         finally:
             self._stack.close()

@@ -13,6 +13,8 @@ i's block gradient ``g_b`` computed at the block's version ``r_b``, server b doe
     δ_b = v_b − r_b ;  (u_b, s_b) = rule.update(g_b, s_b, x_b, delay=δ_b, worker=i) ;
     x_b += u_b (in place) ;  v_b += 1 ;  answer (x_b, v_b, δ_b)
 
+(the one step path of every mode, :class:`~asyncopt.protocols.stepper.Stepper`, in place)
+
 and its answer is the worker's next read of the block (as APAM's master sends the model back
 after the step): one round trip per block and arrival, through the object store, read in place.
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from asyncopt import tree
-from asyncopt.rules.base import apply_updates
+from asyncopt.protocols.stepper import Counter, Stepper
 from asyncopt.runtimes.common.layout import Shapes, like
 from asyncopt.runtimes.snapshot import rule_leaves, with_rule_leaves
 
@@ -54,28 +56,23 @@ class BlockServer:
 
     def __init__(self, rule: Any, block: np.ndarray, pieces: Shapes) -> None:
         torch.set_num_threads(1)
-        self.rule, self.flat = rule, torch.tensor(block)
-        self.params = tree.unflatten(self.flat, like(pieces))  # views of self.flat
-        self.state = rule.init(self.params)
-        self.version, self.stopped = 0, False
+        self.flat = torch.tensor(block)
+        # the one step path, in place on the block (views of self.flat), on its own counter
+        self.stepper = Stepper(tree.unflatten(self.flat, like(pieces)), rule, in_place=True)
+        self.stopped = False
 
     def step(self, grad: np.ndarray, read: int, worker: int,
              ) -> tuple[np.ndarray, int, int, bool, bool]:
         """Apply worker ``worker``'s block gradient read at version ``read``; answer the block,
         its version, the delay, whether it stepped, and whether the run is stopping."""
-        delay = self.version - read
-        grads = tree.unflatten(view(grad), self.params)
-        updates, self.state = self.rule.update(grads, self.state, self.params, delay=delay,
-                                               worker=worker)
-        if updates is not None:
-            apply_updates(self.params, updates)
-            self.version += 1
-        return self.flat.numpy(), self.version, delay, updates is not None, self.stopped
+        grads = tree.unflatten(view(grad), self.stepper.params)
+        action, version, delay = self.stepper.arrive(grads, 0.0, read, worker)
+        return self.flat.numpy(), version, delay, action == "step", self.stopped
 
     def pull(self) -> tuple[np.ndarray, int, int, bool, bool]:
         """The block and its version, as :meth:`step` answers them, without a step (Ray
         copies the answer into the object store)."""
-        return self.flat.numpy(), self.version, 0, False, self.stopped
+        return self.flat.numpy(), self.stepper.version, 0, False, self.stopped
 
     def stop(self) -> None:
         """From now on every answer tells the worker to stop after this arrival."""
@@ -84,11 +81,11 @@ class BlockServer:
     def snapshot(self) -> dict[str, Any]:
         """What a checkpoint saves of this server (copies): its block, the rule's state for it
         (leaves in pytree order) and its version."""
-        return {"block": self.flat.clone(), "rule_state": rule_leaves(self.state),
-                "version": self.version}
+        return {"block": self.flat.clone(), "rule_state": rule_leaves(self.stepper.state),
+                "version": self.stepper.version}
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Go on from a :meth:`snapshot` (checked against this block by ``resume.check``)."""
-        self.flat.copy_(saved["block"])  # in place: self.params are views of it
-        self.state = with_rule_leaves(self.state, saved["rule_state"])
-        self.version = int(saved["version"])
+        self.flat.copy_(saved["block"])  # in place: the stepper's params are views of it
+        self.stepper.state = with_rule_leaves(self.stepper.state, saved["rule_state"])
+        self.stepper.counter = Counter(int(saved["version"]))

@@ -41,6 +41,7 @@ import torch
 
 from asyncopt import tree
 from asyncopt.problems.base import Problem
+from asyncopt.protocols.stepper import Counter
 from asyncopt.runtimes.common.layout import Layout
 from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.coordinator import Coordinator
@@ -89,6 +90,9 @@ class ShardedRuntime(RayRuntime):
         self.workers = [remote.remote(shared, w, shapes, self.speed, self.seed,
                                       self.time_scale) for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
+        # the model's version: the largest least block version that a worker reported
+        self.reported = Reported(server.version)
+        server.counter = self.reported
         # evaluations read the model back from the servers first
         self._coordinator, self._problem = coordinator, coordinator.problem
         coordinator.problem = _Assembled(coordinator.problem, self._fetch)
@@ -121,6 +125,9 @@ class ShardedRuntime(RayRuntime):
                                  f"not restarted")]
         if isinstance(rows, str):  # a server died
             return [Failed(rows)]
+        for action, version, *_ in rows:
+            if action == "step":
+                self.reported.observe(version)
         return [Applied(worker, *row) for row in rows]
 
     def stop(self) -> None:
@@ -144,6 +151,7 @@ class ShardedRuntime(RayRuntime):
         try:
             if coordinator is not None:
                 coordinator.problem = self._problem
+                coordinator.protocol.server.counter = Counter(self.reported.version)
                 if self._stopped and coordinator.status != "failed":
                     self._fetch(coordinator.protocol.server.params)  # the final model
         finally:
@@ -160,6 +168,17 @@ class ShardedRuntime(RayRuntime):
                                    tree.unflatten(torch.from_numpy(flat), params).values(),
                                    strict=True):
                 leaf.copy_(value)
+
+
+class Reported(Counter):
+    """The version of the model that K server actors hold: the largest ``min_b v_b`` that a
+    worker was answered (the servers' counters are theirs; reports bring it here)."""
+
+    def observe(self, version: int) -> None:
+        self.version = max(self.version, version)
+
+    def increment(self) -> int:
+        raise RuntimeError("the block servers step their blocks; the driver never does")
 
 
 class _Assembled:
