@@ -77,7 +77,8 @@ def asyncopt_rate(dim: int, runtime: str, options: dict | None = None) -> float:
 def sharded_rate(dim: int, servers: int) -> float:
     """As :func:`asyncopt_rate` with ``servers`` block server actors; the runtime is built
     directly, so that K = 1 runs the server-actor path too."""
-    options = {**RUNTIMES["ray"][1], "servers": servers}
+    # one tensor: the servers cut it into equal flat ranges
+    options = {**RUNTIMES["ray"][1], "servers": servers, "layout": "ranges"}
     best = 0.0
     for _ in range(REPEATS):
         problem = quadratic(dim)
