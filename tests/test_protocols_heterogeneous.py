@@ -54,9 +54,10 @@ SPEEDS = {"random": RANDOM, "slowdowns": SLOWDOWNS, "periodic": PERIODIC,
 
 
 def run(spec: dict[str, Any], workers: int, speed: dict[str, Any], *, seed: int = 0,
-        steps: int = 200, rule: dict[str, Any] = SGD) -> tuple[Protocol, History]:
+        steps: int = 200, rule: dict[str, Any] = SGD,
+        problem_spec: dict[str, Any] = QUADRATIC) -> tuple[Protocol, History]:
     """A simulated run that keeps the protocol object, to read its counters afterwards."""
-    problem = make_problem(QUADRATIC, workers, seed)
+    problem = make_problem(problem_spec, workers, seed)
     server = Server(problem.init_params(torch.Generator().manual_seed(seed)),
                     make_rule(rule, workers))
     protocol = make_protocol(spec, server, workers)
@@ -324,16 +325,9 @@ def authors_run(method: Any, workers: int, seed: int, calls: int, times: Any = N
 
 def ours_run(spec: dict[str, Any], workers: int, seed: int, steps: int,
              speed: dict[str, Any] = AUTHORS_SPEED) -> tuple[Any, History]:
-    problem = make_problem({**QUADRATIC, "noise": 0.0}, workers, seed)
-    server = Server(problem.init_params(torch.Generator().manual_seed(seed)),
-                    make_rule(SGD, workers))
-    protocol = make_protocol(spec, server, workers)
-    recorder = Recorder()
-    coordinator = Coordinator(problem, protocol, recorder, Budget(steps=steps),
-                              Evaluation(every=10**9))
-    Simulator(problem, make_speed_model(speed, workers, seed), seed).run(coordinator)
-    coordinator.finish()
-    return server.params["x"].numpy(), recorder.history()
+    protocol, history = run(spec, workers, speed, seed=seed, steps=steps,
+                            problem_spec={**QUADRATIC, "noise": 0.0})
+    return protocol.server.params["x"].numpy(), history
 
 
 def test_ia2sgd_without_step_on_fill_is_the_authors_iaasgd():
