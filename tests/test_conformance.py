@@ -138,8 +138,10 @@ def test_the_history_accounts_for_every_arrival_and_step(cell):
     steps = int((a["action"] == "step").sum())
     if cell.one_version:
         assert steps == summary["version"] >= 60
-    else:  # K block servers: the recorded version is the least block's
+    else:  # K block servers: the recorded version is the least block's, and with SGD every
+        # server applies every arrival: each one's steps are the step rows
         assert steps >= summary["version"] >= 60
+        assert summary["servers"] == [steps, steps], summary["servers"]
     assert ("cancel" in set(a["action"])) == cell.cancels
     assert not _left_behind(before)
 

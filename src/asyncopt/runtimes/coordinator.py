@@ -93,6 +93,8 @@ class Coordinator:
         self.blocks: list[dict[str, Any]] | None = None
         """Block servers' states restored from a checkpoint (:mod:`asyncopt.resume`): the
         block servers start from them."""
+        self.server_versions: list[int] | None = None
+        """With K block servers, each one's version at the end: the summary's ``servers``."""
         self.source_state: dict[str, Any] | None = None
         """An event source's state and the driver's job table restored from a checkpoint:
         the simulator continues from them exactly (:mod:`asyncopt.runtimes.driver`)."""
@@ -237,6 +239,8 @@ class Coordinator:
         }
         if self.signal is not None:
             summary["signal"] = self.signal
+        if self.server_versions is not None:  # each block server's applied steps
+            summary["servers"] = list(self.server_versions)
         self.recorder.finish(summary)
         return summary
 

@@ -76,6 +76,7 @@ class Driver:
             self.source.stop()
             if self.source.reports_steps:
                 self._drain()
+            self.coordinator.server_versions = self.source.server_versions()
         finally:
             self.source.close()
             torch.set_num_threads(threads)

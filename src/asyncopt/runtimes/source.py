@@ -150,6 +150,11 @@ class EventSource:
         None when the coordinator's server holds the model and the rule's state."""
         return None
 
+    def server_versions(self) -> list[int] | None:
+        """With K block servers, each one's version once the run has drained (the steps it
+        applied, which the summary reports), or None."""
+        return None
+
     def state(self) -> dict[str, Any] | None:
         """What the source needs to continue a checkpointed run exactly (the simulator: its
         pending jobs), or None: the real runtimes do not save work in flight, and their workers

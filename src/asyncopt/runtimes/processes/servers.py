@@ -140,6 +140,11 @@ class ServersRuntime(Watcher):
         super().stop()
         self.check()  # a server's error that ended the workers is raised, not lost
 
+    def server_versions(self) -> list[int] | None:
+        counter = self._server.counter
+        return [model.latest for model in counter.models] if isinstance(
+            counter, LeastVersion) else None
+
     def close(self) -> None:
         server = self._server
         if server is not None and isinstance(server.counter, LeastVersion):

@@ -138,6 +138,13 @@ class ShardedRuntime(RayRuntime):
         except self.ray.exceptions.RayActorError:  # a dead server: the run has failed already
             self._running.clear()
 
+    def server_versions(self) -> list[int] | None:
+        try:
+            return [block[1] for block in self.ray.get(
+                [server.pull.remote() for server in self.servers])]
+        except self.ray.exceptions.RayActorError:
+            return None  # a dead server: the run has failed
+
     def snapshot(self) -> list[dict[str, Any]] | None:
         """Each server's block, rule state and version, read at its own moment."""
         try:
