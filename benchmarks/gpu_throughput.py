@@ -49,10 +49,10 @@ from results import write_section
 
 from asyncopt.aggregate import time_to_target
 from asyncopt.api import Result, train
+from asyncopt.config import Evaluation
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 from asyncopt.tree import Params
 
 MODES = {"PASSM+ (lock-free, partition)": ("asgd", {"mode": "lockfree", "blocks": "partition"}),

@@ -25,11 +25,11 @@ from results import ms_per_call, one_thread, write_section
 
 from asyncopt import tree
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.problems.datasets import load_dataset
 from asyncopt.rules.base import apply_updates
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.generators import worker_generators
-from asyncopt.runtimes.coordinator import Evaluation
 from asyncopt.runtimes.processes import watch
 
 WORKERS, BATCH, STEPS, WARMUP, REPEATS = 2, 32, 3000, 100, 3

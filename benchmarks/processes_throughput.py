@@ -23,6 +23,7 @@ from results import ms_per_call, one_thread, write_section
 from torch import nn
 
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.problems.datasets import load_dataset
 from asyncopt.problems.partition import partition
 from asyncopt.problems.supervised import SupervisedProblem
@@ -30,7 +31,6 @@ from asyncopt.protocols.base import Server
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.common.shared import GradientSlots, SharedModel, template
-from asyncopt.runtimes.coordinator import Evaluation
 
 ARRIVALS, SKIP, REPEATS = 1500, 50, 3
 BATCHES = (32, 128)

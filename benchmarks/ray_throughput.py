@@ -43,13 +43,14 @@ import torch
 from results import write_section
 
 from asyncopt.api import train
+from asyncopt.config import Budget, Evaluation
 from asyncopt.problems.quadratic import QuadraticProblem
 from asyncopt.protocols.base import Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.generators import worker_generators
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.ray import cluster
 from asyncopt.runtimes.ray.sharded import ShardedRuntime
 from asyncopt.runtimes.registry import RUNTIMES

@@ -26,7 +26,7 @@ from asyncopt import config as configuration
 from asyncopt.api import train
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
+from asyncopt.config import Evaluation
 from asyncopt.runtimes.sim.speed import make_speed_model
 path, label, workers, arrivals = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 method = configuration.load(path, method=label if label != "-" else "ASGD")

@@ -14,10 +14,10 @@ import time
 from results import write_section
 
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 
 
 class Timed(Problem):

@@ -47,11 +47,11 @@ from torch.func import functional_call
 
 from asyncopt import config as configuration
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.problems import closed_form
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 from asyncopt.runtimes.sim import ahead as ahead_module
 from asyncopt.runtimes.sim.speed import make_speed_model
 

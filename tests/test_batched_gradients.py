@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.generators import worker_generators
-from asyncopt.runtimes.coordinator import Evaluation
 
 CNN = {"name": "cnn", "dataset": "digits", "model": "resnet8", "batch_size": 4}
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.builtin import mlp
 from asyncopt.problems.closed_form import ClosedFormProblem, cross_entropy_grad, dense_relu_layers
@@ -20,7 +21,6 @@ from asyncopt.problems.partition import partition
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 
 SPECS = {"logistic": {"name": "logistic", "dataset": "wine", "batch_size": 4},
          "mlp": {"name": "mlp", "dataset": "digits", "hidden": 32, "batch_size": 4,

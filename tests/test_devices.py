@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from asyncopt.api import Result, train
+from asyncopt.config import Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 from asyncopt.runtimes.processes.device import check_plan, plan_devices
 from asyncopt.runtimes.processes.device_shared import DeviceSharedModel
 

@@ -15,6 +15,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from asyncopt.api import train
+from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
@@ -26,7 +27,7 @@ from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.layout import partition
 from asyncopt.runtimes.common.shared import SharedCounters
 from asyncopt.runtimes.common.steplog import StepLog
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.lockfree import dump_rule
 from asyncopt.runtimes.processes.lockfree_worker import _LockFreeWorker

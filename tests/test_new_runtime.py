@@ -10,13 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from asyncopt.config import Budget, Evaluation
 from asyncopt.problems.registry import make_problem
 from asyncopt.protocols.base import Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.generators import worker_generators
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.loop import Simulator
 from asyncopt.runtimes.sim.speed import make_speed_model
 from asyncopt.runtimes.source import Arrived, RealTimeSource

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from asyncopt.api import Result, train
+from asyncopt.config import Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.shared import SharedModel
-from asyncopt.runtimes.coordinator import Evaluation
 
 QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
 

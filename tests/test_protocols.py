@@ -98,9 +98,10 @@ def test_a_lost_worker_is_never_restarted_and_minibatch_stops_waiting_for_it():
 @pytest.mark.parametrize("name, stops", [("asgd", False), ("minibatch", False),
                                          ("ringleader", True), ("malenia", True)])
 def test_the_coordinator_goes_on_without_a_lost_worker_only_where_the_protocol_can(name, stops):
+    from asyncopt.config import Budget, Evaluation
     from asyncopt.problems.registry import make_problem
     from asyncopt.record import Recorder
-    from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+    from asyncopt.runtimes.coordinator import Coordinator
 
     problem = make_problem({"name": "quadratic", "dim": 3}, 3, 0)
     server = Server(problem.init_params(torch.Generator().manual_seed(0)),

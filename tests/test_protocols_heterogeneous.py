@@ -18,6 +18,7 @@ import torch
 from conftest import simulate
 
 from asyncopt import tree
+from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.registry import make_problem
 from asyncopt.protocols import (
@@ -34,7 +35,7 @@ from asyncopt.protocols import (
 )
 from asyncopt.record import History, Recorder
 from asyncopt.rules.registry import make_rule, rule_names
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.loop import Simulator
 from asyncopt.runtimes.sim.speed import make_speed_model
 

@@ -24,6 +24,7 @@ ray = pytest.importorskip("ray")
 
 from asyncopt import cli, resume  # noqa: E402
 from asyncopt.api import Result, resume_run, run, train  # noqa: E402
+from asyncopt.config import Budget, Evaluation  # noqa: E402
 from asyncopt.errors import ConfigError  # noqa: E402
 from asyncopt.problems.base import Problem  # noqa: E402
 from asyncopt.problems.registry import make_problem  # noqa: E402
@@ -32,7 +33,7 @@ from asyncopt.protocols.registry import make_protocol  # noqa: E402
 from asyncopt.record import Recorder  # noqa: E402
 from asyncopt.rules.registry import make_rule  # noqa: E402
 from asyncopt.runtimes.common.layout import Layout  # noqa: E402
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation  # noqa: E402
+from asyncopt.runtimes.coordinator import Coordinator  # noqa: E402
 from asyncopt.runtimes.ray import cluster, shm  # noqa: E402
 from asyncopt.runtimes.registry import make_runtime  # noqa: E402
 from asyncopt.runtimes.sim.speed import make_speed_model  # noqa: E402

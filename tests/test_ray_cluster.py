@@ -89,7 +89,8 @@ from asyncopt.protocols.base import Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.config import Budget, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 

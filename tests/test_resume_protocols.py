@@ -16,6 +16,7 @@ import torch
 from asyncopt import config as configuration
 from asyncopt import resume
 from asyncopt.api import resume_run
+from asyncopt.config import Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.registry import make_problem
 from asyncopt.protocols.base import Action, Arrival, Protocol, Server
@@ -23,7 +24,7 @@ from asyncopt.protocols.minibatch import Minibatch
 from asyncopt.protocols.registry import make_protocol, protocol_names
 from asyncopt.record import Recorder
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 

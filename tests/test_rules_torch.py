@@ -18,13 +18,14 @@ from torch.optim import lr_scheduler
 
 import asyncopt
 from asyncopt import resume, rules
+from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.registry import make_problem
 from asyncopt.protocols.base import Arrival, Server
 from asyncopt.protocols.registry import make_protocol
 from asyncopt.record import Recorder
 from asyncopt.rules.base import Rule
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 

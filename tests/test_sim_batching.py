@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.errors import ConfigError
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 
 SPEED = {"profile": "linear", "permute": True, "noise": "half_normal", "noise_grows": True}
 PROTOCOLS = [

@@ -10,11 +10,11 @@ import torch
 from conftest import simulate
 
 from asyncopt.api import train
+from asyncopt.config import Evaluation
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.record import load
 from asyncopt.rules.registry import make_rule
-from asyncopt.runtimes.coordinator import Evaluation
 
 NOISY = {"profile": "sqrt", "permute": True, "noise": "half_normal", "noise_scale": 0.5}
 MLP = {"name": "mlp", "dataset": "digits", "batch_size": 8, "hidden": 16}

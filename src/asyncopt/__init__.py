@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from asyncopt import problems, protocols, rules
     from asyncopt.api import Result, run, train
     from asyncopt.checkpoint import load_model, save_model
+    from asyncopt.config import Budget, Evaluation
     from asyncopt.errors import ConfigError
     from asyncopt.problems.user import user_problem
     from asyncopt.record import History, load
-    from asyncopt.runtimes.coordinator import Budget, Evaluation
 
 try:
     __version__ = metadata.version("asyncopt")
@@ -27,8 +27,8 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, never instal
     __version__ = "0+unknown"
 
 _WHERE = {
-    "Budget": "asyncopt.runtimes.coordinator", "ConfigError": "asyncopt.errors",
-    "Evaluation": "asyncopt.runtimes.coordinator", "History": "asyncopt.record",
+    "Budget": "asyncopt.config", "ConfigError": "asyncopt.errors",
+    "Evaluation": "asyncopt.config", "History": "asyncopt.record",
     "Result": "asyncopt.api", "load": "asyncopt.record", "load_model": "asyncopt.checkpoint",
     "problems": None, "protocols": None, "rules": None, "run": "asyncopt.api",
     "save_model": "asyncopt.checkpoint", "train": "asyncopt.api",

@@ -26,6 +26,7 @@ from torch import nn
 from asyncopt import config as configuration
 from asyncopt import tree
 from asyncopt.checkpoint import save_model
+from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError, check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
@@ -37,7 +38,7 @@ from asyncopt.record import History, Recorder, write_atomic
 from asyncopt.rules.base import Rule, as_rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes import signals
-from asyncopt.runtimes.coordinator import Budget, Coordinator, Evaluation
+from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 from asyncopt.tree import Params

@@ -34,17 +34,54 @@ from __future__ import annotations
 import copy
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asyncopt import shipped
-from asyncopt.errors import ConfigError, check, check_choice, check_int, check_keys
+from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
 from asyncopt.problems.registry import resolve_problem_spec
 from asyncopt.protocols.registry import resolve_protocol_spec
 from asyncopt.rules.registry import resolve_rule_spec
-from asyncopt.runtimes.coordinator import Budget, Evaluation
 from asyncopt.runtimes.registry import resolve_runtime_options, runtime_names
 from asyncopt.runtimes.sim.speed import resolve_speed_spec
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a run stops: whichever limit comes first. At least one of steps/arrivals/time."""
+
+    steps: int | None = None
+    arrivals: int | None = None
+    time: float | None = None
+    target_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        check(any(v is not None for v in (self.steps, self.arrivals, self.time)), "budget",
+              "{}", "at least one of budget.steps, budget.arrivals, budget.time")
+        if self.steps is not None:
+            check_int("budget.steps", self.steps, 1)
+        if self.arrivals is not None:
+            check_int("budget.arrivals", self.arrivals, 1)
+        if self.time is not None:
+            check_float("budget.time", self.time, 0.0, strict_minimum=True)
+        if self.target_loss is not None:
+            check_float("budget.target_loss", self.target_loss)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluate the server's model every ``every`` server steps (``unit = "steps"``) or every
+    ``every`` seconds of the runtime's clock (``unit = "time"``), and once at the start and end."""
+
+    every: float = 100
+    unit: str = "steps"
+
+    def __post_init__(self) -> None:
+        check_choice("eval.unit", self.unit, ("steps", "time"))
+        check_float("eval.every", self.every, 0.0, strict_minimum=True)
+
+
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

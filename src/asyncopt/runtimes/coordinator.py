@@ -22,49 +22,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from asyncopt import tree
-from asyncopt.errors import check, check_choice, check_float, check_int
+from asyncopt.config import Budget, Evaluation
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply
 from asyncopt.record import Recorder
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When a run stops: whichever limit comes first. At least one of steps/arrivals/time."""
-
-    steps: int | None = None
-    arrivals: int | None = None
-    time: float | None = None
-    target_loss: float | None = None
-
-    def __post_init__(self) -> None:
-        check(any(v is not None for v in (self.steps, self.arrivals, self.time)), "budget",
-              "{}", "at least one of budget.steps, budget.arrivals, budget.time")
-        if self.steps is not None:
-            check_int("budget.steps", self.steps, 1)
-        if self.arrivals is not None:
-            check_int("budget.arrivals", self.arrivals, 1)
-        if self.time is not None:
-            check_float("budget.time", self.time, 0.0, strict_minimum=True)
-        if self.target_loss is not None:
-            check_float("budget.target_loss", self.target_loss)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Evaluate the server's model every ``every`` server steps (``unit = "steps"``) or every
-    ``every`` seconds of the runtime's clock (``unit = "time"``), and once at the start and end."""
-
-    every: float = 100
-    unit: str = "steps"
-
-    def __post_init__(self) -> None:
-        check_choice("eval.unit", self.unit, ("steps", "time"))
-        check_float("eval.every", self.every, 0.0, strict_minimum=True)
 
 
 class Coordinator:

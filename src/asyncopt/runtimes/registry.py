@@ -11,16 +11,12 @@ asked for one.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from asyncopt.errors import check_choice, check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.source import EventSource
-
-Runtime = EventSource
-
-RuntimeFactory = Callable[..., Runtime]
 
 RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
     "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1, "batch": 1, "ahead": 0,
@@ -50,7 +46,7 @@ def resolve_runtime_options(name: str, options: Mapping[str, Any]) -> dict[str, 
 
 
 def make_runtime(name: str, problem: Problem, speed: Any, seed: int,
-                 options: Mapping[str, Any] | None = None) -> Runtime:
+                 options: Mapping[str, Any] | None = None) -> EventSource:
     resolved = resolve_runtime_options(name, options or {})
     module = importlib.import_module(RUNTIMES[name][0])
     return module.build(problem, speed, seed, **resolved)
