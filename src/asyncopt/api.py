@@ -39,6 +39,7 @@ from asyncopt.rules.base import Rule, as_rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes import signals
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.preflight import preflight
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 from asyncopt.tree import Params
@@ -69,18 +70,13 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
     speed = make_speed_model(resolved["speed"], workers, seed)
-    created = new_run_dir(resolved) if save and run_dir is None else None
-    try:
-        return train(problem, rule, resolved["protocol"], speed=speed,
-                     runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],
-                     budget=configuration.budget_of(resolved),
-                     evaluation=configuration.evaluation_of(resolved), seed=seed,
-                     run_dir=(created or run_dir) if save else None, progress=progress,
-                     config=resolved, resume=resume)
-    except BaseException:
-        if created is not None and not any(created.iterdir()):
-            created.rmdir()  # refused before anything ran (e.g. a runtime option): no trace
-        raise
+    # the run directory is made by train once every check passed: a refusal leaves no trace
+    return train(problem, rule, resolved["protocol"], speed=speed,
+                 runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],
+                 budget=configuration.budget_of(resolved),
+                 evaluation=configuration.evaluation_of(resolved), seed=seed,
+                 run_dir=run_dir if save else None, progress=progress, config=resolved,
+                 resume=resume, _new_run_dir=save and run_dir is None)
 
 
 def resume_run(run_dir: str | Path, *, overrides: Iterable[str] = (),
@@ -106,7 +102,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
           data: Any = None, eval_data: Any = None, metrics: Mapping[str, Metric] | None = None,
           workers: int | None = None, batch_size: int | None = None,
           partition: PartitionSpec | None = None,
-          resume: tuple[dict[str, Any], History] | None = None) -> Result:
+          resume: tuple[dict[str, Any], History] | None = None,
+          _new_run_dir: bool = False) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
     ``problem`` is a :class:`Problem`, or a model (an ``nn.Module`` or a factory of one) trained
@@ -120,6 +117,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     "interrupted"`` and ``summary["signal"]`` its name. The trained model comes back as
     ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``. ``resume`` is a
     checkpoint and its history (:func:`asyncopt.resume.read`): the run goes on from there.
+    ``_new_run_dir`` (for :func:`run`): make a fresh directory under ``config``'s
+    ``output.dir`` once every check has passed.
     """
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
@@ -144,12 +143,15 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
         raise ConfigError("runtime", runtime, f"a runtime that starts each worker at the model "
                           f"the protocol hands out (protocol {spec['name']!r} with these "
                           f"options needs it): 'sim', or 'ray' with one server")
+    preflight(engine, driver, problem)  # the mode, the machine's CPUs and memory
     if resume is not None:
         from asyncopt import resume as resuming
 
         # before anything is written; block servers: the same number as the checkpoint's
         resuming.check(resume[0], driver, getattr(engine, "num_servers", 1),
                        getattr(engine, "cut", "tensors"))
+    if _new_run_dir and config is not None:
+        run_dir = new_run_dir(config)
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)
@@ -194,7 +196,11 @@ def new_run_dir(resolved: Mapping[str, Any]) -> Path:
     while path.exists():
         path = base.with_name(f"{base.name}-{suffix}")
         suffix += 1
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:  # a file where a directory should be, no permission, ...
+        raise ConfigError("output.dir", output["dir"], f"a directory where runs can be "
+                          f"created ({path}: {error.strerror})") from error
     return path
 
 

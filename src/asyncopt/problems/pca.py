@@ -76,6 +76,10 @@ class PCAProblem(Problem):
         loss = 1.0 - float(quotient) / (self._top_value * float(torch.dot(v, v)))
         return loss, {"v": grad}
 
+    def sample_bytes(self) -> int:
+        """A fresh sample and its whitened copy."""
+        return 2 * 4 * self.dim
+
     def evaluate(self, params: Params) -> dict[str, float]:
         v = params["v"].double()
         norm_sq = float(torch.dot(v, v))

@@ -22,7 +22,7 @@ from asyncopt.errors import (
     check_keys,
 )
 from asyncopt.problems.base import Problem
-from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
+from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS, build_bytes
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
 from asyncopt.problems.partition import SCHEMES
 from asyncopt.problems.pca import check_covariance, check_eigenvalues
@@ -106,8 +106,23 @@ def make_problem(spec: Mapping[str, Any], num_workers: int, seed: int) -> Proble
     resolved = resolve_problem_spec(spec)
     num_workers = check_int("workers", num_workers, 1)
     seed = check_int("seed", seed, 0)
+    _check_fits(resolved, num_workers)
     with _as_problem_fields(resolved):
         return BUILDERS[resolved["name"]](resolved, num_workers, seed)
+
+
+def _check_fits(resolved: Mapping[str, Any], num_workers: int) -> None:
+    """Refuse a generated problem that would not fit in the memory available now."""
+    from asyncopt.runtimes.common.resources import available_memory, size
+
+    need, key = build_bytes(resolved, num_workers)
+    available = available_memory()
+    if available is not None and need > available:
+        field, value = ("workers", num_workers) if key == "workers" else (
+            f"problem.{key}", resolved[key])
+        raise ConfigError(field, value, f"a problem that fits in memory: building it would "
+                          f"take about {size(need)}, more than the {size(available)} "
+                          f"available (MemAvailable in /proc/meminfo); lower {field}")
 
 
 @contextmanager

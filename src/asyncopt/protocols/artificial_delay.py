@@ -72,6 +72,10 @@ class ArtificialDelayASGD(ASGD):
         self._handed.add(worker)
         return version, params
 
+    def held_models(self) -> int:
+        """The window of past models handed out."""
+        return self.window
+
     def state_dict(self) -> dict[str, Any]:
         """Adds the window (its versions and models, copied) and the draws' generator state;
         which workers were handed a model is in-flight bookkeeping, rebuilt by ``begin``."""

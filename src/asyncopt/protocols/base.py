@@ -111,6 +111,12 @@ class Protocol(ABC):
     def version(self) -> int:
         return self.server.version
 
+    def held_models(self) -> int:
+        """How many model-sized tensors this protocol may hold at once besides the model
+        (gradient tables, buffered gradients, past models): the memory estimate
+        (:mod:`asyncopt.runtimes.common.resources`) counts them before a run starts."""
+        return 0
+
     def begin(self) -> Reply:
         """Start every worker at the initial model; after :meth:`load_state_dict`, restart
         exactly the workers that were computing at the checkpoint, at the restored model."""

@@ -47,6 +47,10 @@ class Minibatch(Protocol):
             return replace(self._step(worker, 0), action=Action.LOST)
         return Reply(Action.LOST)
 
+    def held_models(self) -> int:
+        """The gradients waiting for the step."""
+        return self.wait_for
+
     def state_dict(self) -> dict[str, Any]:
         """Adds the gradients waiting in the batch; their senders are idle, so a resumed run
         does not restart them (:meth:`begin`). ``wait_for`` is the configuration's, lowered

@@ -65,6 +65,10 @@ class Rennala(Protocol):
         stepped = self.server.step(average, delay=0, worker=arrival.worker)
         return self.restart_all(Action.STEP if stepped else Action.DROP, 0)
 
+    def held_models(self) -> int:
+        """The running sum."""
+        return 1
+
     def state_dict(self) -> dict[str, Any]:
         """Adds the running sum of the gradients at x_k and their count (None while 0)."""
         total = tree.clone(self._sum) if self._count and self._sum is not None else None

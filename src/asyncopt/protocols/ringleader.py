@@ -56,6 +56,10 @@ class Ringleader(Protocol):
         self._updated = [False] * num_workers
         self._num_updated = 0
 
+    def held_models(self) -> int:
+        """Two tables (the current one and the buffer), each with its average."""
+        return 2 * (self.num_workers + 1)
+
     @property
     def held(self) -> int:
         """Gradients in the current table and the buffer, waiting to be used or still in use."""

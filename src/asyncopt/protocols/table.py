@@ -218,6 +218,10 @@ class TableProtocol(Protocol):
 
     table: GradientTable
 
+    def held_models(self) -> int:
+        """The table: one row per worker, and its average."""
+        return self.num_workers + 1
+
     def state_dict(self) -> dict[str, Any]:
         """Adds the gradient table (:meth:`GradientTable.state_dict`)."""
         return {**super().state_dict(), "table": self.table.state_dict()}

@@ -42,6 +42,7 @@ import torch
 from asyncopt.errors import ConfigError, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.generators import worker_generators
+from asyncopt.runtimes.common.resources import Footprint
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.ahead import Ahead
 from asyncopt.runtimes.sim.speed import SpeedModel
@@ -227,4 +228,8 @@ def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
                           threads=check_int("runtime_options.threads", threads, 1),
                           batch=batch, ahead=ahead)
     simulator.checkpoint_every = checkpoint_every
+    # every worker may hold a snapshot of its own version; ``batch`` or ``ahead`` gradients
+    # are computed at once
+    simulator.footprint = Footprint(computing=max(batch, ahead + 1),
+                                    snapshots=problem.num_workers)
     return simulator
