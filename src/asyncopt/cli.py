@@ -247,6 +247,8 @@ def format_summary(result: Result) -> str:
         f"delay:    mean {s['mean_delay']:.2f}, max {s['max_delay']}",
         "final:    " + ", ".join(f"{k} {v:.5g}" for k, v in final.items()),
     ]
+    if s.get("final_note"):
+        lines.append(f"          ({s['final_note']})")
     if result.run_dir is not None:
         lines.append(f"run dir:  {result.run_dir}")
     return "\n".join(lines)

@@ -50,6 +50,7 @@ class Coordinator:
         self._last_eval_key: tuple[int, int] | None = None
         self._initial_loss = math.nan
         self._last_metrics: dict[str, float] = {}
+        self._last_eval_at: dict[str, Any] | None = None  # version, now, arrivals of it
         self._wall_start = time.perf_counter()
         self.now = 0.0
         self._row_version = 0  # the version of the last row of a step applied elsewhere
@@ -200,7 +201,10 @@ class Coordinator:
             "wall_seconds": wall,
             "arrivals_per_second": arrivals / wall if wall > 0 else math.nan,
             "final": dict(self._last_metrics),
+            "final_at": self._last_eval_at,
         }
+        if self._last_eval_key != (self.version, self.arrivals):  # not the model at the end
+            summary["final_note"] = final_note(summary)
         if self.signal is not None:
             summary["signal"] = self.signal
         if self.server_versions is not None:  # each block server's applied steps
@@ -215,9 +219,16 @@ class Coordinator:
         self._last_eval_key = key
         metrics = self.problem.evaluate(self.protocol.server.params)
         self._last_metrics = metrics
+        self._last_eval_at = {"version": self.version, "now": now, "arrivals": self.arrivals}
         self.recorder.evaluation(now, self.version, self.arrivals, metrics)
         loss = metrics.get("loss", math.nan)
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) and tree.all_finite(self.protocol.server.params):
+            self.stop(f"diverged: the loss became {loss} at version {self.version} although "
+                      f"every parameter is finite: the model's forward pass, the loss function "
+                      f"or the data gives it (an overflow, a log of 0, a NaN in the data), "
+                      f"not only the step size; check them at this model (result.params)",
+                      status="diverged")
+        elif not math.isfinite(loss):
             self._diverge(f"the loss became {loss} at version {self.version}")
         elif loss > self.divergence_factor * max(abs(self._initial_loss), 1e-12):
             self._diverge(f"the loss grew to {loss:.4g}, more than {self.divergence_factor:g}×"
@@ -239,9 +250,13 @@ class Coordinator:
         if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
             self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
         elif streaks[worker] >= 100:
-            self._diverge(f"worker {worker} sent {streaks[worker]} NaN/Inf gradients in a row")
+            self.stop(f"diverged: worker {worker} sent {streaks[worker]} NaN/Inf gradients in "
+                      f"a row while the others' were finite: its data shard or the gradient "
+                      f"computation on it gives them (an overflow, a log of 0, a NaN in the "
+                      f"data), not the step size", status="diverged")
 
     def _diverge(self, why: str) -> None:
+        """The model itself stopped being finite or exploded: a step-size matter."""
         self.stop(f"diverged: {why}; lower the step size (rule.lr)", status="diverged")
 
     def _check_budget(self) -> None:
@@ -249,3 +264,17 @@ class Coordinator:
             self.stop(f"step budget reached ({self.budget.steps} steps)")
         elif self.budget.arrivals is not None and self.arrivals >= self.budget.arrivals:
             self.stop(f"arrival budget reached ({self.budget.arrivals} arrivals)")
+
+
+def final_note(summary: dict[str, Any]) -> str:
+    """What ``summary["final"]`` is when it is not the model at the end of the run (the run
+    diverged or failed before its last model was evaluated)."""
+    at, status = summary.get("final_at"), summary["status"]
+    if at is None:
+        return f"no evaluation was made (status {status})"
+    why = {"diverged": "the diverged model was not evaluated",
+           "failed": "the run failed before its last model could be evaluated"}.get(
+        status, "the last model was not evaluated")
+    return (f"final is the last evaluation made, at version {at['version']} (time "
+            f"{at['now']:.6g}), not the end of the run at version {summary['version']} (time "
+            f"{summary['now']:.6g}): {why}")
