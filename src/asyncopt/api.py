@@ -15,7 +15,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from asyncopt import config as configuration
 from asyncopt import tree
 from asyncopt.checkpoint import save_model
 from asyncopt.config import Budget, Evaluation
-from asyncopt.errors import ConfigError, check_keys
+from asyncopt.errors import ConfigError, check, check_seed
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import LossFn, Metric
@@ -120,23 +120,25 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     ``_new_run_dir`` (for :func:`run`): make a fresh directory under ``config``'s
     ``output.dir`` once every check has passed.
     """
+    seed = check_seed("seed", seed)
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
                          partition=partition)
+    if isinstance(rule, str):  # a name, as a protocol may be
+        rule = {"name": rule}
     rule = make_rule(rule, problem.num_workers) if isinstance(rule, Mapping) else as_rule(rule)
-    if isinstance(evaluation, Mapping):
-        check_keys("evaluation", evaluation, [f.name for f in fields(Evaluation)])
-        evaluation = Evaluation(**evaluation)
+    evaluation = configuration.evaluation_from(evaluation)
     if progress is None:
         progress = sys.stderr.isatty()
     num_workers = problem.num_workers
-    budget = budget if isinstance(budget, Budget) else Budget(**budget)
-    evaluation = evaluation or Evaluation()
+    budget = configuration.budget_from(budget)
     if speed is None or isinstance(speed, Mapping):
         speed = make_speed_model(speed or {}, num_workers, seed)
     generator = torch.Generator().manual_seed(seed)
     server = Server(problem.init_params(generator), rule)
     spec = {"name": protocol} if isinstance(protocol, str) else protocol
+    check(isinstance(spec, Mapping), "protocol", protocol, "a protocol's name or a dict with "
+          "its name and options, e.g. {'name': 'minibatch', 'wait_for': 4}")
     driver: Protocol = make_protocol(spec, server, num_workers)
     engine = make_runtime(runtime, problem, speed, seed, runtime_options)
     if driver.needs_model_for and not engine.asks_model_for:

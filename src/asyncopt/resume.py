@@ -53,6 +53,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from asyncopt import tree
+from asyncopt.checkpoint import load_failure
 from asyncopt.errors import ConfigError
 from asyncopt.protocols.base import Protocol
 from asyncopt.protocols.stepper import Counter
@@ -75,7 +76,7 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a damaged file
         raise ConfigError("--resume", str(path), f"a readable checkpoint; loading it failed: "
-                          f"{type(error).__name__}: {str(error)[:200]}") from error
+                          f"{load_failure(error)}") from error
     if not isinstance(state, dict):
         raise ConfigError("--resume", str(path), "a checkpoint: a dict of the server's state")
     if state.get("format") == 2:  # before the source's state was saved: workers restart

@@ -20,6 +20,7 @@ from asyncopt.errors import (
     check_float,
     check_int,
     check_keys,
+    check_seed,
 )
 from asyncopt.problems.base import Problem
 from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS, build_bytes
@@ -58,7 +59,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "dataset": lambda f, v: check_choice(f, v, DATASETS),
     "batch_size": lambda f, v: check_int(f, v, 1),
     "partition": lambda f, v: check_choice(f, v, [s for s in SCHEMES if s != "given"]),
-    "partition_seed": _optional_int(0),
+    "partition_seed": lambda f, v: None if v is None else check_seed(f, v),
     "replacement": _bool,
     "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
     "test_fraction": _fraction,
@@ -105,7 +106,7 @@ def make_problem(spec: Mapping[str, Any], num_workers: int, seed: int) -> Proble
     """Build the problem ``spec`` names, split across ``num_workers`` workers, seeded."""
     resolved = resolve_problem_spec(spec)
     num_workers = check_int("workers", num_workers, 1)
-    seed = check_int("seed", seed, 0)
+    seed = check_seed("seed", seed)
     _check_fits(resolved, num_workers)
     with _as_problem_fields(resolved):
         return BUILDERS[resolved["name"]](resolved, num_workers, seed)

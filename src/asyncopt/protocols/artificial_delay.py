@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncopt.errors import ConfigError, check_int
+from asyncopt.errors import ConfigError, check_int, check_seed
 from asyncopt.protocols import state as saved
 from asyncopt.protocols.asgd import ASGD
 from asyncopt.protocols.base import Arrival, Reply, Server
@@ -45,7 +45,7 @@ class ArtificialDelayASGD(ASGD):
         self.window = check_int("protocol.artificial_delay", window, 1)
         if seed is None:
             seed = _seed_of(server.params)
-        self._rng = np.random.default_rng(check_int("protocol.seed", seed, 0))
+        self._rng = np.random.default_rng(check_seed("protocol.seed", seed))
         self._versions: deque[tuple[int, Params]] = deque(maxlen=self.window)
         self._versions.append((server.version, server.params))
         self._handed: set[int] = set()  # workers computing at a model from model_for

@@ -47,7 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
+from asyncopt.errors import (
+    ConfigError,
+    check,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+    check_seed,
+)
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
 
 PROFILES = ("constant", "linear", "sqrt")
@@ -103,7 +111,7 @@ def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 def make_speed_model(spec: Mapping[str, Any], num_workers: int, seed: int) -> SpeedModel:
     """The speed model of a ``[speed]`` spec for ``num_workers`` workers and ``seed``."""
     return SpeedModel(resolve_speed_spec(spec), check_int("workers", num_workers, 1),
-                      check_int("seed", seed, 0))
+                      check_seed("seed", seed))
 
 
 def profile_times(profile: str, scale: float, num_workers: int) -> list[float]:
