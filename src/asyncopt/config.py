@@ -231,6 +231,10 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     check_keys("output", config["output"], ("dir", "name"))
     check(isinstance(config["output"]["dir"], str), "output.dir", config["output"]["dir"],
           "a directory path")
+    name = config["output"]["name"]
+    check(isinstance(name, str) and "/" not in name and name not in (".", ".."),
+          "output.name", name, "a directory name (a string without '/'; empty: one made of "
+          "the problem, protocol, rule, seed and time)")
     return config
 
 

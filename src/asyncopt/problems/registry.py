@@ -51,19 +51,22 @@ def _fraction(field: str, value: Any) -> float:
     return value
 
 
+# the problems compute in float32: a parameter beyond its range cannot even be converted
+FLOAT32_MAX = 3.4028234663852886e38
+
 CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "dim": lambda f, v: check_int(f, v, 1),
-    "condition": lambda f, v: check_float(f, v, 1.0),
-    "heterogeneity": lambda f, v: check_float(f, v, 0.0),
-    "noise": lambda f, v: check_float(f, v, 0.0),
+    "condition": lambda f, v: check_float(f, v, 1.0, FLOAT32_MAX),
+    "heterogeneity": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX),
+    "noise": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX),
     "dataset": lambda f, v: check_choice(f, v, DATASETS),
     "batch_size": lambda f, v: check_int(f, v, 1),
     "partition": lambda f, v: check_choice(f, v, [s for s in SCHEMES if s != "given"]),
     "partition_seed": lambda f, v: None if v is None else check_seed(f, v),
     "replacement": _bool,
-    "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
+    "alpha": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX, strict_minimum=True),
     "test_fraction": _fraction,
-    "l2": lambda f, v: check_float(f, v, 0.0),
+    "l2": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX),
     "hidden": lambda f, v: check_int(f, v, 1),
     "model": check_model,
     "gradient": lambda f, v: check_choice(f, v, GRADIENTS),

@@ -42,7 +42,7 @@ import torch
 from asyncopt.errors import ConfigError, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.generators import worker_generators
-from asyncopt.runtimes.common.resources import Footprint
+from asyncopt.runtimes.common.resources import PROCESSES_PER_CPU, Footprint, available_cpus
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.ahead import Ahead
 from asyncopt.runtimes.sim.speed import SpeedModel
@@ -224,9 +224,9 @@ def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
         raise ConfigError("runtime_options.ahead", ahead, "0 when runtime_options."
                           "checkpoint_every > 0 (a checkpoint of gradients computed ahead is not "
                           "written yet)")
-    simulator = Simulator(problem, speed, seed,
-                          threads=check_int("runtime_options.threads", threads, 1),
-                          batch=batch, ahead=ahead)
+    cpus, _ = available_cpus()  # more threads than that only wait for each other
+    simulator = Simulator(problem, speed, seed, threads=check_int(
+        "runtime_options.threads", threads, 1, PROCESSES_PER_CPU * cpus), batch=batch, ahead=ahead)
     simulator.checkpoint_every = checkpoint_every
     # every worker may hold a snapshot of its own version; ``batch`` or ``ahead`` gradients
     # are computed at once
