@@ -31,18 +31,21 @@ from typing import Any
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+if os.environ.get("CI"):  # CI installs the test extras: a missing one must fail, not skip
+    import hypothesis
+else:
+    hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from asyncopt import config as configuration  # noqa: E402
-from asyncopt.cli import main  # noqa: E402
-from asyncopt.errors import ConfigError  # noqa: E402
-from asyncopt.problems import builtin, datasets, images, mnist  # noqa: E402
-from asyncopt.protocols.registry import PROTOCOLS  # noqa: E402
-from asyncopt.rules.registry import GENERIC, RULES  # noqa: E402
-from asyncopt.runtimes.registry import RUNTIMES  # noqa: E402
-from asyncopt.runtimes.sim import speed  # noqa: E402
+from asyncopt import config as configuration
+from asyncopt.cli import main
+from asyncopt.errors import ConfigError
+from asyncopt.problems import builtin, datasets, images, mnist
+from asyncopt.protocols.registry import PROTOCOLS
+from asyncopt.rules.registry import GENERIC, RULES
+from asyncopt.runtimes.registry import RUNTIMES
+from asyncopt.runtimes.sim import speed
 
 LONG = os.environ.get("ASYNCOPT_FUZZ") == "long"
 
@@ -173,7 +176,7 @@ def _time_limit(seconds: int):
 
 # --- configurations ------------------------------------------------------------------------------
 
-@_profile(150)
+@_profile(300)
 @given(case=CASES)
 def test_resolve_answers_a_config_or_a_config_error_naming_a_field(case):
     base, items = case
@@ -187,11 +190,12 @@ def test_resolve_answers_a_config_or_a_config_error_naming_a_field(case):
     configuration.resolve(tomllib.loads(configuration.dumps(resolved)))
 
 
-@_profile(40)
+@_profile(100)
 @given(case=CASES)
 def test_a_short_run_completes_records_its_status_or_refuses_writing_nothing(
         tmp_path_factory, case):
     base, items = case
+    assume(not any(item.endswith('"cnn"') for item in items))  # a ResNet: minutes, not ms
     out = tmp_path_factory.mktemp("fuzz")
     path = out / "c.toml"
     import tomli_w
@@ -278,7 +282,8 @@ class _Unsafe:
 
 CHECKPOINTS = st.one_of(
     st.binary(max_size=64),
-    st.sampled_from(["list", "unsafe", "format", "keys", "rows", "truncated", "empty"]))
+    st.sampled_from(["list", "unsafe", "format", "keys", "rows", "truncated", "empty",
+                     "intact"]))
 
 
 @pytest.fixture(scope="module")
@@ -297,9 +302,10 @@ def checkpointed(tmp_path_factory) -> Path:
 
 @_profile(40)
 @given(corrupt=CHECKPOINTS, files=st.sets(st.sampled_from(["arrivals.csv", "config.toml",
-                                                           "summary.json"]), max_size=2))
+                                                           "summary.json"]), max_size=2),
+       garbage=st.sampled_from([b"\x00garbage,\n1,2\n", b"\xff\xfe\x00", b"", b"{"]))
 def test_corrupt_checkpoints_and_resume_directories(tmp_path_factory, checkpointed, corrupt,
-                                                    files):
+                                                    files, garbage):
     import shutil
 
     import torch
@@ -322,10 +328,10 @@ def test_corrupt_checkpoints_and_resume_directories(tmp_path_factory, checkpoint
         torch.save({**state, "arrival_rows": 10**9}, checkpoint)
     elif corrupt == "truncated":
         checkpoint.write_bytes(checkpoint.read_bytes()[:100])
-    else:
+    elif corrupt == "empty":
         checkpoint.write_bytes(b"")
     for name in files:
-        (run_dir / name).write_bytes(b"\x00garbage,\n1,2\n")
+        (run_dir / name).write_bytes(garbage)
     before = sorted(p.name for p in run_dir.parent.iterdir())
     buffer = io.StringIO()
     with _time_limit(60):
@@ -333,5 +339,9 @@ def test_corrupt_checkpoints_and_resume_directories(tmp_path_factory, checkpoint
 
         with redirect_stdout(buffer), redirect_stderr(buffer):
             code = main(["run", "--resume", str(run_dir), "--quiet", "--no-plot"])
+    after = sorted(p.name for p in run_dir.parent.iterdir())
+    if code == 0:  # an intact checkpoint and history: the run goes on, beside the old one
+        assert corrupt == "intact" and after == sorted([*before, "run-resumed"])
+        return
     assert code == 2, buffer.getvalue()
-    assert sorted(p.name for p in run_dir.parent.iterdir()) == before  # nothing written
+    assert after == before  # nothing written

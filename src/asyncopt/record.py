@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from asyncopt.errors import check_choice
+from asyncopt.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,13 +167,22 @@ def load(run_dir: str | Path) -> History:
     arrivals = _read_csv(run_dir / "arrivals.csv")
     evaluations = _read_csv(run_dir / "evaluations.csv")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
-        "status": "unknown", "reason": "summary.json missing: the run did not finish cleanly"}
+    summary = {"status": "unknown", "reason": "summary.json missing: the run did not finish "
+               "cleanly"}
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:  # as good as missing: say so
+            summary = {"status": "unknown", "reason": f"summary.json unreadable ({error})"}
     config: dict[str, Any] = {}
     if (run_dir / "config.toml").exists():
         import tomllib
 
-        config = tomllib.loads((run_dir / "config.toml").read_text())
+        try:
+            config = tomllib.loads((run_dir / "config.toml").read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError("run directory", str(run_dir), f"a readable config.toml "
+                              f"({error})") from error
     return History(arrivals, evaluations, summary, config)
 
 
@@ -200,7 +209,11 @@ def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         return {}
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ConfigError("run directory", str(path.parent), f"a readable {path.name} "
+                          f"({error})") from error
     if text and not text.endswith("\n"):  # a killed run may leave a cut last line
         text = text[: text.rfind("\n") + 1]
     reader = csv.reader(io.StringIO(text))

@@ -38,11 +38,13 @@ class ArtificialDelayASGD(ASGD):
 
     needs_model_for = True
     needs_server = True  # the server hands out older models: only a central one can
+    held_field = "protocol.artificial_delay"
 
     def __init__(self, server: Server, num_workers: int, window: int,
                  seed: int | None = None) -> None:
         super().__init__(server, num_workers)
-        self.window = check_int("protocol.artificial_delay", window, 1)
+        # a window longer than any run's steps means nothing; past 2**31 it cannot be a deque
+        self.window = check_int("protocol.artificial_delay", window, 1, 2**31 - 1)
         if seed is None:
             seed = _seed_of(server.params)
         self._rng = np.random.default_rng(check_seed("protocol.seed", seed))

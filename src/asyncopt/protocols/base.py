@@ -111,6 +111,10 @@ class Protocol(ABC):
     def version(self) -> int:
         return self.server.version
 
+    held_field: str = "workers"
+    """The configuration field that :meth:`held_models` grows with, for the memory estimate's
+    message."""
+
     def held_models(self) -> int:
         """How many model-sized tensors this protocol may hold at once besides the model
         (gradient tables, buffered gradients, past models): the memory estimate
