@@ -219,6 +219,41 @@ def test_a_short_run_completes_records_its_status_or_refuses_writing_nothing(
     assert (run_dir / "config.toml").is_file() and (run_dir / "arrivals.csv").is_file()
 
 
+@_profile(100)
+@given(arguments=st.fixed_dictionaries({}, optional={
+    "rule": st.sampled_from(["adam", "adamm", 5, None, {"name": "sgd", "lr": -1},
+                             {"name": "sgd", "lrr": 1}, {"lr": 0.1}, [], "sgd"]),
+    "protocol": st.sampled_from(["asgd", "minibatch", "nope", 5, {"name": "rennala"},
+                                 {"nam": "asgd"}, None]),
+    "budget": st.sampled_from([50, None, {"steps": 5}, {"step": 5}, {"steps": 1.5},
+                               {"time": float("inf")}, {}, {"arrivals": 7}, "steps"]),
+    "evaluation": st.sampled_from([None, 3, {"every": 0}, {"evry": 1}, {"unit": "time"},
+                                   {"every": 2, "unit": "steps"}]),
+    "seed": st.sampled_from([0, -1, 2**64, "a", 1.5, True, 2**63 - 1]),
+    "speed": st.sampled_from([None, 5, {}, {"profile": "sqrt"}, {"profil": "x"}, "fast"]),
+    "runtime": st.sampled_from(["sim", "simulator", 3]),
+    "runtime_options": st.sampled_from([None, {}, 5, {"threads": 0}, {"batch": 2},
+                                        {"threadz": 1}]),
+    "run_dir": st.sampled_from([None, 5]),
+}))
+def test_the_api_answers_a_result_or_a_config_error(arguments):
+    import warnings
+
+    from asyncopt.api import train
+    from asyncopt.problems.registry import make_problem
+
+    arguments = {"rule": "sgd", "budget": {"steps": 5}, **arguments}
+    problem = make_problem({"name": "quadratic"}, 2, 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a diverged run warns
+            result = train(problem, **arguments)
+    except ConfigError as error:
+        assert error.field
+        return
+    assert result.summary["status"] in ("completed", "diverged")
+
+
 # --- corrupt files -------------------------------------------------------------------------------
 
 def _outcome_of(read: Any) -> None:

@@ -134,6 +134,10 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     budget = configuration.budget_from(budget)
     if speed is None or isinstance(speed, Mapping):
         speed = make_speed_model(speed or {}, num_workers, seed)
+    check(callable(getattr(speed, "compute_time", None)), "speed", speed,
+          "a speed model or a [speed] table as a dict, e.g. {'profile': 'sqrt'}")
+    check(run_dir is None or isinstance(run_dir, str | Path), "run_dir", run_dir,
+          "a directory path (a str or a pathlib.Path), or None")
     generator = torch.Generator().manual_seed(seed)
     server = Server(problem.init_params(generator), rule)
     spec = {"name": protocol} if isinstance(protocol, str) else protocol

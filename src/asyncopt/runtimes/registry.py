@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from asyncopt.errors import check_choice, check_keys
+from asyncopt.errors import check, check_choice, check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.source import EventSource
 
@@ -40,6 +40,8 @@ def runtime_names() -> list[str]:
 
 def resolve_runtime_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     name = check_choice("runtime", name, RUNTIMES)
+    check(isinstance(options, Mapping), "runtime_options", options,
+          "a table of the runtime's options, e.g. {mode = 'lockfree'}")
     defaults = RUNTIMES[name][1]
     check_keys(f"runtime_options ({name})", options, defaults)
     return {**defaults, **options}
