@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -59,15 +60,16 @@ def test_oversubscribe_lifts_the_cpu_limit_and_is_checked():
         make_runtime("processes", problem, None, 0, {"oversubscribe": "yes"})
 
 
-def test_a_cgroup_quota_caps_the_cpus(tmp_path, monkeypatch):
+def test_a_cgroup_quota_caps_the_cpus(tmp_path):
     limit = tmp_path / "cpu.max"
-    monkeypatch.setattr(resources, "CGROUP_CPU", limit)
     limit.write_text("150000 100000\n")
-    assert resources.cgroup_quota() == 2  # 1.5 CPUs rounds up
+    assert resources.cgroup_quota(limit) == 2  # 1.5 CPUs rounds up
     limit.write_text("max 100000\n")
-    assert resources.cgroup_quota() is None
-    limit.write_text("50000 100000\n")
-    assert resources.available_cpus() == (1, f"its cgroup quota of 1 ({limit})")
+    assert resources.cgroup_quota(limit) is None
+    assert resources.cgroup_quota(tmp_path / "absent") is None
+    affinity = len(os.sched_getaffinity(0))
+    quota = resources.cgroup_quota(resources.cpu_max_file())
+    assert resources.available_cpus()[0] == min(affinity, quota or affinity)
 
 
 def test_a_huge_minibatch_is_refused_with_the_estimate_and_the_limit(tmp_path, capsys):

@@ -5,8 +5,8 @@ Two limits, checked by every runtime before it starts a process or writes a file
 * **CPUs.** Worker processes beyond a few per core only queue for the CPU (and each costs its
   memory), so more than :data:`PROCESSES_PER_CPU` per CPU *this process may use* is refused
   unless ``runtime_options.oversubscribe = true``. The CPUs are those of the process's affinity
-  mask (``os.sched_getaffinity``) capped by its cgroup's quota (``/sys/fs/cgroup/cpu.max``),
-  not the host's count: a container or ``taskset`` gets what it was given.
+  mask (``os.sched_getaffinity``) capped by its cgroup's quota (its ``cpu.max`` under
+  ``/sys/fs/cgroup``), not the host's count: a container or ``taskset`` gets what it was given.
 * **Memory.** An estimate of what the run will allocate once started: model copies (snapshots
   of work in flight, gradients), the protocol's tables and buffers
   (:meth:`~asyncopt.protocols.base.Protocol.held_models`, e.g. Malenia's n × d table), the
@@ -76,21 +76,33 @@ def available_cpus() -> tuple[int, str]:
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
     source = f"{count} in its CPU affinity"
-    quota = cgroup_quota()
+    path = cpu_max_file()
+    quota = cgroup_quota(path)
     if quota is not None and quota < count:
-        count, source = quota, f"its cgroup quota of {quota} ({CGROUP_CPU})"
+        count, source = quota, f"its cgroup quota of {quota} ({path})"
     return count, source
 
 
-def cgroup_quota() -> int | None:
-    """``/sys/fs/cgroup/cpu.max`` as whole CPUs (rounded up), or None without a quota."""
+def cpu_max_file() -> Path:
+    """The ``cpu.max`` of this process's own cgroup (v2, from ``/proc/self/cgroup``), else the
+    root one (inside a container, the container's)."""
     try:
-        quota, period = CGROUP_CPU.read_text().split()[:2]
-    except (OSError, ValueError):
+        group = Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip()
+    except (OSError, IndexError):
+        return CGROUP_CPU
+    own = CGROUP_CPU.parent / group.lstrip("/") / "cpu.max"
+    return own if own.is_file() else CGROUP_CPU
+
+
+def cgroup_quota(path: Path) -> int | None:
+    """A cgroup's ``cpu.max`` as whole CPUs (rounded up), or None without a quota."""
+    try:
+        quota, period = path.read_text().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
         return None
-    if quota == "max":
-        return None
-    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def check_cpus(processes: int, *, oversubscribe: bool, field: str = "workers",
