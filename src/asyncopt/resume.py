@@ -14,9 +14,13 @@ server owns:
   the configuration, so ``--set protocol.…`` may change them, within what the state allows);
 * the version, the clock, the budget counters, the history position (how many arrival and
   evaluation rows were recorded) and the initial loss that divergence is judged against;
-* with K ≥ 2 block servers (Ray, ``runtime_options.servers``), instead of the rule's state,
-  ``blocks``: each server's block, rule state and version, read at its own moment
-  (:mod:`asyncopt.runtimes.ray.sharded`); such a checkpoint resumes only with the same K;
+* in lock-free mode, the shared model and rule state copied under the version lock, with a
+  history row for every version counted before the copy
+  (:meth:`~asyncopt.runtimes.processes.lockfree.LockFreeRuntime.snapshot`);
+* with K ≥ 2 block servers (``runtime_options.servers``, processes or Ray), instead of the rule's
+  state, ``blocks``: each server's block, rule state and version, read at its own moment
+  (:mod:`asyncopt.runtimes.processes.servers`, :mod:`asyncopt.runtimes.ray.sharded`); such a
+  checkpoint resumes only with the same K and layout;
 * ``source``: for the simulator, its work in flight (pending jobs with their finish times and
   start order, the snapshots they read, every worker's minibatch generator, the speed model's
   streams) and the driver's job table, so that a resumed simulation continues exactly.

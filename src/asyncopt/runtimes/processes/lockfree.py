@@ -36,6 +36,10 @@ from asyncopt.runtimes.processes.device_shared import shared_counters
 from asyncopt.runtimes.processes.lockfree_worker import lockfree_main
 from asyncopt.runtimes.processes.pool import WorkerPool
 from asyncopt.runtimes.processes.watch import Watcher
+from asyncopt.runtimes.snapshot import rule_leaves
+from asyncopt.runtimes.source import Copy
+
+_LOCK_POLL = 0.01  # seconds between a checkpoint's tries for the version lock
 
 
 def dump_rule(rule: Rule) -> bytes:
@@ -54,8 +58,10 @@ class LockFreeRuntime(Watcher):
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
                  time_scale: float, startup_timeout: float, blocks: str, block_fraction: float,
-                 warmup_steps: int, devices: DevicePlan | None = None) -> None:
+                 warmup_steps: int, checkpoint_every: int, devices: DevicePlan | None = None,
+                 ) -> None:
         super().__init__(problem)
+        self.checkpoint_every = checkpoint_every
         self.devices = devices  # None: the CPU (see .device for a GPU)
         self.start_method, self.startup_timeout = start_method, startup_timeout
         self.blocks = blocks
@@ -71,7 +77,7 @@ class LockFreeRuntime(Watcher):
         check_blocks(self.blocks, len(server.params), self.problem.num_workers)
         self._server = server
         place(self.devices, server, self.problem)  # on a GPU, the shared tensors are IPC'd
-        self.state = share_tree(server.state)
+        self.rule_state = share_tree(server.state)
         self.params = share_tree(server.params)
         budget = coordinator.budget.steps
         options = {**self.options, "max_version": budget if budget is not None else 2**62}
@@ -80,10 +86,26 @@ class LockFreeRuntime(Watcher):
         server.counter = self.counters  # the model's version: the workers' shared counter
         self.log = StepLog(self.problem.num_workers)
         self.pool = WorkerPool(self.problem.num_workers, lockfree_main,
-                               (self.problem, self.params, self.state, dump_rule(server.rule),
+                               (self.problem, self.params, self.rule_state, dump_rule(server.rule),
                                 self.counters, self.log, options),
                                start_method=self.start_method, devices=self.devices)
         self.ready(coordinator, self.startup_timeout)
+
+    def snapshot(self) -> Copy:
+        """The shared model, the rule's state and the version, copied under the version lock:
+        no step is counted while the copy is taken, and the copy comes with the rows of every
+        step counted before it (a step's row is written under that lock, :mod:`.steplog`). The
+        workers' writes into the model are not locked (Hogwild!): an update in progress, whose
+        version is not counted yet, may be partly in the copy, as in any read of the model."""
+        events = []
+        while not self.counters.lock.acquire(timeout=_LOCK_POLL):
+            events += self.logged()  # a worker holding the lock may wait for room in its ring
+        try:
+            events += self.logged()
+            params = {name: value.clone() for name, value in self.params.items()}
+            return Copy(params, rule_leaves(self.rule_state), self.counters.version, events=events)
+        finally:
+            self.counters.lock.release()
 
     def close(self) -> None:
         if getattr(self, "counters", None) is not None:

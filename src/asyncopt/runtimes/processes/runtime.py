@@ -160,7 +160,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     * ``device``: ``cpu`` (default), ``cuda``, ``cuda:K``, or a list of them, one per worker
       round-robin (:mod:`.device`: written for GPUs, never run on one yet);
     * ``checkpoint_every``: write ``RUN_DIR/checkpoint.pt`` every N steps (0: never), for
-      ``asyncopt run --resume`` (server mode with one server).
+      ``asyncopt run --resume``, in every mode (lock-free: a copy under the version lock; block
+      servers: each server's snapshot at its own moment).
     """
     plan = plan_devices(device, problem.num_workers)
     check(plan is not None or problem.device.type == "cpu", "runtime_options.device", device,
@@ -180,10 +181,6 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
     servers = check_int("runtime_options.servers", servers, 1)
     checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
-    check(not checkpoint_every or (mode == "server" and servers == 1),
-          "runtime_options.checkpoint_every", checkpoint_every,
-          "0 with mode = 'lockfree' or servers > 1 (their checkpoints are not written yet); "
-          "checkpoints work with mode = 'server' and servers = 1")
     if plan is not None:
         check_plan(plan, device, problem, mode=mode, servers=servers)
     if mode == "server":
@@ -192,7 +189,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
             return ServersRuntime(problem, speed, seed, **common, servers=servers,
-                                  layout=check_choice("runtime_options.layout", layout, CUTS))
+                                  layout=check_choice("runtime_options.layout", layout, CUTS),
+                                  checkpoint_every=checkpoint_every)
         return ProcessRuntime(problem, speed, seed, **common, devices=plan,
                               checkpoint_every=checkpoint_every)
     check(servers == 1, "runtime_options.servers", servers,
@@ -200,4 +198,4 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
                            block_fraction=block_fraction, warmup_steps=warmup_steps,
-                           devices=plan)
+                           checkpoint_every=checkpoint_every, devices=plan)

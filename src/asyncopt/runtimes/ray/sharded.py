@@ -48,7 +48,7 @@ from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.ray import actors
 from asyncopt.runtimes.ray.runtime import RayRuntime
 from asyncopt.runtimes.ray.servers import BlockServer
-from asyncopt.runtimes.source import Applied, Ended, Event, Failed, Lost
+from asyncopt.runtimes.source import Applied, Copy, Ended, Event, Failed, Lost
 from asyncopt.tree import Params
 
 
@@ -145,13 +145,13 @@ class ShardedRuntime(RayRuntime):
         except self.ray.exceptions.RayActorError:
             return None  # a dead server: the run has failed
 
-    def snapshot(self) -> list[dict[str, Any]] | None:
+    def snapshot(self) -> Copy | None:
         """Each server's block, rule state and version, read at its own moment."""
         try:
             snapshots = self.ray.get([server.snapshot.remote() for server in self.servers])
         except self.ray.exceptions.RayActorError:
             return None  # a dead server: a worker reports it and the run fails
-        return [{**snapshot, "layout": self.cut} for snapshot in snapshots]
+        return Copy(blocks=[{**snapshot, "layout": self.cut} for snapshot in snapshots])
 
     def close(self) -> None:
         coordinator = self._coordinator
