@@ -6,8 +6,6 @@ Every run starts two real processes (about 2 s), so the runs are few and short.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -119,38 +117,6 @@ def test_gratton_toint_rules_run_lock_free(rule):
     # enough quick steps that both workers surely take part (see the step-counter test)
     _, _, summary, history = _run(make_problem(QUADRATIC, 2, 0), rule, 1000, blocks="whole")
     _check_trained(summary, history, 1000)
-
-
-class _Killed(Problem):
-    """The quadratic, except that worker 1 kills itself with SIGKILL on its 3rd gradient (early,
-    so that it surely happens on a loaded machine, where the other worker may take most steps)."""
-
-    def __init__(self, inner: Problem) -> None:
-        self.inner, self.num_workers, self.calls = inner, inner.num_workers, 0
-
-    def init_params(self, generator):
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params, worker, generator):
-        self.calls += 1
-        if worker == 1 and self.calls == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params):
-        return self.inner.evaluate(params)
-
-
-@pytest.mark.slow
-def test_a_killed_lock_free_worker_is_reported_and_the_other_goes_on():
-    with pytest.warns(RuntimeWarning, match="worker process 1 died"):
-        _, _, summary, history = _run(_Killed(make_problem(QUADRATIC, 2, 0)),
-                                      {"name": "sgd", "lr": 0.1}, 2000)
-    assert summary["status"] == "completed" and 2000 <= summary["version"] <= 2001
-    arrivals = history.arrivals
-    assert ((arrivals["worker"] == 1) & (arrivals["action"] == "step")).sum() <= 2
-    assert ((arrivals["worker"] == 1) & (arrivals["action"] == "lost")).sum() == 1
-    assert not _workers_left()
 
 
 def test_partition_is_contiguous_and_balanced_by_size():

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 import torch
+from faults import Faulty
 
 ray = pytest.importorskip("ray")
 
@@ -40,6 +40,7 @@ from asyncopt.runtimes.sim.speed import make_speed_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
+ray.cloudpickle.register_pickle_by_value(faults)
 QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
 
 
@@ -50,28 +51,6 @@ def local_ray():
         yield
     finally:
         ray.shutdown()
-
-
-class _KilledOnce(Problem):
-    """The quadratic, except that worker ``victim`` SIGKILLs its own actor process on its
-    ``at``-th gradient, once per ``marker`` file (a restarted actor computes normally)."""
-
-    def __init__(self, inner: Problem, victim: int, at: int, marker: Path) -> None:
-        self.inner, self.num_workers = inner, inner.num_workers
-        self.victim, self.at, self.marker, self.calls = victim, at, str(marker), 0
-
-    def init_params(self, generator):
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params, worker, generator):
-        self.calls += 1
-        if worker == self.victim and self.calls == self.at and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params):
-        return self.inner.evaluate(params)
 
 
 def _train(problem: Problem, protocol: str | dict = "asgd", *, options: dict | None = None,
@@ -147,8 +126,8 @@ def test_every_ray_server_listens_on_loopback_only():
 def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path):
     paced = {"time_scale": 0.02}  # 20 ms a gradient: the run outlasts an actor's restart
     undisturbed = _train(make_problem(QUADRATIC, 2, 0), options=paced, steps=300)
-    problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=20,
-                          marker=tmp_path / "killed")
+    problem = Faulty(make_problem(QUADRATIC, 2, 0), victims=(1,), at=20,
+                     once=tmp_path / "killed")
     with pytest.warns(RuntimeWarning, match="actor 1 died"):
         runtime, history, summary = _drive(problem, options=paced, steps=300)
     arrivals = history.arrivals
@@ -295,18 +274,6 @@ def test_block_servers_need_asgd_and_at_most_one_server_per_parameter():
     with pytest.raises(ConfigError, match="at most the number of parameters"):
         _train(make_problem(QUADRATIC, 2, 0), options={"servers": 11, "layout": "ranges"},
                steps=10)
-
-
-def test_killed_worker_with_block_servers_is_lost_and_the_other_goes_on(tmp_path):
-    problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=5,
-                          marker=tmp_path / "killed")
-    with pytest.warns(RuntimeWarning, match="actor 1 died"):
-        result = _train(problem, options={"servers": 2, "layout": "ranges"}, steps=300)
-    arrivals = result.history.arrivals
-    assert result.summary["status"] == "completed" and result.summary["version"] >= 300
-    lost = arrivals["action"].tolist().index("lost")
-    assert arrivals["worker"][lost] == 1
-    assert set(arrivals["worker"][lost + 1:].tolist()) == {0}
 
 
 def test_layout_cuts_the_flat_model_into_balanced_ranges_or_whole_tensors():
