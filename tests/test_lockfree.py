@@ -119,6 +119,22 @@ def test_gratton_toint_rules_run_lock_free(rule):
     _check_trained(summary, history, 1000)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("blocks", ["partition", "random"])
+def test_block_steps_that_form_only_the_blocks_gradient_take_the_same_steps(blocks):
+    # one worker: deterministic, so the run with block gradients and the run with full ones
+    # restricted to the block must agree bit for bit (closed-form and autograd MLPs)
+    for gradient in ("closed_form", "autograd"):
+        problem = make_problem({**MLP, "gradient": gradient}, 1, 0)
+        runs = [_run(problem, {"name": "sgd", "lr": 0.1}, 40, blocks=blocks, backprop=backprop,
+                     block_fraction=0.5) for backprop in ("block", "full")]
+        (_, fast, _, history), (_, slow, _, reference) = runs
+        assert runs[0][0].block_steps[0].get(blocks, 0) >= 10
+        assert np.array_equal(history.arrivals["loss"], reference.arrivals["loss"])
+        for name, value in slow.params.items():
+            assert torch.equal(fast.params[name], value), (gradient, name)
+
+
 def test_partition_is_contiguous_and_balanced_by_size():
     sizes = [100, 1, 1, 50, 50, 98, 2]
     runs = partition(sizes, 3)
@@ -154,6 +170,9 @@ def test_bad_options_and_protocols_are_refused_naming_the_field():
                             "runtime_options.block_fraction"),
                            ({"mode": "lockfree", "warmup_steps": -1},
                             "runtime_options.warmup_steps"),
+                           ({"mode": "lockfree", "backprop": "half"},
+                            "runtime_options.backprop.*one of block, full"),
+                           ({"backprop": "full"}, "runtime_options.backprop.*lock-free"),
                            ({"mode": "lockfree", "blocks": "partition"},  # 1 tensor, 2 workers
                             "runtime_options.blocks")):
         with pytest.raises(ConfigError, match=field):
@@ -219,7 +238,7 @@ def _worker_here(problem: Problem, rule: Rule):
     ours, theirs = multiprocessing.Pipe()
     options = {"speed": make_speed_model({}, problem.num_workers, 0), "seed": 0,
                "time_scale": 0.0, "blocks": "whole", "block_fraction": 0.5, "warmup_steps": 0,
-               "max_version": 100}
+               "backprop": "block", "max_version": 100}
     worker = _LockFreeWorker(0, theirs, problem, params, state, dump_rule(rule), counters,
                              StepLog(1), options)
     return worker, ours

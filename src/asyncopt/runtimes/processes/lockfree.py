@@ -58,8 +58,8 @@ class LockFreeRuntime(Watcher):
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
                  time_scale: float, startup_timeout: float, blocks: str, block_fraction: float,
-                 warmup_steps: int, checkpoint_every: int, devices: DevicePlan | None = None,
-                 ) -> None:
+                 warmup_steps: int, backprop: str, checkpoint_every: int,
+                 devices: DevicePlan | None = None) -> None:
         super().__init__(problem)
         self.checkpoint_every = checkpoint_every
         self.devices = devices  # None: the CPU (see .device for a GPU)
@@ -67,7 +67,7 @@ class LockFreeRuntime(Watcher):
         self.blocks = blocks
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale,
                         "blocks": blocks, "block_fraction": block_fraction,
-                        "warmup_steps": warmup_steps}
+                        "warmup_steps": warmup_steps, "backprop": backprop}
         self._server: Any = None
 
     def open(self, coordinator: Coordinator) -> None:

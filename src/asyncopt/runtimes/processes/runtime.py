@@ -137,8 +137,8 @@ class ProcessRuntime(RealTimeSource):
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int, servers: int, layout: str, device: str, checkpoint_every: int
-          ) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
+          warmup_steps: int, backprop: str, servers: int, layout: str, device: str,
+          checkpoint_every: int) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -152,7 +152,9 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     * ``blocks`` (lock-free only): ``whole``, ``partition`` (PASSM+) or ``random``
       (Gratton–Toint), see :mod:`.blocks`; ``block_fraction`` in (0, 1], the share of the
       tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
-      ``partition`` takes full-model steps only;
+      ``partition`` takes full-model steps only; ``backprop``: ``block`` (a block step forms
+      only the block's gradient, :mod:`.lockfree_worker`) or ``full`` (the whole gradient,
+      restricted to the block: the same numbers at the full cost);
     * ``servers`` (server mode only): K ≥ 1 server processes, one per block (:mod:`.servers`,
       protocol ``asgd`` only); 1 = the main process is the one server; ``layout``: how the
       model is cut into the K blocks, ``tensors`` or ``ranges``
@@ -179,6 +181,7 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     block_fraction = check_float("runtime_options.block_fraction", block_fraction, 0.0, 1.0,
                                  strict_minimum=True)
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
+    backprop = check_choice("runtime_options.backprop", backprop, ("block", "full"))
     servers = check_int("runtime_options.servers", servers, 1)
     checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
     if plan is not None:
@@ -186,6 +189,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     if mode == "server":
         check(blocks == "whole", "runtime_options.blocks", blocks,
               "'whole' with mode = 'server' (blocks are a lock-free option)")
+        check(backprop == "block", "runtime_options.backprop", backprop,
+              "'block' with mode = 'server' (block gradients are a lock-free option)")
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
             return ServersRuntime(problem, speed, seed, **common, servers=servers,
@@ -198,4 +203,4 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
                            block_fraction=block_fraction, warmup_steps=warmup_steps,
-                           checkpoint_every=checkpoint_every, devices=plan)
+                           backprop=backprop, checkpoint_every=checkpoint_every, devices=plan)
