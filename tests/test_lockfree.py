@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
+import asyncopt
 from asyncopt.api import train
 from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError
@@ -26,6 +27,7 @@ from asyncopt.runtimes.common.layout import partition
 from asyncopt.runtimes.common.shared import SharedCounters
 from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes import momentum
 from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.lockfree import dump_rule
 from asyncopt.runtimes.processes.lockfree_worker import _LockFreeWorker
@@ -133,6 +135,35 @@ def test_block_steps_that_form_only_the_blocks_gradient_take_the_same_steps(bloc
         assert np.array_equal(history.arrivals["loss"], reference.arrivals["loss"])
         for name, value in slow.params.items():
             assert torch.equal(fast.params[name], value), (gradient, name)
+
+
+@pytest.mark.slow
+def test_per_worker_momentum_keeps_a_buffer_per_process_and_resumes_with_them(tmp_path):
+    runtime, server, summary, history = _run(
+        make_problem(MLP, 2, 0), {"name": "momentum", "lr": 0.05}, 300, blocks="partition",
+        momentum="per_worker", time_scale=0.001)
+    _check_trained(summary, history, 300)
+    shared = momentum.traces(server.state)[0].momentum
+    assert all(float(v.abs().sum()) == 0.0 for v in shared.values())  # nobody used it
+    mine = [momentum.traces(state)[0].momentum for state in runtime.worker_states]
+    assert all(float(v.abs().sum()) > 0.0 for buffers in mine for v in buffers.values())
+    assert not all(torch.equal(mine[0][k], mine[1][k]) for k in mine[0])
+    config = {"problem": MLP, "workers": 2, "rule": {"name": "momentum", "lr": 0.05},
+              "budget": {"steps": 120}, "eval": {"every": 40}, "runtime": "processes",
+              "runtime_options": {"mode": "lockfree", "momentum": "per_worker",
+                                  "time_scale": 0.01, "checkpoint_every": 50},
+              "output": {"dir": str(tmp_path), "name": "run"}}
+    first = asyncopt.run(config)
+    saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)
+    assert len(saved["worker_states"]) == 2 and saved["version"] >= 50
+    assert all(float(leaf.abs().sum()) > 0 for leaves in saved["worker_states"] for leaf in leaves)
+    resumed = asyncopt.resume_run(first.run_dir, overrides=["budget.steps=200"])
+    assert resumed.summary["status"] == "completed" and resumed.summary["version"] >= 200
+    with pytest.raises(ConfigError, match=r"runtime_options.momentum.*per_worker"):
+        asyncopt.resume_run(first.run_dir, overrides=["runtime_options.momentum='shared'"])
+    with pytest.raises(ConfigError, match="heavy-ball buffer"):
+        _run(make_problem(MLP, 2, 0), {"name": "adam", "lr": 0.01}, 10, momentum="per_worker")
+    assert not _workers_left()
 
 
 def test_partition_is_contiguous_and_balanced_by_size():

@@ -78,6 +78,7 @@ def save(coordinator: Coordinator, path: Path, copy: Copy | None = None,
         "next_eval": coordinator._next_eval,
         "initial_loss": coordinator._initial_loss,  # the divergence test's reference
         "blocks": blocks,
+        "worker_states": copy.worker_states,
         "source": source,
     }
     partial = path.with_name(path.name + ".partial")

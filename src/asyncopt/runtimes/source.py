@@ -117,6 +117,9 @@ class Copy:
     version: int | None = None
     blocks: list[dict[str, Any]] | None = None
     events: list[Event] = field(default_factory=list)
+    worker_states: list[list[Any]] | None = None
+    """Lock-free workers' private heavy-ball buffers (``runtime_options.momentum =
+    "per_worker"``), leaves per worker, or None."""
 
 
 class EventSource:

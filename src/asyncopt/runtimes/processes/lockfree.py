@@ -30,6 +30,7 @@ from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.common.shared import share_tree
 from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes import momentum
 from asyncopt.runtimes.processes.blocks import check_blocks
 from asyncopt.runtimes.processes.device import DevicePlan, place, restore
 from asyncopt.runtimes.processes.device_shared import shared_counters
@@ -58,13 +59,14 @@ class LockFreeRuntime(Watcher):
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
                  time_scale: float, startup_timeout: float, blocks: str, block_fraction: float,
-                 warmup_steps: int, backprop: str, checkpoint_every: int,
+                 warmup_steps: int, backprop: str, momentum: str, checkpoint_every: int,
                  devices: DevicePlan | None = None) -> None:
         super().__init__(problem)
         self.checkpoint_every = checkpoint_every
         self.devices = devices  # None: the CPU (see .device for a GPU)
         self.start_method, self.startup_timeout = start_method, startup_timeout
-        self.blocks = blocks
+        self.blocks, self.momentum = blocks, momentum
+        self.worker_states: list[Any] | None = None  # momentum = "per_worker": each one's state
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale,
                         "blocks": blocks, "block_fraction": block_fraction,
                         "warmup_steps": warmup_steps, "backprop": backprop}
@@ -85,9 +87,17 @@ class LockFreeRuntime(Watcher):
         self.counters.header[0] = server.version
         server.counter = self.counters  # the model's version: the workers' shared counter
         self.log = StepLog(self.problem.num_workers)
-        self.pool = WorkerPool(self.problem.num_workers, lockfree_main,
-                               (self.problem, self.params, self.rule_state, dump_rule(server.rule),
-                                self.counters, self.log, options),
+        n = self.problem.num_workers
+        if self.momentum == "shared" and coordinator.worker_states is not None:
+            raise ConfigError("runtime_options.momentum", "shared", "'per_worker', as the "
+                              "checkpoint's run (it holds each worker's own buffers)")
+        if self.momentum == "per_worker":
+            self.worker_states = momentum.worker_states(self.rule_state, n,
+                                                        coordinator.worker_states)
+        states = self.worker_states or [self.rule_state] * n
+        self.pool = WorkerPool(n, lockfree_main,
+                               (self.problem, self.params, dump_rule(server.rule), self.counters,
+                                self.log, options), own=[(state,) for state in states],
                                start_method=self.start_method, devices=self.devices)
         self.ready(coordinator, self.startup_timeout)
 
@@ -103,7 +113,9 @@ class LockFreeRuntime(Watcher):
         try:
             events += self.logged()
             params = {name: value.clone() for name, value in self.params.items()}
-            return Copy(params, rule_leaves(self.rule_state), self.counters.version, events=events)
+            own = None if self.worker_states is None else momentum.saved(self.worker_states)
+            return Copy(params, rule_leaves(self.rule_state), self.counters.version, events=events,
+                        worker_states=own)
         finally:
             self.counters.lock.release()
 

@@ -59,10 +59,12 @@ from asyncopt.runtimes.processes.worker import ReportingWorker, guarded
 from asyncopt.tree import Params
 
 
-def lockfree_main(worker: int, conn: Connection, problem: Problem, params: Params,
-                  state: State, rule: bytes, counters: SharedCounters, log: StepLog,
-                  options: dict[str, Any]) -> None:
-    """Entry point of lock-free worker process ``worker`` (``rule`` is cloudpickled)."""
+def lockfree_main(worker: int, conn: Connection, problem: Problem, params: Params, rule: bytes,
+                  counters: SharedCounters, log: StepLog, options: dict[str, Any],
+                  state: State) -> None:
+    """Entry point of lock-free worker process ``worker`` (``rule`` is cloudpickled; ``state``
+    the shared rule state, or its own copy of it with private heavy-ball buffers:
+    :mod:`.momentum`)."""
     guarded(conn, lambda: _LockFreeWorker(worker, conn, problem, params, state, rule, counters,
                                           log, options).loop())
 

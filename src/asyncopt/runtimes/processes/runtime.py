@@ -48,6 +48,7 @@ from asyncopt.runtimes.processes.blocks import BLOCKS
 from asyncopt.runtimes.processes.device import DevicePlan, check_plan, place, plan_devices, restore
 from asyncopt.runtimes.processes.device_shared import gradient_slots, shared_model
 from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
+from asyncopt.runtimes.processes.momentum import MOMENTA
 from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable
 from asyncopt.runtimes.processes.servers import ServersRuntime
 from asyncopt.runtimes.processes.worker import CANCEL, worker_main
@@ -137,8 +138,8 @@ class ProcessRuntime(RealTimeSource):
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int, backprop: str, servers: int, layout: str, device: str,
-          checkpoint_every: int) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
+          warmup_steps: int, backprop: str, momentum: str, servers: int, layout: str,
+          device: str, checkpoint_every: int) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -154,7 +155,9 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
       ``partition`` takes full-model steps only; ``backprop``: ``block`` (a block step forms
       only the block's gradient, :mod:`.lockfree_worker`) or ``full`` (the whole gradient,
-      restricted to the block: the same numbers at the full cost);
+      restricted to the block: the same numbers at the full cost); ``momentum``: ``shared``
+      (one heavy-ball buffer for every worker) or ``per_worker`` (each its own, as the PASSM+
+      authors' code: :mod:`.momentum`);
     * ``servers`` (server mode only): K ≥ 1 server processes, one per block (:mod:`.servers`,
       protocol ``asgd`` only); 1 = the main process is the one server; ``layout``: how the
       model is cut into the K blocks, ``tensors`` or ``ranges``
@@ -182,6 +185,7 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
                                  strict_minimum=True)
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
     backprop = check_choice("runtime_options.backprop", backprop, ("block", "full"))
+    momentum = check_choice("runtime_options.momentum", momentum, MOMENTA)
     servers = check_int("runtime_options.servers", servers, 1)
     checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
     if plan is not None:
@@ -191,6 +195,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
               "'whole' with mode = 'server' (blocks are a lock-free option)")
         check(backprop == "block", "runtime_options.backprop", backprop,
               "'block' with mode = 'server' (block gradients are a lock-free option)")
+        check(momentum == "shared", "runtime_options.momentum", momentum,
+              "'shared' with mode = 'server' (the server holds the one optimizer state)")
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
             return ServersRuntime(problem, speed, seed, **common, servers=servers,
@@ -203,4 +209,5 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
                            block_fraction=block_fraction, warmup_steps=warmup_steps,
-                           backprop=backprop, checkpoint_every=checkpoint_every, devices=plan)
+                           backprop=backprop, momentum=momentum,
+                           checkpoint_every=checkpoint_every, devices=plan)
