@@ -255,14 +255,52 @@ def test_corrupt_or_mismatched_checkpoint_is_refused_and_nothing_is_written(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_more_workers_than_the_cluster_can_place_is_a_clear_error():
-    with pytest.raises(ConfigError, match="at most 4 worker actors"):
-        _train(make_problem(QUADRATIC, 5, 0), steps=10)
+def test_more_workers_than_the_cluster_can_place_fail_after_startup_timeout_with_the_shortfall():
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"need 2.5 CPUs .*has 2 CPUs, 2 of them free "
+                                          r"\(short by 0.5; at most 4 such workers fit\)"):
+        _train(make_problem(QUADRATIC, 5, 0), options={"startup_timeout": 1.0}, steps=10)
+    assert time.monotonic() - started < 30
+    assert all(group["state"] == "REMOVED"  # the reservation was given back
+               for group in ray.util.placement_group_table().values())
+    _wait_for(lambda: ray.available_resources().get("CPU") == 2.0)
 
 
-def test_unreachable_address_fails_fast():
+def test_workers_are_placed_in_one_placement_group_of_their_cpus():
+    before = set(ray.util.placement_group_table())
+    runtime, _, summary = _drive(make_problem(QUADRATIC, 2, 0), steps=20)
+    groups = [group for key, group in ray.util.placement_group_table().items()
+              if key not in before]
+    assert summary["status"] == "completed" and runtime.reservation.group is None
+    assert [(g["strategy"], g["bundles"], g["state"]) for g in groups] == [
+        ("PACK", {0: {"CPU": 0.5}, 1: {"CPU": 0.5}}, "REMOVED")]  # both at once, given back
+    _wait_for(lambda: ray.available_resources().get("CPU") == 2.0)
+
+
+def test_unreachable_address_fails_fast_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(ConfigError, match="cannot be reached"):
         _train(make_problem(QUADRATIC, 2, 0), options={"address": "127.0.0.1:1"}, steps=10)
+    ray.shutdown()  # this module's Ray is up: a run would use it whatever its address says
+    try:
+        for address, match in [("127.0.0.1:1", "cannot be reached"),
+                               ("http://127.0.0.1:8265", "dashboard's address"),
+                               ("nowhere", "'HOST:PORT' of a Ray head")]:
+            assert cli.main(["run", "configs/quickstart.toml", "--quiet", "--no-plot",
+                             "--set", 'runtime="ray"', "--set",
+                             f'runtime_options.address="{address}"',
+                             "--out", str(tmp_path)]) == 2, address
+            assert match in capsys.readouterr().err
+            assert not list(tmp_path.iterdir()), address
+    finally:
+        cluster.start_local(num_cpus=2)
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    """Until ``condition()`` (Ray updates its resource view asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _digest(run_dir: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ driver.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import subprocess
@@ -117,8 +118,19 @@ def start(num_cpus: int, runtime_env: Mapping[str, Any] | None = None) -> subpro
         watchdog.stdin.close()
         watchdog.wait()
         raise
+    if not _WATCHDOGS:
+        atexit.register(_at_exit)
     _WATCHDOGS.append(watchdog)  # its pipe stays open as long as this process holds it
     return watchdog
+
+
+def _at_exit() -> None:
+    """Shut down a Ray that the caller left running, then let the watchdogs sweep."""
+    if _WATCHDOGS:
+        import_ray().shutdown()
+    for watchdog in _WATCHDOGS:
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def _start(ray: Any, num_cpus: int, runtime_env: Mapping[str, Any] | None) -> str:

@@ -106,13 +106,13 @@ class RayRuntime(RealTimeSource):
         ray = self.ray
         self._like = coordinator.protocol.server.params  # the layout gradients come back in
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in self._like.items()}
-        remote = ray.remote(actors.GradientWorker).options(
-            num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0)
+        remote = ray.remote(actors.GradientWorker)
+        options = dict(max_restarts=self.max_restarts, max_task_retries=0)
         # one copy in the object store for every actor, kept alive by this reference until
         # close: a restarted actor is built from it again (it travels inside a list, so Ray
         # does not warn that a restart would fail if the copy went away: it cannot)
         self._problem_ref = ray.put(self.problem)
-        self.workers = [self.place(remote, w).remote(
+        self.workers = [self.place(remote, w, **options).remote(
             [self._problem_ref], w, shapes, self.speed, self.seed, self.time_scale)
             for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
@@ -127,14 +127,16 @@ class RayRuntime(RealTimeSource):
         self.ray = self._stack.enter_context(cluster.connected(
             self.target, self.num_cpus, self.runtime_env))
 
-    def place(self, remote: Any, worker: int) -> Any:
-        """``remote`` in worker ``worker``'s bundle of the run's placement group, reserved
-        (all the workers' CPUs at once) on the first call (:mod:`.placement`)."""
+    def place(self, remote: Any, worker: int, **options: Any) -> Any:
+        """The actor class ``remote`` with ``options``, in worker ``worker``'s bundle of the
+        run's placement group (``worker_cpus`` CPUs), reserved (all the workers' CPUs at
+        once) on the first call (:mod:`.placement`)."""
         if self.reservation is None:
             self.reservation = placement.Reservation(
                 self.ray, self.problem.num_workers, self.worker_cpus, self.placement)
             self.reservation.wait(self.startup_timeout)
-        return remote.options(scheduling_strategy=self.reservation.strategy(worker))
+        return remote.options(num_cpus=self.worker_cpus, **options,
+                              scheduling_strategy=self.reservation.strategy(worker))
 
     def close(self) -> None:
         try:
