@@ -75,6 +75,8 @@ def target(address: Any) -> Target:
         return Target("local", field)
     if address == "auto":
         found = os.environ.get("RAY_ADDRESS") or _last_started()
+        if os.environ.get("RAY_ADDRESS"):
+            field = "RAY_ADDRESS"
         if not found:
             raise ConfigError(field, address, "a running Ray cluster: none was found (RAY_ADDRESS "
                               "is unset and no `ray start --head` on this machine is recorded)")
@@ -164,6 +166,11 @@ def check_runtime_env(runtime_env: Any) -> dict[str, Any]:
         return {}
     from ray.runtime_env import RuntimeEnv
 
+    known = sorted(f for f in RuntimeEnv.known_fields if not f.startswith("_"))
+    unknown = sorted(set(runtime_env) - set(known))
+    if unknown:  # Ray would take them for plugins and ignore them
+        raise ConfigError(f"{field}.{unknown[0]}", runtime_env[unknown[0]],
+                          f"a field of Ray's runtime_env: {', '.join(known)}")
     try:
         RuntimeEnv(**runtime_env)
     except (TypeError, ValueError) as error:
