@@ -45,14 +45,10 @@ class GradientWorker:
     """Worker ``worker`` of ``problem``; wrapped by ``ray.remote`` in :mod:`.runtime` (its
     processes are titled ``ray::GradientWorker``)."""
 
-    def __init__(self, problem: Problem | list[Any], worker: int,
+    def __init__(self, problem: Problem, worker: int,
                  shapes: dict[str, tuple[tuple[int, ...], torch.dtype]], speed: Any, seed: int,
                  time_scale: float) -> None:
         torch.set_num_threads(1)
-        if isinstance(problem, list):  # [an object ref of the problem] (see the runtime)
-            import ray
-
-            problem = ray.get(problem[0])
         like: Params = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
         self.problem, self.worker, self.speed, self.time_scale = problem, worker, speed, time_scale
         self.generator = worker_generators(seed, problem.num_workers)[worker]

@@ -109,11 +109,10 @@ class RayRuntime(RealTimeSource):
         remote = ray.remote(actors.GradientWorker)
         options = dict(max_restarts=self.max_restarts, max_task_retries=0)
         # one copy in the object store for every actor, kept alive by this reference until
-        # close: a restarted actor is built from it again (it travels inside a list, so Ray
-        # does not warn that a restart would fail if the copy went away: it cannot)
+        # close: a restarted actor is built from it again
         self._problem_ref = ray.put(self.problem)
         self.workers = [self.place(remote, w, **options).remote(
-            [self._problem_ref], w, shapes, self.speed, self.seed, self.time_scale)
+            self._problem_ref, w, shapes, self.speed, self.seed, self.time_scale)
             for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
         if self.transport == "auto":
