@@ -30,7 +30,8 @@ RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
     "ray": ("asyncopt.runtimes.ray.runtime",
             {"address": "", "time_scale": 0.0, "max_restarts": 3, "checkpoint_every": 0,
              "worker_cpus": 1.0, "placement": "default", "startup_timeout": 120.0,
-             "servers": 1, "layout": "tensors", "transport": "auto"}),
+             "servers": 1, "layout": "tensors", "transport": "auto", "oversubscribe": False,
+             "runtime_env": {}}),
 }
 """name -> (module that defines ``build(problem, speed, seed, **options)``, option defaults)."""
 
