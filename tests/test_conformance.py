@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faults
 import numpy as np
 import pytest
 import torch
+from faults import Faulty
 
 import asyncopt
 from asyncopt.api import Result, resume_run, train
@@ -55,7 +57,7 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
     cancels: bool = False  # the protocol cancels computations in flight (heterogeneous speeds)
     one_version: bool = True  # one version counter (not K block servers): step rows = version
-    resumes: bool = True  # checkpoint_every and --resume
+    central: bool = True  # one server handles the arrivals (not lock-free, not block servers)
 
     def __repr__(self) -> str:
         return self.id
@@ -69,13 +71,14 @@ CELLS = [
     Cell("processes-rennala", "processes", {"name": "rennala", "batch_size": 2}, cancels=True,
          options={"time_scale": 0.005}),
     Cell("processes-lockfree", "processes", {"name": "asgd"}, {"mode": "lockfree"},
-         resumes=False),
+         central=False),
     Cell("processes-servers", "processes", {"name": "asgd"}, {"servers": 2}, one_version=False,
-         resumes=False),
+         central=False),
     Cell("ray-asgd", "ray", {"name": "asgd"}, RAY),
     Cell("ray-rennala", "ray", {"name": "rennala", "batch_size": 2}, {**RAY, "time_scale": 0.005},
          cancels=True),
-    Cell("ray-servers", "ray", {"name": "asgd"}, {**RAY, "servers": 2}, one_version=False),
+    Cell("ray-servers", "ray", {"name": "asgd"}, {**RAY, "servers": 2}, one_version=False,
+         central=False),
 ]
 REAL = [cell for cell in CELLS if cell.runtime != "sim" and cell.protocol["name"] == "asgd"]
 SPEED = {"factors": [1.0, 1.0, 4.0]}
@@ -161,30 +164,10 @@ def test_with_one_worker_every_runtime_computes_the_simulators_run(cell):
 
 
 def _by_value() -> None:
-    """Ray actors cannot import this test module: its classes travel by value."""
+    """Ray actors cannot import the tests' modules: their classes travel by value."""
     import ray
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class Killed(Problem):
-    """``inner``, except that worker 1 kills itself (SIGKILL) on its 3rd gradient; a
-    module-level class, so that worker processes and Ray actors can unpickle it."""
-
-    def __init__(self, inner: Problem) -> None:
-        self.inner, self.num_workers, self.calls = inner, inner.num_workers, 0
-
-    def init_params(self, generator: torch.Generator) -> Any:
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params: Any, worker: int, generator: torch.Generator) -> Any:
-        self.calls += 1
-        if worker == 1 and self.calls == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params: Any) -> dict[str, float]:
-        return self.inner.evaluate(params)
+    ray.cloudpickle.register_pickle_by_value(faults)
 
 
 @pytest.mark.parametrize("cell", REAL, ids=repr)
@@ -193,13 +176,18 @@ def test_a_killed_worker_is_lost_and_the_run_goes_on(cell):
     options = {"time_scale": 0.002, **({"max_restarts": 0} if cell.runtime == "ray" else {})}
     before = _shm()
     with pytest.warns(RuntimeWarning, match="died"):
-        result = _train(cell, Killed(make_problem(DIGITS, 3, 0)), steps=150, options=options)
+        result = _train(cell, Faulty(make_problem(DIGITS, 3, 0), victims=(1,), at=3), steps=150,
+                        options=options)
     a = result.history.arrivals
     assert result.summary["status"] == "completed", result.summary["reason"]
     lost = np.flatnonzero((a["action"] == "lost") & (a["worker"] == 1))
     assert len(lost) == 1
     assert not (a["worker"][lost[0] + 1:] == 1).any()  # never heard of again
     assert set(a["worker"][lost[0] + 1:]) == {0, 2}  # the others go on
+    if cell.central:  # the gradient it was computing: a cancel row just before its lost row
+        mine = np.flatnonzero(a["worker"] == 1)
+        assert list(a["action"][mine[-2:]]) == ["cancel", "lost"]
+        assert (a["action"][mine[:-2]] == "step").all()
     if cell.one_version:  # every step has its row, the killed worker's last ones included
         assert int((a["action"] == "step").sum()) == result.summary["version"]
     assert not _left_behind(before)
@@ -274,21 +262,31 @@ def _group_gone(group: int, wait: float = 10.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("cell", [c for c in CELLS if c.resumes], ids=repr)
+PACED = {"sim": {}, "processes": {"time_scale": 0.02}, "ray": {"time_scale": 0.02}}
+"""At least 20 ms a gradient: workers that step by themselves would otherwise take the whole step
+budget before the driver first looks (a checkpoint is taken when the driver sees the version
+pass a multiple of ``checkpoint_every``)."""
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=repr)
 def test_a_checkpointed_run_resumes_and_goes_on(tmp_path, cell):
     _ray_started(cell)
     config = {"problem": DIGITS, "workers": 3, "rule": {"name": "sgd", "lr": 0.1},
               "protocol": cell.protocol, "speed": SPEED, "budget": {"steps": 40},
               "eval": {"every": 10}, "runtime": cell.runtime,
-              "runtime_options": {**cell.options, "checkpoint_every": 15},
+              "runtime_options": {**PACED[cell.runtime], **cell.options, "checkpoint_every": 15},
               "output": {"dir": str(tmp_path), "name": "run"}}
     first = asyncopt.run(config)
     assert first.summary["status"] == "completed"
     saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)
-    assert saved["version"] in (15, 30) or not cell.one_version
+    kept = saved["arrival_rows"]
+    if cell.one_version:  # a consistent copy: the history up to it has a row for each version
+        assert saved["version"] >= 15
+        assert int((first.history.arrivals["action"][:kept] == "step").sum()) == saved["version"]
+    else:  # K block servers: each one's snapshot at its own moment
+        assert [b["version"] for b in saved["blocks"]] >= [15, 15]
     resumed = resume_run(first.run_dir, overrides=["budget.steps=70"])
     assert resumed.summary["status"] == "completed" and resumed.summary["version"] >= 70
     a, old = resumed.history.arrivals, first.history.arrivals
-    kept = saved["arrival_rows"]
     assert np.array_equal(a["version"][:kept], old["version"][:kept])
     assert (np.diff(a["version"]) >= 0).all() and a["version"][kept] >= saved["version"]

@@ -10,14 +10,13 @@ path has never run on one, and these are the first thing to run where one exists
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pickle
-import signal
 import threading
 
 import numpy as np
 import pytest
 import torch
+from faults import Faulty
 
 from asyncopt.api import Result, train
 from asyncopt.config import Evaluation
@@ -147,29 +146,6 @@ def test_the_device_path_on_the_cpu_gives_the_plain_runtimes_history(mode):
 
 # ---- CUDA: skipped without a GPU ------------------------------------------------------------
 
-class _Killed(Problem):
-    """A movable problem whose worker 1 kills itself on its ``at``-th gradient."""
-
-    def __init__(self, inner: Problem, at: int) -> None:
-        self.inner, self.num_workers, self.at, self.calls = inner, inner.num_workers, at, 0
-
-    def init_params(self, generator):
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params, worker, generator):
-        self.calls += 1
-        if worker == 1 and self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params):
-        return self.inner.evaluate(params)
-
-    def to(self, device, *, worker=None):
-        self.inner.to(device, worker=worker)
-        return self
-
-
 def _trained(result: Result, workers: int) -> None:
     losses = result.history.evaluations["loss"]
     assert result.summary["status"] == "completed"
@@ -200,7 +176,7 @@ def test_lock_free_on_cuda_trains_with_one_shared_adam_state(blocks):
 @CUDA
 @pytest.mark.parametrize("mode", ["server", "lockfree"])
 def test_on_cuda_a_killed_worker_is_recorded_and_the_other_goes_on(mode):
-    problem = _Killed(make_problem(MLP, 2, 0), at=5)
+    problem = Faulty(make_problem(MLP, 2, 0), victims=(1,), at=5)
     with pytest.warns(RuntimeWarning, match="worker process 1 died"):
         result = _train(problem, steps=300, device="cuda", mode=mode)
     assert result.summary["status"] == "completed" and result.summary["version"] >= 300

@@ -6,14 +6,13 @@ Every run starts two real processes (about 2 s), so the runs are few and short.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 
 import numpy as np
 import pytest
 import torch
 import torch.utils._pytree as pytree
 
+import asyncopt
 from asyncopt.api import train
 from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError
@@ -28,6 +27,7 @@ from asyncopt.runtimes.common.layout import partition
 from asyncopt.runtimes.common.shared import SharedCounters
 from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes import momentum
 from asyncopt.runtimes.processes.blocks import BlockChooser
 from asyncopt.runtimes.processes.lockfree import dump_rule
 from asyncopt.runtimes.processes.lockfree_worker import _LockFreeWorker
@@ -121,35 +121,48 @@ def test_gratton_toint_rules_run_lock_free(rule):
     _check_trained(summary, history, 1000)
 
 
-class _Killed(Problem):
-    """The quadratic, except that worker 1 kills itself with SIGKILL on its 3rd gradient (early,
-    so that it surely happens on a loaded machine, where the other worker may take most steps)."""
-
-    def __init__(self, inner: Problem) -> None:
-        self.inner, self.num_workers, self.calls = inner, inner.num_workers, 0
-
-    def init_params(self, generator):
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params, worker, generator):
-        self.calls += 1
-        if worker == 1 and self.calls == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params):
-        return self.inner.evaluate(params)
+@pytest.mark.slow
+@pytest.mark.parametrize("blocks", ["partition", "random"])
+def test_block_steps_that_form_only_the_blocks_gradient_take_the_same_steps(blocks):
+    # one worker: deterministic, so the run with block gradients and the run with full ones
+    # restricted to the block must agree bit for bit (closed-form and autograd MLPs)
+    for gradient in ("closed_form", "autograd"):
+        problem = make_problem({**MLP, "gradient": gradient}, 1, 0)
+        runs = [_run(problem, {"name": "sgd", "lr": 0.1}, 40, blocks=blocks, backprop=backprop,
+                     block_fraction=0.5) for backprop in ("block", "full")]
+        (_, fast, _, history), (_, slow, _, reference) = runs
+        assert runs[0][0].block_steps[0].get(blocks, 0) >= 10
+        assert np.array_equal(history.arrivals["loss"], reference.arrivals["loss"])
+        for name, value in slow.params.items():
+            assert torch.equal(fast.params[name], value), (gradient, name)
 
 
 @pytest.mark.slow
-def test_a_killed_lock_free_worker_is_reported_and_the_other_goes_on():
-    with pytest.warns(RuntimeWarning, match="worker process 1 died"):
-        _, _, summary, history = _run(_Killed(make_problem(QUADRATIC, 2, 0)),
-                                      {"name": "sgd", "lr": 0.1}, 2000)
-    assert summary["status"] == "completed" and 2000 <= summary["version"] <= 2001
-    arrivals = history.arrivals
-    assert ((arrivals["worker"] == 1) & (arrivals["action"] == "step")).sum() <= 2
-    assert ((arrivals["worker"] == 1) & (arrivals["action"] == "lost")).sum() == 1
+def test_per_worker_momentum_keeps_a_buffer_per_process_and_resumes_with_them(tmp_path):
+    runtime, server, summary, history = _run(
+        make_problem(MLP, 2, 0), {"name": "momentum", "lr": 0.05}, 300, blocks="partition",
+        momentum="per_worker", time_scale=0.001)
+    _check_trained(summary, history, 300)
+    shared = momentum.traces(server.state)[0].momentum
+    assert all(float(v.abs().sum()) == 0.0 for v in shared.values())  # nobody used it
+    mine = [momentum.traces(state)[0].momentum for state in runtime.worker_states]
+    assert all(float(v.abs().sum()) > 0.0 for buffers in mine for v in buffers.values())
+    assert not all(torch.equal(mine[0][k], mine[1][k]) for k in mine[0])
+    config = {"problem": MLP, "workers": 2, "rule": {"name": "momentum", "lr": 0.05},
+              "budget": {"steps": 120}, "eval": {"every": 40}, "runtime": "processes",
+              "runtime_options": {"mode": "lockfree", "momentum": "per_worker",
+                                  "time_scale": 0.01, "checkpoint_every": 50},
+              "output": {"dir": str(tmp_path), "name": "run"}}
+    first = asyncopt.run(config)
+    saved = torch.load(first.run_dir / "checkpoint.pt", weights_only=True)
+    assert len(saved["worker_states"]) == 2 and saved["version"] >= 50
+    assert all(float(leaf.abs().sum()) > 0 for leaves in saved["worker_states"] for leaf in leaves)
+    resumed = asyncopt.resume_run(first.run_dir, overrides=["budget.steps=200"])
+    assert resumed.summary["status"] == "completed" and resumed.summary["version"] >= 200
+    with pytest.raises(ConfigError, match=r"runtime_options.momentum.*per_worker"):
+        asyncopt.resume_run(first.run_dir, overrides=["runtime_options.momentum='shared'"])
+    with pytest.raises(ConfigError, match="heavy-ball buffer"):
+        _run(make_problem(MLP, 2, 0), {"name": "adam", "lr": 0.01}, 10, momentum="per_worker")
     assert not _workers_left()
 
 
@@ -188,6 +201,9 @@ def test_bad_options_and_protocols_are_refused_naming_the_field():
                             "runtime_options.block_fraction"),
                            ({"mode": "lockfree", "warmup_steps": -1},
                             "runtime_options.warmup_steps"),
+                           ({"mode": "lockfree", "backprop": "half"},
+                            "runtime_options.backprop.*one of block, full"),
+                           ({"backprop": "full"}, "runtime_options.backprop.*lock-free"),
                            ({"mode": "lockfree", "blocks": "partition"},  # 1 tensor, 2 workers
                             "runtime_options.blocks")):
         with pytest.raises(ConfigError, match=field):
@@ -253,7 +269,7 @@ def _worker_here(problem: Problem, rule: Rule):
     ours, theirs = multiprocessing.Pipe()
     options = {"speed": make_speed_model({}, problem.num_workers, 0), "seed": 0,
                "time_scale": 0.0, "blocks": "whole", "block_fraction": 0.5, "warmup_steps": 0,
-               "max_version": 100}
+               "backprop": "block", "max_version": 100}
     worker = _LockFreeWorker(0, theirs, problem, params, state, dump_rule(rule), counters,
                              StepLog(1), options)
     return worker, ours

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from faults import Faulty
 
 from asyncopt.api import Result, train
 from asyncopt.config import Evaluation
@@ -23,34 +24,6 @@ from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common.shared import SharedModel
 
 QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
-
-
-class _Sabotaged(Problem):
-    """The quadratic, except that worker ``victim`` kills itself with SIGKILL (or raises) on its
-    ``at``-th gradient, and the ``interrupt_at``-th evaluation (main process) raises Ctrl-C."""
-
-    def __init__(self, inner: Problem, victims: tuple[int, ...] = (), at: int = 0,
-                 how: str = "kill", interrupt_at: int | None = None) -> None:
-        self.inner, self.num_workers = inner, inner.num_workers
-        self.victims, self.at, self.how, self.interrupt_at = victims, at, how, interrupt_at
-        self.calls = self.evaluations = 0
-
-    def init_params(self, generator):
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params, worker, generator):
-        self.calls += 1
-        if worker in self.victims and self.calls == self.at:
-            if self.how == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise ValueError(f"broken gradient on worker {worker}")
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params):
-        self.evaluations += 1
-        if self.evaluations == self.interrupt_at:
-            raise KeyboardInterrupt
-        return self.inner.evaluate(params)
 
 
 def _train(problem: Problem, protocol: str = "asgd", *, speed: dict | None = None,
@@ -94,25 +67,8 @@ def test_minibatch_is_synchronous_and_slow_workers_are_emulated():
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_recorded_and_the_others_go_on():
-    # its 3rd gradient, with a budget of 3,000 steps: even on a loaded machine, where worker 0
-    # may run hundreds of steps before worker 1's process is scheduled, worker 1 gets 3 jobs
-    problem = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(1,), at=3)
-    with pytest.warns(RuntimeWarning, match="worker process 1 died"):
-        result = _train(problem, steps=3000)
-    assert result.summary["status"] == "completed" and result.summary["version"] == 3000
-    arrivals = result.history.arrivals
-    worker1 = arrivals["worker"] == 1
-    assert list(arrivals["action"][worker1]).count("cancel") == 1  # its lost gradient
-    assert (arrivals["action"][worker1][:-2] == "step").all()
-    assert list(arrivals["action"][worker1][-2:]) == ["cancel", "lost"]
-    assert (arrivals["worker"][np.flatnonzero(worker1)[-1] + 1:] == 0).all()
-    assert not _workers_left()
-
-
-@pytest.mark.slow
 def test_synchronous_training_goes_on_without_a_dead_worker():
-    problem = _Sabotaged(make_problem(QUADRATIC, 3, 0), victims=(2,), at=10)
+    problem = Faulty(make_problem(QUADRATIC, 3, 0), victims=(2,), at=10)
     with pytest.warns(RuntimeWarning, match="worker process 2 died"):
         result = _train(problem, "minibatch", steps=40)
     assert result.summary["status"] == "completed" and result.summary["version"] == 40
@@ -125,7 +81,7 @@ def test_synchronous_training_goes_on_without_a_dead_worker():
 
 @pytest.mark.slow
 def test_when_every_worker_dies_the_run_fails_with_a_clear_reason():
-    problem = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(0, 1), at=5)
+    problem = Faulty(make_problem(QUADRATIC, 2, 0), victims=(0, 1), at=5)
     with pytest.warns(RuntimeWarning, match="died"):
         result = _train(problem, steps=1000)
     assert result.summary["status"] == "failed"
@@ -135,12 +91,12 @@ def test_when_every_worker_dies_the_run_fails_with_a_clear_reason():
 
 @pytest.mark.slow
 def test_ctrl_c_and_worker_errors_stop_every_process():
-    interrupted = _train(_Sabotaged(make_problem(QUADRATIC, 2, 0), interrupt_at=3), steps=10**6,
+    interrupted = _train(Faulty(make_problem(QUADRATIC, 2, 0), interrupt_at=3), steps=10**6,
                          every=20)
     assert interrupted.summary["status"] == "interrupted"
     assert interrupted.summary["version"] >= 40
     assert not _workers_left()
-    broken = _Sabotaged(make_problem(QUADRATIC, 2, 0), victims=(1,), at=10, how="raise")
+    broken = Faulty(make_problem(QUADRATIC, 2, 0), victims=(1,), at=10, how="raise")
     with pytest.raises(RuntimeError, match=r"(?s)worker process 1 raised.*broken gradient"):
         _train(broken, steps=10**6)
     assert not _workers_left()
@@ -172,18 +128,6 @@ def test_two_parameter_servers_train_like_one():
     arrivals = two.arrivals
     assert set(arrivals["worker"]) == {0, 1} and (arrivals["action"] == "step").all()
     assert (arrivals["delay"] >= 0).all() and (np.diff(arrivals["version"]) >= 0).all()
-    assert not _workers_left()
-
-
-@pytest.mark.slow
-def test_with_two_servers_a_killed_worker_is_recorded_and_the_other_goes_on():
-    problem = _Sabotaged(make_problem(DIGITS, 2, 0), victims=(1,), at=5)
-    with pytest.warns(RuntimeWarning, match="worker process 1 died"):
-        result = _train(problem, steps=200, options={"servers": 2})
-    assert result.summary["status"] == "completed" and 200 <= result.summary["version"] <= 201
-    actions = result.history.arrivals["action"][result.history.arrivals["worker"] == 1]
-    # its steps reported before it died (a killed worker's last batch of reports is lost)
-    assert set(actions[:-1]) <= {"step"} and len(actions) <= 5 and actions[-1] == "lost"
     assert not _workers_left()
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 import torch
+from faults import Faulty
 
 ray = pytest.importorskip("ray")
 
@@ -40,6 +41,7 @@ from asyncopt.runtimes.sim.speed import make_speed_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests
+ray.cloudpickle.register_pickle_by_value(faults)
 QUADRATIC = {"name": "quadratic", "dim": 10, "noise": 0.1, "heterogeneity": 1.0}
 
 
@@ -50,28 +52,6 @@ def local_ray():
         yield
     finally:
         ray.shutdown()
-
-
-class _KilledOnce(Problem):
-    """The quadratic, except that worker ``victim`` SIGKILLs its own actor process on its
-    ``at``-th gradient, once per ``marker`` file (a restarted actor computes normally)."""
-
-    def __init__(self, inner: Problem, victim: int, at: int, marker: Path) -> None:
-        self.inner, self.num_workers = inner, inner.num_workers
-        self.victim, self.at, self.marker, self.calls = victim, at, str(marker), 0
-
-    def init_params(self, generator):
-        return self.inner.init_params(generator)
-
-    def loss_and_grad(self, params, worker, generator):
-        self.calls += 1
-        if worker == self.victim and self.calls == self.at and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner.loss_and_grad(params, worker, generator)
-
-    def evaluate(self, params):
-        return self.inner.evaluate(params)
 
 
 def _train(problem: Problem, protocol: str | dict = "asgd", *, options: dict | None = None,
@@ -147,8 +127,8 @@ def test_every_ray_server_listens_on_loopback_only():
 def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path):
     paced = {"time_scale": 0.02}  # 20 ms a gradient: the run outlasts an actor's restart
     undisturbed = _train(make_problem(QUADRATIC, 2, 0), options=paced, steps=300)
-    problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=20,
-                          marker=tmp_path / "killed")
+    problem = Faulty(make_problem(QUADRATIC, 2, 0), victims=(1,), at=20,
+                     once=tmp_path / "killed")
     with pytest.warns(RuntimeWarning, match="actor 1 died"):
         runtime, history, summary = _drive(problem, options=paced, steps=300)
     arrivals = history.arrivals
@@ -255,14 +235,52 @@ def test_corrupt_or_mismatched_checkpoint_is_refused_and_nothing_is_written(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_more_workers_than_the_cluster_can_place_is_a_clear_error():
-    with pytest.raises(ConfigError, match="at most 4 worker actors"):
-        _train(make_problem(QUADRATIC, 5, 0), steps=10)
+def test_more_workers_than_the_cluster_can_place_fail_after_startup_timeout_with_the_shortfall():
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"need 2.5 CPUs .*has 2 CPUs, 2 of them free "
+                                          r"\(short by 0.5; at most 4 such workers fit\)"):
+        _train(make_problem(QUADRATIC, 5, 0), options={"startup_timeout": 1.0}, steps=10)
+    assert time.monotonic() - started < 30
+    assert all(group["state"] == "REMOVED"  # the reservation was given back
+               for group in ray.util.placement_group_table().values())
+    _wait_for(lambda: ray.available_resources().get("CPU") == 2.0)
 
 
-def test_unreachable_address_fails_fast():
+def test_workers_are_placed_in_one_placement_group_of_their_cpus():
+    before = set(ray.util.placement_group_table())
+    runtime, _, summary = _drive(make_problem(QUADRATIC, 2, 0), steps=20)
+    groups = [group for key, group in ray.util.placement_group_table().items()
+              if key not in before]
+    assert summary["status"] == "completed" and runtime.reservation.group is None
+    assert [(g["strategy"], g["bundles"], g["state"]) for g in groups] == [
+        ("PACK", {0: {"CPU": 0.5}, 1: {"CPU": 0.5}}, "REMOVED")]  # both at once, given back
+    _wait_for(lambda: ray.available_resources().get("CPU") == 2.0)
+
+
+def test_unreachable_address_fails_fast_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(ConfigError, match="cannot be reached"):
         _train(make_problem(QUADRATIC, 2, 0), options={"address": "127.0.0.1:1"}, steps=10)
+    ray.shutdown()  # this module's Ray is up: a run would use it whatever its address says
+    try:
+        for address, match in [("127.0.0.1:1", "cannot be reached"),
+                               ("http://127.0.0.1:8265", "dashboard's address"),
+                               ("nowhere", "'HOST:PORT' of a Ray head")]:
+            assert cli.main(["run", "configs/quickstart.toml", "--quiet", "--no-plot",
+                             "--set", 'runtime="ray"', "--set",
+                             f'runtime_options.address="{address}"',
+                             "--out", str(tmp_path)]) == 2, address
+            assert match in capsys.readouterr().err
+            assert not list(tmp_path.iterdir()), address
+    finally:
+        cluster.start_local(num_cpus=2)
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    """Until ``condition()`` (Ray updates its resource view asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _digest(run_dir: Path) -> dict[str, str]:
@@ -295,18 +313,6 @@ def test_block_servers_need_asgd_and_at_most_one_server_per_parameter():
     with pytest.raises(ConfigError, match="at most the number of parameters"):
         _train(make_problem(QUADRATIC, 2, 0), options={"servers": 11, "layout": "ranges"},
                steps=10)
-
-
-def test_killed_worker_with_block_servers_is_lost_and_the_other_goes_on(tmp_path):
-    problem = _KilledOnce(make_problem(QUADRATIC, 2, 0), victim=1, at=5,
-                          marker=tmp_path / "killed")
-    with pytest.warns(RuntimeWarning, match="actor 1 died"):
-        result = _train(problem, options={"servers": 2, "layout": "ranges"}, steps=300)
-    arrivals = result.history.arrivals
-    assert result.summary["status"] == "completed" and result.summary["version"] >= 300
-    lost = arrivals["action"].tolist().index("lost")
-    assert arrivals["worker"][lost] == 1
-    assert set(arrivals["worker"][lost + 1:].tolist()) == {0}
 
 
 def test_layout_cuts_the_flat_model_into_balanced_ranges_or_whole_tensors():
@@ -470,3 +476,63 @@ def test_a_worker_maps_the_drivers_segment_by_name_and_slots_do_not_overlap():
     finally:
         segment.close()
     assert not segment.path.exists()
+
+
+def test_address_follows_rays_rules(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster.target("") == cluster.Target("local")
+    assert cluster.target("local").private
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # as `ray job submit` sets it
+    with pytest.raises(ConfigError, match=r"RAY_ADDRESS = '127.0.0.1:1' .*cannot be reached"):
+        cluster.target("")
+    with pytest.raises(ConfigError, match=r"RAY_ADDRESS = '127.0.0.1:1'"):
+        cluster.target("auto")
+    assert cluster.target("local") == cluster.Target("local")  # "local" ignores RAY_ADDRESS
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setenv("RAY_TMPDIR", "/nonexistent")  # no `ray start` recorded
+    with pytest.raises(ConfigError, match="a running Ray cluster: none was found"):
+        cluster.target("auto")
+    for bad in ("ray://nowhere", "grpc://127.0.0.1:1", "127.0.0.1:x", 7):
+        with pytest.raises(ConfigError, match=r"runtime_options\.address = .*'local', 'auto'"):
+            cluster.target(bad)
+    with pytest.raises(ConfigError, match="cannot be reached"):
+        cluster.target("ray://127.0.0.1:1")
+
+
+def test_runtime_env_is_checked_by_ray(monkeypatch):
+    assert cluster.check_runtime_env({}) == {}
+    assert cluster.check_runtime_env({"env_vars": {"A": "1"}}) == {"env_vars": {"A": "1"}}
+    with pytest.raises(ConfigError, match=r"runtime_env\.no_such_field = 1 .*py_modules"):
+        cluster.check_runtime_env({"no_such_field": 1})
+    with pytest.raises(ConfigError, match=r"runtime_env = .*must be of type str or List"):
+        cluster.check_runtime_env({"pip": 5})
+    with pytest.raises(ConfigError, match="a table of Ray runtime_env fields"):
+        cluster.check_runtime_env(["pip"])
+    with pytest.raises(ConfigError, match="already initialized"):  # this module's Ray
+        _train(make_problem(QUADRATIC, 2, 0), options={"runtime_env": {"env_vars": {"A": "1"}}},
+               steps=5)
+
+
+def test_a_local_ray_beyond_the_processes_cpus_is_refused_before_it_starts(tmp_path,
+                                                                          monkeypatch):
+    from asyncopt.runtimes.ray import local
+
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match=rf"at most {cpus} worker actors .*may use {cpus} "
+                                          r".*oversubscribe = true"):
+        local.check_fits(cpus + 1, 1.0, False)
+    assert local.check_fits(cpus + 1, 1.0, True) == cpus + 1
+    assert local.check_fits(2 * cpus, 0.5, False) == cpus
+    # through the CLI, in a fresh process (this one has a Ray): refused in seconds, nothing
+    # written, no Ray started
+    started = time.monotonic()
+    driver = subprocess.run(
+        [sys.executable, "-m", "asyncopt.cli", "run", "configs/quickstart.toml", "--quiet",
+         "--no-plot", "--set", 'runtime="ray"', "--set", f"workers={cpus + 1}",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parents[1])
+    assert driver.returncode == 2, driver.stderr[-2000:]
+    assert "runtime_options.oversubscribe = true" in driver.stderr
+    assert "Token authentication" not in driver.stderr  # no Ray was started
+    assert not list(tmp_path.iterdir())
+    assert time.monotonic() - started < 60

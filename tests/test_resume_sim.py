@@ -64,3 +64,29 @@ def test_gradients_computed_ahead_cannot_be_checkpointed_yet(tmp_path):
     with pytest.raises(ConfigError, match=r"runtime_options\.ahead"):
         asyncopt.run(_config(tmp_path, {"name": "asgd"}, ahead=2))
     assert not (tmp_path / "run").exists()
+
+
+def _net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _train_user_model(run_dir: Path, steps: int, resume: Path | None = None) -> asyncopt.Result:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=generator)
+    data = torch.utils.data.TensorDataset(x, x[:, :3].argmax(1))
+    return asyncopt.train(_net, {"name": "adam", "lr": 0.01}, "asgd",
+                          loss=torch.nn.functional.cross_entropy, data=data, workers=3,
+                          batch_size=8, speed=SPEED, budget={"steps": steps},
+                          evaluation={"every": 7}, runtime_options={"checkpoint_every": 20},
+                          run_dir=run_dir, resume=resume)
+
+
+def test_a_train_run_of_your_own_objects_resumes_with_the_same_call(tmp_path):
+    whole = _train_user_model(tmp_path / "whole", 70)
+    first = _train_user_model(tmp_path / "first", 50)  # its last checkpoint: at version 40
+    resumed = _train_user_model(tmp_path / "again", 70, resume=first.run_dir)
+    _same(whole, resumed)
+    assert sorted(p.name for p in first.run_dir.iterdir()) == sorted(
+        p.name for p in whole.run_dir.iterdir())  # the resumed run never wrote there
+    with pytest.raises(ConfigError, match="never writes into the run it continues"):
+        _train_user_model(first.run_dir, 70, resume=first.run_dir)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from asyncopt import problems, protocols, rules
-    from asyncopt.api import Result, run, train
+    from asyncopt.api import Result, resume_run, run, train
     from asyncopt.checkpoint import load_model, save_model
     from asyncopt.config import Budget, Evaluation
     from asyncopt.errors import ConfigError
@@ -30,14 +30,16 @@ _WHERE = {
     "Budget": "asyncopt.config", "ConfigError": "asyncopt.errors",
     "Evaluation": "asyncopt.config", "History": "asyncopt.record",
     "Result": "asyncopt.api", "load": "asyncopt.record", "load_model": "asyncopt.checkpoint",
-    "problems": None, "protocols": None, "rules": None, "run": "asyncopt.api",
+    "problems": None, "protocols": None, "resume_run": "asyncopt.api", "rules": None,
+    "run": "asyncopt.api",
     "save_model": "asyncopt.checkpoint", "train": "asyncopt.api",
     "user_problem": "asyncopt.problems.user",
 }
 """name -> the module that defines it (None: the name is a subpackage)."""
 
 __all__ = ["Budget", "ConfigError", "Evaluation", "History", "Result", "load", "load_model",
-           "problems", "protocols", "rules", "run", "save_model", "train", "user_problem"]
+           "problems", "protocols", "resume_run", "rules", "run", "save_model", "train",
+           "user_problem"]
 
 
 def __getattr__(name: str) -> Any:

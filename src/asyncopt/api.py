@@ -102,7 +102,7 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
           data: Any = None, eval_data: Any = None, metrics: Mapping[str, Metric] | None = None,
           workers: int | None = None, batch_size: int | None = None,
           partition: PartitionSpec | None = None,
-          resume: tuple[dict[str, Any], History] | None = None,
+          resume: str | Path | tuple[dict[str, Any], History] | None = None,
           _new_run_dir: bool = False) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
@@ -115,12 +115,19 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     terminal). A Ctrl-C, SIGTERM or SIGHUP stops the run cleanly (:mod:`asyncopt.runtimes.signals`):
     the history up to that point is written and returned, with ``summary["status"] ==
     "interrupted"`` and ``summary["signal"]`` its name. The trained model comes back as
-    ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``. ``resume`` is a
-    checkpoint and its history (:func:`asyncopt.resume.read`): the run goes on from there.
+    ``result.model`` and, with a ``run_dir``, as ``run_dir/model.pt``.
+
+    ``resume`` continues a checkpointed run (``runtime_options.checkpoint_every``): the directory
+    of a run made by this same call, whose checkpoint and history are read (the directory is
+    never written; give a new ``run_dir``), or a checkpoint and its history as
+    :func:`asyncopt.resume.read` returns them. A run from a configuration resumes with
+    :func:`resume_run` instead, which rebuilds the objects from its ``config.toml``.
     ``_new_run_dir`` (for :func:`run`): make a fresh directory under ``config``'s
     ``output.dir`` once every check has passed.
     """
     seed = check_seed("seed", seed)
+    if isinstance(resume, str | Path):
+        resume = _resumable(Path(resume), run_dir)
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
                          partition=partition)
@@ -189,6 +196,17 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     if model is not None and run_path is not None:
         save_model(model, run_path / "model.pt")
     return Result(history, server.params, summary, run_path, model)
+
+
+def _resumable(path: Path, run_dir: str | Path | None) -> tuple[dict[str, Any], History]:
+    """The checkpoint and history of ``path`` for ``train(..., resume=path)``; the run goes on
+    elsewhere."""
+    from asyncopt import resume
+
+    if run_dir is not None and Path(run_dir).resolve() == path.resolve():
+        raise ConfigError("run_dir", str(run_dir), f"a directory other than resume={str(path)!r}: "
+                          f"a resumed run never writes into the run it continues")
+    return resume.read(path)
 
 
 def new_run_dir(resolved: Mapping[str, Any]) -> Path:

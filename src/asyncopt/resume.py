@@ -14,9 +14,15 @@ server owns:
   the configuration, so ``--set protocol.…`` may change them, within what the state allows);
 * the version, the clock, the budget counters, the history position (how many arrival and
   evaluation rows were recorded) and the initial loss that divergence is judged against;
-* with K ≥ 2 block servers (Ray, ``runtime_options.servers``), instead of the rule's state,
-  ``blocks``: each server's block, rule state and version, read at its own moment
-  (:mod:`asyncopt.runtimes.ray.sharded`); such a checkpoint resumes only with the same K;
+* in lock-free mode, the shared model and rule state copied under the version lock, with a
+  history row for every version counted before the copy
+  (:meth:`~asyncopt.runtimes.processes.lockfree.LockFreeRuntime.snapshot`);
+* with ``runtime_options.momentum = "per_worker"`` (lock-free), ``worker_states``: each worker's
+  own heavy-ball buffers (:mod:`asyncopt.runtimes.processes.momentum`), copied with the model;
+* with K ≥ 2 block servers (``runtime_options.servers``, processes or Ray), instead of the rule's
+  state, ``blocks``: each server's block, rule state and version, read at its own moment
+  (:mod:`asyncopt.runtimes.processes.servers`, :mod:`asyncopt.runtimes.ray.sharded`); such a
+  checkpoint resumes only with the same K and layout;
 * ``source``: for the simulator, its work in flight (pending jobs with their finish times and
   start order, the snapshots they read, every worker's minibatch generator, the speed model's
   streams) and the driver's job table, so that a resumed simulation continues exactly.
@@ -81,6 +87,7 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
         raise ConfigError("--resume", str(path), "a checkpoint: a dict of the server's state")
     if state.get("format") == 2:  # before the source's state was saved: workers restart
         state["source"] = None
+    state.setdefault("worker_states", None)  # only lock-free runs with per-worker momentum
     if state.get("format") not in (2, FORMAT):
         raise ConfigError("checkpoint format", state.get("format"),
                           f"{FORMAT} or 2, the formats this asyncopt writes and resumes (with "
@@ -127,6 +134,21 @@ def check(state: dict[str, Any], protocol: Protocol, servers: int = 1,
         _check_blocks(blocks, server, layout)
     protocol.check_state(state["protocol_state"])
     _check_source(state["source"], protocol.num_workers)
+    _check_worker_states(state["worker_states"], server.state, protocol.num_workers)
+
+
+def _check_worker_states(saved: Any, fresh: Any, num_workers: int) -> None:
+    """Per-worker heavy-ball buffers, when the checkpoint has them: one set per worker, each
+    shaped as the rule's own buffers."""
+    if saved is None:
+        return
+    from asyncopt.runtimes.processes.momentum import traces
+
+    _check(isinstance(saved, list) and len(saved) == num_workers, "worker states",
+           len(saved) if isinstance(saved, list) else saved,
+           f"one set of heavy-ball buffers per worker ({num_workers})")
+    for leaves in saved:
+        _check_rule_state(traces(fresh), leaves, "worker heavy-ball buffers")
 
 
 def _check_source(source: Any, num_workers: int) -> None:
@@ -191,6 +213,7 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
     else:  # the block servers hold the rule's state: they start from these
         coordinator.blocks = blocks
     coordinator.source_state = state["source"]
+    coordinator.worker_states = state["worker_states"]
     server.params = {k: v.clone() for k, v in state["params"].items()}
     server.counter = Counter(int(state["version"]))
     coordinator.protocol.load_state_dict(state["protocol_state"])  # after the model: it uses it

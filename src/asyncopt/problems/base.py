@@ -15,6 +15,9 @@ from torch import nn
 
 from asyncopt.tree import Params
 
+Gradient = Callable[..., tuple[float, Params]]
+"""``gradient(generator, only=None) -> (loss, grads)``: :meth:`Problem.gradient_at`'s answer."""
+
 
 class Problem(ABC):
     """An objective split across ``num_workers`` workers."""
@@ -40,13 +43,25 @@ class Problem(ABC):
         return [self.loss_and_grad(params, worker, generator)
                 for worker, generator in zip(workers, generators, strict=True)]
 
-    def gradient_at(self, params: Params, worker: int
-                    ) -> Callable[[torch.Generator], tuple[float, Params]]:
+    def gradient_at(self, params: Params, worker: int) -> Gradient:
         """Worker ``worker``'s :meth:`loss_and_grad` at ``params`` as a function of the
         generator, for callers that differentiate the same tensors again and again while their
-        values change in place (a lock-free worker and the shared model). Override where
-        binding once is cheaper (:mod:`asyncopt.problems.bound`)."""
-        return lambda generator: self.loss_and_grad(params, worker, generator)
+        values change in place (a lock-free worker and the shared model).
+
+        ``gradient(generator, only)`` with a list of parameter names answers the gradient of
+        those leaves only, ∇_B f_i(x) for the block B = ``only`` (the loss is the whole loss):
+        what a block step of a lock-free worker needs (PASSM+'s partitions, Gratton–Toint's
+        random blocks). Here it is the full gradient restricted to B, the same numbers at the
+        full cost; problems that can skip work override this (:mod:`asyncopt.problems.bound`
+        asks autograd for B's leaves only, so the backward pass stops below B's lowest layer;
+        :mod:`asyncopt.problems.closed_form` forms only B's products)."""
+
+        def gradient(generator: torch.Generator, only: Sequence[str] | None = None
+                     ) -> tuple[float, Params]:
+            loss, grads = self.loss_and_grad(params, worker, generator)
+            return loss, grads if only is None else {name: grads[name] for name in only}
+
+        return gradient
 
     @abstractmethod
     def evaluate(self, params: Params) -> dict[str, float]:

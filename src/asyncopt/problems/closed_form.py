@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from asyncopt import tree
 from asyncopt.errors import ConfigError
+from asyncopt.problems.base import Gradient
 from asyncopt.problems.supervised import SupervisedProblem, _build
 from asyncopt.tree import Params
 
@@ -132,12 +133,16 @@ def cross_entropy_grads(params: Mapping[str, Tensor], layers: Layers, X: Tensor,
 
 
 def chain_grad(weights: list[Tensor], biases: list[Tensor], X: Tensor, T: Tensor,
-               picks: Tensor, sizes: list[int], shapes: list[list[int]], where: list[int]
-               ) -> tuple[Tensor, Tensor, list[Tensor]]:
+               picks: Tensor, sizes: list[int], shapes: list[list[int]], where: list[int],
+               wanted: list[bool], lowest: int) -> tuple[Tensor, Tensor, list[Tensor]]:
     """:func:`cross_entropy_grad` of the chain with layer l's ``weights[l]``, ``biases[l]`` on
     the rows ``picks`` of ``X`` and ``T``, written into one flat vector: returns the loss (a
     0-d tensor), the vector and its leaves (``sizes``, ``shapes``, in the parameters' order;
-    layer l's weight and bias gradients are leaves ``where[2l]`` and ``where[2l + 1]``)."""
+    layer l's weight and bias gradients are leaves ``where[2l]`` and ``where[2l + 1]``).
+
+    Only the leaves with ``wanted[leaf]`` are computed (the others are left unwritten), and
+    the backward pass stops at layer ``lowest``, the lowest layer with a wanted leaf: a block
+    of the last layers costs the forward pass and the backward products down to it only."""
     inputs = [X.index_select(0, picks)]
     T = T.index_select(0, picks)
     last = len(weights) - 1
@@ -149,11 +154,13 @@ def chain_grad(weights: list[Tensor], biases: list[Tensor], X: Tensor, T: Tensor
     flat = torch.empty(sum(sizes), dtype=G.dtype, device=G.device)
     pieces = flat.split_with_sizes(sizes)
     leaves = [pieces[leaf].view(shapes[leaf]) for leaf in range(len(shapes))]
-    for index in range(last, -1, -1):
+    for index in range(last, lowest - 1, -1):
         h = inputs[index]
-        torch.mm(G.t(), h, out=leaves[where[2 * index]])
-        torch.sum(G, [0], out=leaves[where[2 * index + 1]])
-        if index > 0:
+        if wanted[where[2 * index]]:
+            torch.mm(G.t(), h, out=leaves[where[2 * index]])
+        if wanted[where[2 * index + 1]]:
+            torch.sum(G, [0], out=leaves[where[2 * index + 1]])
+        if index > lowest:
             G = torch.ops.aten.threshold_backward(G.mm(weights[index]), h, 0.0)
     return loss, flat, leaves
 
@@ -209,6 +216,7 @@ class ClosedFormProblem(SupervisedProblem):
                         [list(named[name].shape) for name in names],
                         [names.index(name) for layer in layers for name in layer])
         self._names = names
+        self._everything = [True] * len(names)
 
     def loss_and_grad(self, params: Params, worker: int,
                       generator: torch.Generator) -> tuple[float, Params]:
@@ -227,9 +235,39 @@ class ClosedFormProblem(SupervisedProblem):
         loss_tensor, flat, leaves = _scripted()(
             [params[weight] for weight, _ in self.layers],
             [params[bias] for _, bias in self.layers], self._shard_data[worker][0],
-            self._targets[worker], picks, *self._layout)
+            self._targets[worker], picks, *self._layout, self._everything, 0)
         value = self._add_l2(loss_tensor.item(), leaves, params)
         return value, tree.FlatParams(flat, dict(zip(params, leaves, strict=True)))
+
+    def gradient_at(self, params: Params, worker: int) -> Gradient:
+        """:meth:`loss_and_grad` at ``params``; asked for a block of leaves (``only``), only
+        their products are formed and the backward pass stops at the lowest layer that has
+        one (:func:`chain_grad`), on the same minibatch: the block's numbers are those of the
+        full gradient, bit for bit."""
+        if self._on is not None or list(params) != self._names:
+            return super().gradient_at(params, worker)  # a device, or keys in another order
+
+        def gradient(generator: torch.Generator, only: Sequence[str] | None = None
+                     ) -> tuple[float, Params]:
+            if only is None:
+                return self.loss_and_grad(params, worker, generator)
+            return self._block_grad(params, worker, generator, list(only))
+
+        return gradient
+
+    def _block_grad(self, params: Params, worker: int, generator: torch.Generator,
+                    only: list[str]) -> tuple[float, Params]:
+        picks = self._picks(worker, generator)
+        wanted = [name in only for name in self._names]
+        lowest = min(index for index, layer in enumerate(self.layers)
+                     if any(name in only for name in layer))
+        loss_tensor, _, leaves = _scripted()(
+            [params[weight] for weight, _ in self.layers],
+            [params[bias] for _, bias in self.layers], self._shard_data[worker][0],
+            self._targets[worker], picks, *self._layout, wanted, lowest)
+        grads = {name: leaves[self._names.index(name)] for name in only}
+        value = self._add_l2(loss_tensor.item(), list(grads.values()), params, only)
+        return value, grads
 
     def loss_and_grads(self, params: Params, workers: Sequence[int],
                        generators: Sequence[torch.Generator]) -> list[tuple[float, Params]]:

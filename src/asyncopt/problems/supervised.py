@@ -42,7 +42,7 @@ from torch.func import functional_call
 from asyncopt import tree
 from asyncopt.errors import ConfigError, check, check_float, check_int
 from asyncopt.problems import batched, bound, running_stats
-from asyncopt.problems.base import Problem
+from asyncopt.problems.base import Gradient, Problem
 from asyncopt.problems.dry_run import dry_run
 from asyncopt.tree import Params
 
@@ -133,7 +133,7 @@ class SupervisedProblem(Problem):
         value = self._add_l2(loss.item(), grads, params)
         return value, dict(zip(leaves, grads, strict=True))
 
-    def gradient_at(self, params: Params, worker: int) -> bound.Gradient:
+    def gradient_at(self, params: Params, worker: int) -> Gradient:
         """:meth:`loss_and_grad` through a module bound once to ``params``
         (:mod:`asyncopt.problems.bound`), where this class's own gradient runs on the CPU;
         otherwise (a subclass's gradient, a device) as the base class does."""
@@ -168,10 +168,13 @@ class SupervisedProblem(Problem):
         picks = type(self)._picks(self, worker, generator)
         return picks.to(self._on, non_blocking=True)
 
-    def _add_l2(self, value: float, grads: Sequence[Tensor], params: Params) -> float:
-        """Add the l2 term's gradient l2·x to ``grads`` in place; return ``value`` + (l2/2)‖x‖²."""
+    def _add_l2(self, value: float, grads: Sequence[Tensor], params: Params,
+                names: Sequence[str] | None = None) -> float:
+        """Add the l2 term's gradient l2·x to ``grads`` in place (the gradients of ``names``,
+        default every parameter); return ``value`` + (l2/2)‖x‖² (of the whole model)."""
         if self.l2 > 0.0:
-            torch._foreach_add_(list(grads), list(params.values()), alpha=self.l2)
+            at = list(params.values()) if names is None else [params[n] for n in names]
+            torch._foreach_add_(list(grads), at, alpha=self.l2)
             value += 0.5 * self.l2 * tree.sq_norm(params)
         return value
 

@@ -55,6 +55,8 @@ class Coordinator:
         self.now = 0.0
         self._row_version = 0  # the version of the last row of a step applied elsewhere
         self.signal: str | None = None  # the signal that interrupted the run, if one did
+        self.worker_states: list[list[Any]] | None = None
+        """Lock-free workers' private heavy-ball buffers restored from a checkpoint."""
         self.blocks: list[dict[str, Any]] | None = None
         """Block servers' states restored from a checkpoint (:mod:`asyncopt.resume`): the
         block servers start from them."""

@@ -207,10 +207,14 @@ class Driver:
             return
         if coordinator.version // every <= self._checkpointed // every:
             return
+        copy = self.source.snapshot()
+        if copy is None:
+            return
+        for event in copy.events:  # the steps up to the copy: their rows precede the checkpoint
+            self._handle(event)
         self._checkpointed = coordinator.version
-        blocks, state = self.source.snapshot(), self.source.state()
+        state = self.source.state()
         if state is not None:
             state = {**state, "runtime": self.source.name, "job_counter": self._job_counter,
                      "jobs": [[w, job, version] for w, (job, version) in self.jobs.items()]}
-        if blocks is not None or not self.source.reports_steps:
-            save(coordinator, run_dir / CHECKPOINT, blocks=blocks, source=state)
+        save(coordinator, run_dir / CHECKPOINT, copy, source=state)

@@ -24,12 +24,14 @@ RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
     "processes": ("asyncopt.runtimes.processes.runtime",
                   {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
                    "mode": "server", "blocks": "whole", "block_fraction": 0.5,
-                   "warmup_steps": 0, "servers": 1, "layout": "tensors", "device": "cpu",
-                   "checkpoint_every": 0, "oversubscribe": False}),
+                   "warmup_steps": 0, "backprop": "block", "momentum": "shared",
+                   "servers": 1, "layout": "tensors",
+                   "device": "cpu", "checkpoint_every": 0, "oversubscribe": False}),
     "ray": ("asyncopt.runtimes.ray.runtime",
             {"address": "", "time_scale": 0.0, "max_restarts": 3, "checkpoint_every": 0,
              "worker_cpus": 1.0, "placement": "default", "startup_timeout": 120.0,
-             "servers": 1, "layout": "tensors", "transport": "auto"}),
+             "servers": 1, "layout": "tensors", "transport": "auto", "oversubscribe": False,
+             "runtime_env": {}}),
 }
 """name -> (module that defines ``build(problem, speed, seed, **options)``, option defaults)."""
 

@@ -14,6 +14,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from asyncopt import tree
+from asyncopt.runtimes.source import Copy
 
 if TYPE_CHECKING:
     from asyncopt.runtimes.coordinator import Coordinator
@@ -44,27 +45,32 @@ def with_rule_leaves(state: Any, saved: list[Any]) -> Any:
         spec)
 
 
-def save(coordinator: Coordinator, path: Path, blocks: list[dict[str, Any]] | None = None,
+def save(coordinator: Coordinator, path: Path, copy: Copy | None = None,
          source: dict[str, Any] | None = None) -> None:
-    """Write the server's state at this moment to ``path``, atomically. With block servers
-    (``runtime_options.servers = K``), ``blocks`` are their snapshots (``block``, ``rule_state``
-    leaves, ``version``): the model is theirs, and ``params`` is their blocks side by side.
-    ``source``: the event source's state and the driver's job table, for a runtime that
-    continues exactly (the simulator)."""
+    """Write the run's state at this moment to ``path``, atomically: the server's model and rule
+    state, or what ``copy`` holds where the server does not hold them (the source's
+    :class:`~asyncopt.runtimes.source.Copy`: lock-free workers' shared model, or K block
+    servers' snapshots, whose blocks side by side are ``params``). ``source``: the event
+    source's state and the driver's job table, for a runtime that continues exactly (the
+    simulator)."""
     server, recorder = coordinator.protocol.server, coordinator.recorder
+    copy = copy or Copy()
     recorder.flush()  # the history position below must be on disk
-    if blocks is None:
-        params, rule_state = server.params, rule_leaves(server.state)
-    else:
+    blocks, version = copy.blocks, server.version if copy.version is None else copy.version
+    if blocks is not None:
         flat = torch.cat([b["block"].reshape(-1) for b in blocks])
         params, rule_state = tree.unflatten(flat, server.params), []
+    elif copy.params is not None:
+        params, rule_state = copy.params, copy.rule_state
+    else:
+        params, rule_state = server.params, rule_leaves(server.state)
     state = {
         "format": FORMAT,
         "protocol": coordinator.protocol.name,
         "protocol_state": coordinator.protocol.state_dict(),
         "params": {k: v.detach().clone() for k, v in params.items()},
         "rule_state": rule_state,
-        "version": server.version,
+        "version": version,
         "now": coordinator.now,
         "arrival_budget_count": coordinator.arrivals,
         "arrival_rows": len(recorder._arrivals),
@@ -72,6 +78,7 @@ def save(coordinator: Coordinator, path: Path, blocks: list[dict[str, Any]] | No
         "next_eval": coordinator._next_eval,
         "initial_loss": coordinator._initial_loss,  # the divergence test's reference
         "blocks": blocks,
+        "worker_states": copy.worker_states,
         "source": source,
     }
     partial = path.with_name(path.name + ".partial")

@@ -25,7 +25,7 @@ loop ended), :class:`Lost` (a worker died for good), :class:`Restarting` and :cl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asyncopt.tree import Params
@@ -100,6 +100,28 @@ class Failed:
 Event = Arrived | Applied | Ended | Lost | Restarting | Restarted | Failed
 
 
+@dataclass(frozen=True)
+class Copy:
+    """What a checkpoint saves of the model when the coordinator's server does not hold it,
+    copied by the source at one moment (:meth:`EventSource.snapshot`).
+
+    ``params``, ``rule_state`` (leaves in pytree order) and ``version``: a model that workers
+    step in shared memory (lock-free mode), copied under the version lock, with ``events`` the
+    steps reported up to that moment (the driver records them before it saves, so the history
+    holds a row for every version of the copy). ``blocks``: K block servers' snapshots (their
+    block, rule state and version), each read at its server's own moment.
+    """
+
+    params: Params | None = None
+    rule_state: list[Any] | None = None
+    version: int | None = None
+    blocks: list[dict[str, Any]] | None = None
+    events: list[Event] = field(default_factory=list)
+    worker_states: list[list[Any]] | None = None
+    """Lock-free workers' private heavy-ball buffers (``runtime_options.momentum =
+    "per_worker"``), leaves per worker, or None."""
+
+
 class EventSource:
     """Base class of the runtimes: defaults for what most sources do not need, and
     :meth:`run`, the registry's entry point, which hands the source to the driver."""
@@ -145,10 +167,12 @@ class EventSource:
     def stop(self) -> None:
         """The run ends: workers that step by themselves stop (their last reports follow)."""
 
-    def snapshot(self) -> list[dict[str, Any]] | None:
-        """Block servers' states for a checkpoint (their block, rule state and version), or
-        None when the coordinator's server holds the model and the rule's state."""
-        return None
+    def snapshot(self) -> Copy | None:
+        """The model for a checkpoint where the coordinator's server does not hold it (lock-free
+        workers, block servers), :class:`Copy`; an empty one when the server holds it (the
+        driver's own process, between events: nothing else changes it); None when no checkpoint
+        can be taken now (a block server died: the run fails)."""
+        return Copy()
 
     def server_versions(self) -> list[int] | None:
         """With K block servers, each one's version once the run has drained (the steps it

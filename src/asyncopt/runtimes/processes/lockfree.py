@@ -30,12 +30,17 @@ from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.common.shared import share_tree
 from asyncopt.runtimes.common.steplog import StepLog
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.processes import momentum
 from asyncopt.runtimes.processes.blocks import check_blocks
 from asyncopt.runtimes.processes.device import DevicePlan, place, restore
 from asyncopt.runtimes.processes.device_shared import shared_counters
 from asyncopt.runtimes.processes.lockfree_worker import lockfree_main
 from asyncopt.runtimes.processes.pool import WorkerPool
 from asyncopt.runtimes.processes.watch import Watcher
+from asyncopt.runtimes.snapshot import rule_leaves
+from asyncopt.runtimes.source import Copy
+
+_LOCK_POLL = 0.01  # seconds between a checkpoint's tries for the version lock
 
 
 def dump_rule(rule: Rule) -> bytes:
@@ -54,14 +59,17 @@ class LockFreeRuntime(Watcher):
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
                  time_scale: float, startup_timeout: float, blocks: str, block_fraction: float,
-                 warmup_steps: int, devices: DevicePlan | None = None) -> None:
+                 warmup_steps: int, backprop: str, momentum: str, checkpoint_every: int,
+                 devices: DevicePlan | None = None) -> None:
         super().__init__(problem)
+        self.checkpoint_every = checkpoint_every
         self.devices = devices  # None: the CPU (see .device for a GPU)
         self.start_method, self.startup_timeout = start_method, startup_timeout
-        self.blocks = blocks
+        self.blocks, self.momentum = blocks, momentum
+        self.worker_states: list[Any] | None = None  # momentum = "per_worker": each one's state
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale,
                         "blocks": blocks, "block_fraction": block_fraction,
-                        "warmup_steps": warmup_steps}
+                        "warmup_steps": warmup_steps, "backprop": backprop}
         self._server: Any = None
 
     def open(self, coordinator: Coordinator) -> None:
@@ -71,7 +79,7 @@ class LockFreeRuntime(Watcher):
         check_blocks(self.blocks, len(server.params), self.problem.num_workers)
         self._server = server
         place(self.devices, server, self.problem)  # on a GPU, the shared tensors are IPC'd
-        self.state = share_tree(server.state)
+        self.rule_state = share_tree(server.state)
         self.params = share_tree(server.params)
         budget = coordinator.budget.steps
         options = {**self.options, "max_version": budget if budget is not None else 2**62}
@@ -79,11 +87,37 @@ class LockFreeRuntime(Watcher):
         self.counters.header[0] = server.version
         server.counter = self.counters  # the model's version: the workers' shared counter
         self.log = StepLog(self.problem.num_workers)
-        self.pool = WorkerPool(self.problem.num_workers, lockfree_main,
-                               (self.problem, self.params, self.state, dump_rule(server.rule),
-                                self.counters, self.log, options),
+        n = self.problem.num_workers
+        if self.momentum == "shared" and coordinator.worker_states is not None:
+            raise ConfigError("runtime_options.momentum", "shared", "'per_worker', as the "
+                              "checkpoint's run (it holds each worker's own buffers)")
+        if self.momentum == "per_worker":
+            self.worker_states = momentum.worker_states(self.rule_state, n,
+                                                        coordinator.worker_states)
+        states = self.worker_states or [self.rule_state] * n
+        self.pool = WorkerPool(n, lockfree_main,
+                               (self.problem, self.params, dump_rule(server.rule), self.counters,
+                                self.log, options), own=[(state,) for state in states],
                                start_method=self.start_method, devices=self.devices)
         self.ready(coordinator, self.startup_timeout)
+
+    def snapshot(self) -> Copy:
+        """The shared model, the rule's state and the version, copied under the version lock:
+        no step is counted while the copy is taken, and the copy comes with the rows of every
+        step counted before it (a step's row is written under that lock, :mod:`.steplog`). The
+        workers' writes into the model are not locked (Hogwild!): an update in progress, whose
+        version is not counted yet, may be partly in the copy, as in any read of the model."""
+        events = []
+        while not self.counters.lock.acquire(timeout=_LOCK_POLL):
+            events += self.logged()  # a worker holding the lock may wait for room in its ring
+        try:
+            events += self.logged()
+            params = {name: value.clone() for name, value in self.params.items()}
+            own = None if self.worker_states is None else momentum.saved(self.worker_states)
+            return Copy(params, rule_leaves(self.rule_state), self.counters.version, events=events,
+                        worker_states=own)
+        finally:
+            self.counters.lock.release()
 
     def close(self) -> None:
         if getattr(self, "counters", None) is not None:

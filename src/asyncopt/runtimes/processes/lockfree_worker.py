@@ -2,10 +2,18 @@
 
 Worker i loops, with no lock around the model or the rule's state (Hogwild!, Niu et al. 2011):
 
-    v = version (a read without lock) ; (f, g) = ∇f_i(x; minibatch), x read from shared memory
-    while other workers write it ; B = its next block (:mod:`.blocks`) ; pad to time_scale × τ_i ;
+    v = version (a read without lock) ; B = its next block (:mod:`.blocks`) ;
+    (f, g_B) = ∇_B f_i(x; minibatch), x read from shared memory while other workers write it ;
+    pad to time_scale × τ_i ;
     δ = version − v ; (u, state) = rule.update(g_B, state, x, delay=δ, worker=i) ;
     x_B += u_B (in place, shared) ; version += 1 (under a lock) ; report to the main process
+
+Only the block's gradient is formed (``runtime_options.backprop = "block"``, the default; the
+problem's :meth:`~asyncopt.problems.base.Problem.gradient_at` with ``only``): autograd is asked
+for the block's tensors only, so a partition of the last layers never backpropagates into the
+first, as the PASSM+ authors' ``autograd.grad`` with respect to their process's parameter group;
+``backprop = "full"`` computes the whole gradient and keeps the block's part (the same numbers,
+bit for bit, at the full cost).
 
 The step is the one step path of every mode (:class:`~asyncopt.protocols.stepper.Stepper`, in
 place): when the rule has a fused step (``rule.step``, :mod:`asyncopt.rules.fused`: sgd, adam,
@@ -51,10 +59,12 @@ from asyncopt.runtimes.processes.worker import ReportingWorker, guarded
 from asyncopt.tree import Params
 
 
-def lockfree_main(worker: int, conn: Connection, problem: Problem, params: Params,
-                  state: State, rule: bytes, counters: SharedCounters, log: StepLog,
-                  options: dict[str, Any]) -> None:
-    """Entry point of lock-free worker process ``worker`` (``rule`` is cloudpickled)."""
+def lockfree_main(worker: int, conn: Connection, problem: Problem, params: Params, rule: bytes,
+                  counters: SharedCounters, log: StepLog, options: dict[str, Any],
+                  state: State) -> None:
+    """Entry point of lock-free worker process ``worker`` (``rule`` is cloudpickled; ``state``
+    the shared rule state, or its own copy of it with private heavy-ball buffers:
+    :mod:`.momentum`)."""
     guarded(conn, lambda: _LockFreeWorker(worker, conn, problem, params, state, rule, counters,
                                           log, options).loop())
 
@@ -72,6 +82,7 @@ class _LockFreeWorker(ReportingWorker):
         self.stepper = Stepper(params, pickle.loads(rule), in_place=True, state=state,
                                counter=self.counter)
         self.gradient = problem.gradient_at(params, worker)  # bound once to the shared tensors
+        self.block_backprop = options["backprop"] == "block"
         self.chooser = BlockChooser(
             options["blocks"], list(params), [p.numel() for p in params.values()], worker,
             problem.num_workers, seed=options["seed"], block_fraction=options["block_fraction"],
@@ -79,11 +90,16 @@ class _LockFreeWorker(ReportingWorker):
 
     def step(self, now: float) -> None:
         start, read = time.perf_counter(), self.counters.version
-        loss, grads = self.gradient(self.generator)
-        kind, names = self.chooser.next(read)
+        kind, names = self.chooser.next(read)  # before the gradient: only the block's is formed
+        if kind == "whole":
+            loss, block = self.gradient(self.generator)
+        elif self.block_backprop:
+            loss, block = self.gradient(self.generator, names)
+        else:  # the full gradient, restricted to the block (to measure what the block saves)
+            loss, grads = self.gradient(self.generator)
+            block = {k: grads[k] for k in names}
         if not self.pad(start, now):
             return  # a command came while padding: this gradient is abandoned, unapplied
-        block = grads if kind == "whole" else {k: grads[k] for k in names}
         delay = self.counters.version - read
         if not finite(block, loss):
             self.report("reject", self.counters.version, delay, loss, start, kind)

@@ -49,6 +49,7 @@ from asyncopt.runtimes.processes.blocks import BLOCKS
 from asyncopt.runtimes.processes.device import DevicePlan, check_plan, place, plan_devices, restore
 from asyncopt.runtimes.processes.device_shared import gradient_slots, shared_model
 from asyncopt.runtimes.processes.lockfree import LockFreeRuntime, dump_rule
+from asyncopt.runtimes.processes.momentum import MOMENTA
 from asyncopt.runtimes.processes.pool import WorkerPool, check_picklable
 from asyncopt.runtimes.processes.servers import ServersRuntime
 from asyncopt.runtimes.processes.worker import CANCEL, worker_main
@@ -138,8 +139,9 @@ class ProcessRuntime(RealTimeSource):
 
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
-          warmup_steps: int, servers: int, layout: str, device: str, checkpoint_every: int,
-          oversubscribe: bool) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
+          warmup_steps: int, backprop: str, momentum: str, servers: int, layout: str,
+          device: str, checkpoint_every: int, oversubscribe: bool
+          ) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -153,7 +155,11 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     * ``blocks`` (lock-free only): ``whole``, ``partition`` (PASSM+) or ``random``
       (Gratton–Toint), see :mod:`.blocks`; ``block_fraction`` in (0, 1], the share of the
       tensors a random block takes; ``warmup_steps`` ≥ 0, the shared version before which
-      ``partition`` takes full-model steps only;
+      ``partition`` takes full-model steps only; ``backprop``: ``block`` (a block step forms
+      only the block's gradient, :mod:`.lockfree_worker`) or ``full`` (the whole gradient,
+      restricted to the block: the same numbers at the full cost); ``momentum``: ``shared``
+      (one heavy-ball buffer for every worker) or ``per_worker`` (each its own, as the PASSM+
+      authors' code: :mod:`.momentum`);
     * ``servers`` (server mode only): K ≥ 1 server processes, one per block (:mod:`.servers`,
       protocol ``asgd`` only); 1 = the main process is the one server; ``layout``: how the
       model is cut into the K blocks, ``tensors`` or ``ranges``
@@ -161,7 +167,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     * ``device``: ``cpu`` (default), ``cuda``, ``cuda:K``, or a list of them, one per worker
       round-robin (:mod:`.device`: written for GPUs, never run on one yet);
     * ``checkpoint_every``: write ``RUN_DIR/checkpoint.pt`` every N steps (0: never), for
-      ``asyncopt run --resume`` (server mode with one server);
+      ``asyncopt run --resume``, in every mode (lock-free: a copy under the version lock; block
+      servers: each server's snapshot at its own moment);
     * ``oversubscribe``: allow more than 4 worker and server processes per CPU this process
       may use (:mod:`asyncopt.runtimes.common.resources`; refused by default, before any
       process starts).
@@ -186,6 +193,8 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     block_fraction = check_float("runtime_options.block_fraction", block_fraction, 0.0, 1.0,
                                  strict_minimum=True)
     warmup_steps = check_int("runtime_options.warmup_steps", warmup_steps, 0)
+    backprop = check_choice("runtime_options.backprop", backprop, ("block", "full"))
+    momentum = check_choice("runtime_options.momentum", momentum, MOMENTA)
     servers = check_int("runtime_options.servers", servers, 1)
     check(isinstance(oversubscribe, bool), "runtime_options.oversubscribe", oversubscribe,
           "true or false")
@@ -193,20 +202,21 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     check_cpus(n + (servers if servers > 1 else 0), oversubscribe=oversubscribe, value=n,
                what="worker and server processes" if servers > 1 else "worker processes")
     checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
-    check(not checkpoint_every or (mode == "server" and servers == 1),
-          "runtime_options.checkpoint_every", checkpoint_every,
-          "0 with mode = 'lockfree' or servers > 1 (their checkpoints are not written yet); "
-          "checkpoints work with mode = 'server' and servers = 1")
     if plan is not None:
         check_plan(plan, device, problem, mode=mode, servers=servers)
     if mode == "server":
         check(blocks == "whole", "runtime_options.blocks", blocks,
               "'whole' with mode = 'server' (blocks are a lock-free option)")
+        check(backprop == "block", "runtime_options.backprop", backprop,
+              "'block' with mode = 'server' (block gradients are a lock-free option)")
+        check(momentum == "shared", "runtime_options.momentum", momentum,
+              "'shared' with mode = 'server' (the server holds the one optimizer state)")
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
             engine: Any = ServersRuntime(problem, speed, seed, **common, servers=servers,
                                          layout=check_choice("runtime_options.layout", layout,
-                                                             CUTS))
+                                                             CUTS),
+                                         checkpoint_every=checkpoint_every)
             engine.serverless = ("runtime_options.servers", servers)
             # the servers' blocks and a gradient slot per worker in /dev/shm
             engine.footprint = Footprint(computing=0, processes=n, servers=servers,
@@ -224,9 +234,13 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
     engine = LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
                              block_fraction=block_fraction, warmup_steps=warmup_steps,
-                             devices=plan)
+                             backprop=backprop, momentum=momentum,
+                             checkpoint_every=checkpoint_every, devices=plan)
     engine.serverless = ("runtime_options.mode", "lockfree")
-    # the shared model and the rule's shared state in /dev/shm
-    engine.footprint = Footprint(computing=0, processes=n, shared_models=1 if plan is None else 0,
+    # the shared model (and with per-worker momentum each worker's buffers) and the rule's
+    # shared state in /dev/shm
+    per_worker = n if momentum == "per_worker" else 0
+    engine.footprint = Footprint(computing=0, processes=n,
+                                 shared_models=(1 + per_worker) if plan is None else 0,
                                  shared_state=plan is None)
     return engine

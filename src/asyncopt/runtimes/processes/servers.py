@@ -39,11 +39,13 @@ go on; a dead server fails the run (its block is gone). Every process is stopped
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
 
 from asyncopt import tree
@@ -64,25 +66,31 @@ from asyncopt.runtimes.processes.pool import WorkerPool
 from asyncopt.runtimes.processes.servers_worker import servers_worker_main
 from asyncopt.runtimes.processes.watch import Watcher
 from asyncopt.runtimes.processes.worker import STOP, guarded
-from asyncopt.runtimes.source import Event, Failed
+from asyncopt.runtimes.snapshot import rule_leaves, with_rule_leaves
+from asyncopt.runtimes.source import Copy, Event, Failed
 from asyncopt.tree import Params
 
 _PARENT_CHECK = 1.0  # seconds between a server's checks that the main process is still there
+_SNAPSHOT_TIMEOUT = 30.0  # seconds a server gets to answer a checkpoint's request
+SNAPSHOT = -2  # the command that asks a server for its snapshot
 
 
 class ServersRuntime(Watcher):
     """K server processes (one per block of tensors) and N worker processes."""
 
     def __init__(self, problem: Problem, speed: Any, seed: int, *, start_method: str,
-                 time_scale: float, startup_timeout: float, servers: int, layout: str) -> None:
+                 time_scale: float, startup_timeout: float, servers: int, layout: str,
+                 checkpoint_every: int) -> None:
         super().__init__(problem)
         self.start_method, self.startup_timeout = start_method, startup_timeout
         self.num_servers, self.cut = servers, layout
+        self.checkpoint_every = checkpoint_every
         self._server: Any = None
         self.options = {"speed": speed, "seed": seed, "time_scale": time_scale}
 
     def open(self, coordinator: Coordinator) -> None:
-        """Share the blocks, start the servers and the workers."""
+        """Share the blocks, start the servers (from a checkpoint's blocks, when resumed: the
+        server's params are their blocks side by side) and the workers."""
         self._server = server = coordinator.protocol.server
         require_serverless(coordinator.protocol, "runtime_options.servers", self.num_servers)
         layout = Layout(server.params, self.num_servers, self.cut)
@@ -93,9 +101,10 @@ class ServersRuntime(Watcher):
         server.params = tree.unflatten(flat, like)
         blocks = [tree.unflatten(flat[lo:hi], common_like(pieces))
                   for (lo, hi), pieces in zip(layout.ranges(), layout.pieces, strict=True)]
+        saved = coordinator.blocks or [None] * self.num_servers  # checked against this layout
         models = [SharedModel(template(block)) for block in blocks]
-        for model, block in zip(models, blocks, strict=True):
-            model.publish(block, server.version)
+        for model, block, snapshot in zip(models, blocks, saved, strict=True):
+            model.publish(block, server.version if snapshot is None else snapshot["version"])
         server.counter = LeastVersion(models)
         starts = layout.bounds[:-1]
         slots = GradientSlots(like, self.problem.num_workers)
@@ -110,7 +119,7 @@ class ServersRuntime(Watcher):
             self.servers = WorkerPool(
                 self.num_servers, server_main, (rule, slots), start_method=self.start_method,
                 role="server", own=[(blocks[b], models[b], starts[b],
-                                     [pipes[w][b][1] for w in range(len(pipes))])
+                                     [pipes[w][b][1] for w in range(len(pipes))], saved[b])
                                     for b in range(self.num_servers)])
             self.pool = WorkerPool(
                 self.problem.num_workers, servers_worker_main,
@@ -140,6 +149,26 @@ class ServersRuntime(Watcher):
         super().stop()
         self.check()  # a server's error that ended the workers is raised, not lost
 
+    def snapshot(self) -> Copy | None:
+        """Each server's block, rule state and version, copied by the server at its own moment
+        between two of its steps (the servers do not pause for each other, as the evaluations'
+        reads of the blocks); None if a server does not answer (it died: the run fails)."""
+        for conn in self.servers.conns:
+            conn.send((SNAPSHOT, 0.0))
+        blocks = []
+        for conn in self.servers.conns:
+            try:
+                if not conn.poll(_SNAPSHOT_TIMEOUT):
+                    return None
+                kind, snapshot = conn.recv()
+            except (EOFError, OSError):
+                return None
+            if kind != "snapshot":  # an error: the next check raises it
+                return None
+            blocks.append({**torch.load(io.BytesIO(snapshot), weights_only=True),
+                           "layout": self.cut})
+        return Copy(blocks=blocks)
+
     def server_versions(self) -> list[int] | None:
         counter = self._server.counter
         return [model.latest for model in counter.models] if isinstance(
@@ -157,20 +186,25 @@ class ServersRuntime(Watcher):
 
 
 def server_main(index: int, conn: Connection, rule: bytes, slots: GradientSlots, params: Params,
-                model: SharedModel, start: int, workers: list[Connection]) -> None:
+                model: SharedModel, start: int, workers: list[Connection],
+                saved: dict[str, Any] | None) -> None:
     """Entry point of server process ``index``: serve block ``params`` (flat offset ``start``
-    in the gradient slots) to the workers on ``workers`` until STOP."""
+    in the gradient slots) to the workers on ``workers`` until STOP; ``saved``: the block's
+    snapshot in a checkpoint, whose rule state and version it goes on from."""
     guarded(conn, lambda: _Server(conn, pickle.loads(rule), slots, params, model, start,
-                                  workers).loop())
+                                  workers, saved).loop())
 
 
 class _Server:
     def __init__(self, conn: Connection, rule: Any, slots: GradientSlots, params: Params,
-                 model: SharedModel, start: int, workers: list[Connection]) -> None:
+                 model: SharedModel, start: int, workers: list[Connection],
+                 saved: dict[str, Any] | None) -> None:
         self.conn, self.slots, self.model, self.start = conn, slots, model, start
         self.like = template(params)
         # the one step path, in place on the block, on the block's own version counter
         self.stepper = Stepper(params, rule, in_place=True, counter=Counter(model.latest))
+        if saved is not None:
+            self.stepper.state = with_rule_leaves(self.stepper.state, saved["rule_state"])
         self.workers = {end: worker for worker, end in enumerate(workers)}
         self.parent = os.getppid()
 
@@ -179,8 +213,11 @@ class _Server:
         while True:
             for ready in wait([self.conn, *self.workers], _PARENT_CHECK):
                 if ready is self.conn:
-                    if self.conn.recv()[0] == STOP:
+                    command = self.conn.recv()[0]
+                    if command == STOP:
                         return
+                    if command == SNAPSHOT:
+                        self.conn.send(("snapshot", self.snapshot()))
                     continue
                 try:
                     ready.send(self._step(self.workers[ready], ready.recv()))
@@ -188,6 +225,15 @@ class _Server:
                     del self.workers[ready]
             if os.getppid() != self.parent:
                 return  # re-parented: the main process died
+
+    def snapshot(self) -> bytes:
+        """Copies of the block, the rule's state for it and the version, saved as a checkpoint
+        saves them (the bytes travel by value, not through shared memory as tensors would)."""
+        buffer = io.BytesIO()
+        torch.save({"block": tree.flatten(self.stepper.params).clone(),  # not its storage
+                    "rule_state": rule_leaves(self.stepper.state),
+                    "version": self.stepper.version}, buffer)
+        return buffer.getvalue()
 
     def _step(self, worker: int, read: int) -> tuple[int, int, bool]:
         grads = self.slots.view(worker, self.start, self.like)

@@ -84,10 +84,14 @@ class Watcher(RealTimeSource):
                 ended.append(Lost(worker, f"worker process {worker} died (exit code {code})"))
             else:
                 raise RuntimeError(f"worker process {worker} raised:\n{payload[0]}")
-        if self.log is not None:  # read after the pipes: a loop's rows are all in before "idle"
-            for worker in range(self.problem.num_workers):
-                found += self._applied(worker, self.log.take(worker))
-        return found + ended
+        return found + self.logged() + ended  # the log after the pipes: rows precede "idle"
+
+    def logged(self) -> list[Event]:
+        """The rows the workers wrote into the step log since the last call (lock-free mode)."""
+        if self.log is None:
+            return []
+        return [event for worker in range(self.problem.num_workers)
+                for event in self._applied(worker, self.log.take(worker))]
 
     def _applied(self, worker: int, rows: list[Row]) -> list[Event]:
         counts = self.block_steps[worker]

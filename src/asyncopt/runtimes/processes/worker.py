@@ -37,6 +37,7 @@ import torch
 from asyncopt import tree
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.generators import worker_generators
+from asyncopt.runtimes.common.padding import Padding
 from asyncopt.runtimes.common.shared import GradientSlots, SharedCounters, SharedModel
 from asyncopt.runtimes.processes.device import local_device
 from asyncopt.runtimes.signals import ignore_in_worker
@@ -81,7 +82,8 @@ class _Worker:
     def __init__(self, worker: int, conn: Connection, problem: Problem, model: SharedModel,
                  slots: GradientSlots, speed: Any, seed: int, time_scale: float) -> None:
         self.worker, self.conn, self.problem = worker, conn, problem
-        self.model, self.slots, self.speed, self.time_scale = model, slots, speed, time_scale
+        self.model, self.slots = model, slots
+        self.padding = Padding(speed, worker, time_scale)
         self.generator = worker_generators(seed, problem.num_workers)[worker]
         self.flat = torch.empty_like(model.slots[0], device=local_device())  # None: the slots'
         self.params = tree.unflatten(self.flat, model.like)  # views into ``flat``
@@ -103,11 +105,8 @@ class _Worker:
         start = time.perf_counter()
         version, retries = self.model.read(self.flat)
         loss, grads = self.gradient(self.generator)
-        if self.time_scale > 0.0:
-            target = self.time_scale * self.speed.compute_time(self.worker, now)
-            rest = target - (time.perf_counter() - start)
-            if rest > 0.0 and self.conn.poll(rest):
-                return self.conn.recv()  # cancelled, restarted or stopped while padding
+        if not self.padding.wait(start, now, self.conn.poll):
+            return self.conn.recv()  # cancelled, restarted or stopped while padding
         self.slots.write(self.worker, grads)
         self.conn.send(("grad", job, version, float(loss), time.perf_counter() - start, retries))
         return self._next_command()
@@ -130,7 +129,7 @@ class ReportingWorker:
     def __init__(self, worker: int, conn: Connection, problem: Problem, counters: SharedCounters,
                  options: dict[str, Any]) -> None:
         self.worker, self.conn, self.problem, self.counters = worker, conn, problem, counters
-        self.speed, self.time_scale = options["speed"], options["time_scale"]
+        self.padding = Padding(options["speed"], worker, options["time_scale"])
         self.max_version = options["max_version"]
         self.generator = worker_generators(options["seed"], problem.num_workers)[worker]
         self.parent = os.getppid()
@@ -173,12 +172,7 @@ class ReportingWorker:
     def pad(self, start: float, now: float) -> bool:
         """Wait until the emulated compute time ``time_scale × τ_i(now)`` since ``start`` has
         passed; answer False if a command came meanwhile (the gradient is then abandoned)."""
-        if self.time_scale > 0.0:
-            rest = self.time_scale * self.speed.compute_time(self.worker, now) - (
-                time.perf_counter() - start)
-            if rest > 0.0 and self.conn.poll(rest):
-                return False
-        return True
+        return self.padding.wait(start, now, self.conn.poll)
 
     def report(self, action: str, version: int, delay: int, loss: float, start: float,
                kind: str) -> None:

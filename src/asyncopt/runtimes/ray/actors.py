@@ -34,6 +34,7 @@ import torch
 from asyncopt import tree
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.generators import worker_generators
+from asyncopt.runtimes.common.padding import Padding
 from asyncopt.runtimes.ray import shm
 from asyncopt.runtimes.ray.servers import view
 from asyncopt.tree import Params
@@ -50,7 +51,8 @@ class GradientWorker:
                  time_scale: float) -> None:
         torch.set_num_threads(1)
         like: Params = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
-        self.problem, self.worker, self.speed, self.time_scale = problem, worker, speed, time_scale
+        self.problem, self.worker = problem, worker
+        self.padding = Padding(speed, worker, time_scale)
         self.generator = worker_generators(seed, problem.num_workers)[worker]
         self.like = like
         self.grad = torch.empty(tree.numel(like), dtype=next(iter(like.values())).dtype)
@@ -88,7 +90,7 @@ class GradientWorker:
         loss, grads = self.problem.loss_and_grad(
             tree.unflatten(shared.models.buffers[self.slot], self.like), self.worker,
             self.generator)
-        self.pad(start, now)
+        self.padding.wait(start, now)
         shared.grads.write(self.slot, grads)
         return None, version, float(loss), time.perf_counter() - start
 
@@ -100,17 +102,8 @@ class GradientWorker:
             warnings.simplefilter("ignore", UserWarning)  # simulator hands them the server's)
             params = tree.unflatten(torch.from_numpy(model), self.like)
         loss, grads = self.problem.loss_and_grad(params, self.worker, self.generator)
-        self.pad(start, now)
+        self.padding.wait(start, now)
         return flat_numpy(grads, self.grad), version, float(loss), time.perf_counter() - start
-
-    def pad(self, start: float, now: float) -> None:
-        """Emulate a slow machine: sleep until ``time_scale × τ_i(now)`` seconds have passed
-        since ``start``."""
-        if self.time_scale > 0.0:
-            rest = (self.time_scale * self.speed.compute_time(self.worker, now)
-                    - (time.perf_counter() - start))
-            if rest > 0.0:
-                time.sleep(rest)
 
     def pid(self) -> int:
         return os.getpid()
@@ -156,7 +149,7 @@ class ShardWorker(GradientWorker):
                 start = time.perf_counter()
                 loss, grads = self.problem.loss_and_grad(tree.unflatten(flat, self.like),
                                                          self.worker, self.generator)
-                self.pad(start, start - began)
+                self.padding.wait(start, start - began)
                 if not (math.isfinite(loss) and tree.all_finite(grads)):
                     rows.append(("reject", min(reads), 0, float(loss),
                                  time.perf_counter() - start))

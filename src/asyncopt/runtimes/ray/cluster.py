@@ -1,103 +1,178 @@
-"""Where the Ray runtime runs: an embedded local Ray, or an existing cluster at an address.
+"""Which Ray a run uses, by Ray's own rules for ``address``; connected before anything is
+written.
 
-* no address: ``ray.init`` starts a local Ray for this run only (no dashboard, no usage
-  reporting) and every server it opens listens on the loopback interface only. Ray resolves
-  ``127.0.0.1`` to the machine's network address unless its cluster mode is off, so the
-  embedded Ray is started with that mode off (the switch Ray itself uses on laptops,
-  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: node address = loopback), for the ``ray.init``
-  call only; ``tests/test_ray.py`` checks with ``ss -ltn``.
-* ``address = "HOST:PORT"``: join a cluster started with ``ray start --head``. Ray 2.60 turns
-  token authentication on for ``ray start --head``, but a driver that joins an explicit
-  address never sends a token unless told to (Ray's choice: a token is not offered to any
-  address): start Python with ``RAY_AUTH_MODE=token`` and the cluster's token
-  (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``). Ray reads the mode
-  when it is imported, so set it in the environment, not from Python.
+``runtime_options.address`` means what ``ray.init(address=...)`` means, except that the
+default never joins a cluster by accident:
 
-A Ray that was already initialized in this process (a notebook, a test fixture) is used as it
-is and left running; one started here is shut down when the run ends, whatever ends it.
+* ``""`` (default): ``RAY_ADDRESS`` when it is set (so ``ray job submit -- asyncopt run ...``
+  uses the job's cluster), otherwise a private local Ray (:mod:`.local`);
+* ``"local"``: a private local Ray, whatever ``RAY_ADDRESS`` says;
+* ``"auto"``: the running cluster: ``RAY_ADDRESS``, else the last ``ray start`` on this
+  machine; an error when there is none;
+* ``"HOST:PORT"`` (a head's GCS, as ``ray start --head`` prints it) or ``"ray://HOST:PORT"``
+  (Ray Client).
+
+The address is checked before a run directory gets anything: its form, then a TCP
+connection (seconds, not Ray's minutes of retries), then ``ray.init`` itself, all in the
+runtime's ``build``; a failure is a ConfigError naming the field (or ``RAY_ADDRESS``).
+Ray turns a loopback host into the machine's network address unless its loopback mode is on
+(:mod:`.local`), so that is the address checked. ``runtime_options.runtime_env`` goes to
+``ray.init`` (the job's runtime environment: ``working_dir``, ``py_modules``, ``pip``,
+``env_vars``, ...); ``ray job submit --runtime-env-json`` merges with it as Ray merges them.
+
+Token authentication: Ray 2.60's ``ray start --head`` turns it on, and a driver that joins an
+explicit address sends a token only when told to: start Python with ``RAY_AUTH_MODE=token``
+and the cluster's token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token``); Ray reads the mode when it is imported. Jobs that ``ray job submit``
+starts inherit the cluster's setting.
+
+A Ray already initialized in this process (a notebook, a test fixture) is used as it is and
+left running; one connected or started here is shut down when the run ends.
 """
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from asyncopt.errors import ConfigError
+from asyncopt.runtimes.ray import local
+
+FORMS = ("'' (RAY_ADDRESS if set, else a private local Ray), 'local', 'auto' (the running "
+         "cluster), 'HOST:PORT' of a Ray head or 'ray://HOST:PORT'")
+_TOKEN = ("A cluster started with `ray start` checks a token: start Python with "
+          "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+          "or ~/.ray/auth_token).")
 
 
-def import_ray() -> Any:
-    """``ray``, imported here only (it is the optional ``asyncopt[ray]`` extra)."""
-    try:
-        import ray
-    except ImportError as error:
-        raise ConfigError("runtime", "ray", "an installed Ray: pip install 'asyncopt[ray]'"
-                          ) from error
-    return ray
+@dataclass(frozen=True)
+class Target:
+    """What ``ray.init`` gets (``"local"``: a private local Ray) and the setting it came
+    from (``runtime_options.address`` or ``RAY_ADDRESS``), for errors."""
+
+    address: str
+    field: str = "runtime_options.address"
+
+    @property
+    def private(self) -> bool:
+        return self.address == "local"
 
 
-def check_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` reachable over TCP, or a ConfigError naming it (fails in seconds, not after
-    Ray's minute of retries)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError("runtime_options.address", address,
-                          "'' (start a local Ray) or 'HOST:PORT' of a running Ray head")
+def target(address: Any) -> Target:
+    """The Ray that ``address`` names, checked as far as it can be without Ray."""
+    field = "runtime_options.address"
+    if not isinstance(address, str):
+        raise ConfigError(field, address, FORMS)
+    if address == "" and os.environ.get("RAY_ADDRESS"):
+        address, field = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    if address in ("", "local"):
+        return Target("local", field)
+    if address == "auto":
+        found = os.environ.get("RAY_ADDRESS") or _last_started()
+        if os.environ.get("RAY_ADDRESS"):
+            field = "RAY_ADDRESS"
+        if not found:
+            raise ConfigError(field, address, "a running Ray cluster: none was found (RAY_ADDRESS "
+                              "is unset and no `ray start --head` on this machine is recorded)")
+        reachable(found, field)
+        return Target("auto", field)
+    reachable(address, field)
+    return Target(address, field)
+
+
+def reachable(address: str, field: str) -> None:
+    """``[ray://]HOST:PORT`` that accepts a TCP connection, or a ConfigError naming it."""
+    scheme, sep, rest = address.rpartition("://")
+    host, colon, port = rest.rpartition(":")
+    if (sep and scheme != "ray") or not colon or not host or not port.isdigit():
+        hint = " (http:// is the dashboard's address, for `ray job submit`)" \
+            if scheme in ("http", "https") else ""
+        raise ConfigError(field, address, FORMS + hint)
+    host = host.strip("[]")
+    if not sep and host in ("127.0.0.1", "localhost", "::1"):
+        host = _loopback_as_ray_sees_it(host)
     try:
         socket.create_connection((host, int(port)), timeout=5.0).close()
     except OSError as error:
-        raise ConfigError("runtime_options.address", address,
-                          f"the address of a running Ray head (ray start --head); it cannot be "
-                          f"reached: {error}") from error
-    return host, int(port)
+        raise ConfigError(field, address, f"the address of a running Ray head (ray start "
+                          f"--head); it cannot be reached at {host}:{port}: {error}") from error
+
+
+def _loopback_as_ray_sees_it(host: str) -> str:
+    """Ray joins ``127.0.0.1:PORT`` at the machine's network address (unless its loopback
+    mode is on): the host it will actually connect to."""
+    return local.import_ray().util.get_node_ip_address()
+
+
+def _last_started() -> str | None:
+    """The address the last ``ray start --head`` on this machine recorded for ``"auto"``."""
+    root = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    try:
+        return (Path(root) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
 
 
 @contextmanager
-def connected(address: str, num_cpus: int | None = None) -> Iterator[Any]:
-    """Ray, connected for the duration of the block: embedded (``address == ""``), joined, or
-    the one already running in this process."""
-    ray = import_ray()
+def connected(where: Target, num_cpus: int,
+              runtime_env: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """Ray for the duration of the block: started (private), joined, or the one already
+    running in this process; answer ``ray``."""
+    ray = local.import_ray()
     if ray.is_initialized():
+        if runtime_env:
+            raise ConfigError("runtime_options.runtime_env", dict(runtime_env),
+                              "{} when Ray is already initialized in this process: pass the "
+                              "runtime_env to your own ray.init")
         yield ray
         return
-    if address:
-        check_address(address)
-        try:
-            ray.init(address=address, configure_logging=False)
-        except ConnectionError as error:
-            raise ConfigError(
-                "runtime_options.address", address,
-                f"a Ray cluster this driver may join. A cluster started with `ray start` checks "
-                f"a token: start Python with RAY_AUTH_MODE=token and the cluster's token "
-                f"(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Ray said: "
-                f"{str(error)[:300]}") from error
-    else:
-        start_local(num_cpus)
+    if where.private:
+        with local.private_ray(num_cpus, runtime_env) as ray:
+            yield ray
+        return
+    try:
+        ray.init(address=where.address, runtime_env=dict(runtime_env) if runtime_env else None,
+                 configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        ray.shutdown()
+        raise ConfigError(where.field, where.address, f"a Ray cluster this driver may join. "
+                          f"{_TOKEN} Ray said: {error}") from error
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def start_local(num_cpus: int | None = None) -> Any:
-    """Start an embedded Ray on the loopback interface (no dashboard); answer ``ray``."""
-    ray = import_ray()
-    from ray._private import ray_constants
+def start_local(num_cpus: int) -> None:
+    """Start a private local Ray that the caller shuts down with ``ray.shutdown()`` (for
+    fixtures that share one Ray among many runs; :func:`.local.start`)."""
+    local.start(num_cpus)
 
-    # Ray's loopback mode, for this process only: the node address it resolves (and passes
-    # to every process it starts) is 127.0.0.1. The environment variable would leak into
-    # child processes, where it breaks a later `ray start --address` (a multi-node start).
-    clustered, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+
+def check_runtime_env(runtime_env: Any) -> dict[str, Any]:
+    """``runtime_options.runtime_env`` as Ray accepts it (a table of Ray's runtime_env
+    fields), or a ConfigError with Ray's reason."""
+    field = "runtime_options.runtime_env"
+    if not isinstance(runtime_env, Mapping):
+        raise ConfigError(field, runtime_env, "a table of Ray runtime_env fields (working_dir, "
+                          "py_modules, pip, env_vars, ...)")
+    if not runtime_env:
+        return {}
+    from ray.runtime_env import RuntimeEnv
+
+    known = sorted(f for f in RuntimeEnv.known_fields if not f.startswith("_"))
+    unknown = sorted(set(runtime_env) - set(known))
+    if unknown:  # Ray would take them for plugins and ignore them
+        raise ConfigError(f"{field}.{unknown[0]}", runtime_env[unknown[0]],
+                          f"a field of Ray's runtime_env: {', '.join(known)}")
     try:
-        # "local": always a new Ray, never one that `ray start` left running on this machine
-        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
-                 configure_logging=False)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = clustered
-    return ray
-
-
-def free_cpus(ray: Any) -> float:
-    """CPUs the cluster has in all (actors of finished runs give theirs back)."""
-    return float(ray.cluster_resources().get("CPU", 0.0))
+        RuntimeEnv(**runtime_env)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(field, dict(runtime_env), f"a Ray runtime_env: {error}") from error
+    return dict(runtime_env)

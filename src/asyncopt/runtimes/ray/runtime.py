@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
 from contextlib import ExitStack
 from typing import Any
 
-import numpy as np
 import torch
 
 from asyncopt import tree
@@ -52,7 +52,7 @@ from asyncopt.errors import ConfigError, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.layout import CUTS
 from asyncopt.runtimes.coordinator import Coordinator
-from asyncopt.runtimes.ray import actors, cluster, shm
+from asyncopt.runtimes.ray import actors, cluster, local, placement, shm
 from asyncopt.runtimes.source import (
     Arrived,
     Event,
@@ -75,13 +75,15 @@ class RayRuntime(RealTimeSource):
 
     name = "ray"
 
-    def __init__(self, problem: Problem, speed: Any, seed: int, *, address: str,
+    def __init__(self, problem: Problem, speed: Any, seed: int, *, target: cluster.Target,
                  time_scale: float, max_restarts: int, checkpoint_every: int,
                  worker_cpus: float, placement: str, startup_timeout: float,
-                 transport: str = "auto") -> None:
+                 transport: str = "auto", runtime_env: dict[str, Any] | None = None,
+                 num_cpus: int = 1) -> None:
         super().__init__()
         self.problem, self.speed, self.seed = problem, speed, seed
-        self.address, self.time_scale = address, time_scale
+        self.target, self.time_scale = target, time_scale
+        self.runtime_env, self.num_cpus = runtime_env or {}, num_cpus
         self.max_restarts, self.checkpoint_every = max_restarts, checkpoint_every
         self.worker_cpus, self.placement = worker_cpus, placement
         self.startup_timeout = startup_timeout
@@ -93,50 +95,60 @@ class RayRuntime(RealTimeSource):
         self._lost: set[int] = set()
         self._models: dict[int, Any] = {}  # version -> object ref of its flat model
         self._stack = ExitStack()
+        # a run refused after its runtime was built (it never opens) disconnects too
+        self._disconnect = weakref.finalize(self, self._stack.close)
+        self.reservation: placement.Reservation | None = None
         self.transport = transport
         self.shm = shm.SharedTransport(problem.num_workers)
 
     def open(self, coordinator: Coordinator) -> None:
-        """Connect to Ray, start the worker actors, wait until they are ready."""
-        self.ray = ray = self.connect()
+        """Reserve the workers' CPUs, start the worker actors, wait until they are ready."""
+        ray = self.ray
         self._like = coordinator.protocol.server.params  # the layout gradients come back in
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in self._like.items()}
-        remote = ray.remote(actors.GradientWorker).options(
-            num_cpus=self.worker_cpus, max_restarts=self.max_restarts, max_task_retries=0,
-            scheduling_strategy=self.placement.upper())
+        remote = ray.remote(actors.GradientWorker)
+        options = dict(max_restarts=self.max_restarts, max_task_retries=0)
         # one copy in the object store for every actor, kept alive by this reference until
         # close: a restarted actor is built from it again
         self._problem_ref = ray.put(self.problem)
-        self.workers = [remote.remote(self._problem_ref, w, shapes, self.speed, self.seed,
-                                      self.time_scale) for w in range(self.problem.num_workers)]
+        self.workers = [self.place(remote, w, **options).remote(
+            self._problem_ref, w, shapes, self.speed, self.seed, self.time_scale)
+            for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
         if self.transport == "auto":
             self.shm.open(ray, self.workers, self.nodes, shapes)
         self.clock.reset(coordinator.now)  # a resumed run goes on on its clock
 
-    def connect(self) -> Any:
-        """Ray, connected until :meth:`close`, with room for the worker actors."""
-        n = self.problem.num_workers
-        ray = self._stack.enter_context(cluster.connected(
-            self.address, num_cpus=None if self.address else
-            max(1, int(np.ceil(n * self.worker_cpus)))))
-        cpus = cluster.free_cpus(ray)
-        if n * self.worker_cpus > cpus:
-            raise ConfigError("workers", n, f"at most {int(cpus // self.worker_cpus)} worker "
-                              f"actors: the Ray cluster has {cpus:g} CPUs and each worker takes "
-                              f"runtime_options.worker_cpus = {self.worker_cpus:g}")
-        return ray
+    def connect(self) -> None:
+        """Connect to Ray (or start a private one) until :meth:`close`; called by
+        :func:`build`, before the run writes anything, so a Ray that cannot be joined is a
+        ConfigError that leaves no run directory."""
+        self.ray = self._stack.enter_context(cluster.connected(
+            self.target, self.num_cpus, self.runtime_env))
+
+    def place(self, remote: Any, worker: int, **options: Any) -> Any:
+        """The actor class ``remote`` with ``options``, in worker ``worker``'s bundle of the
+        run's placement group (``worker_cpus`` CPUs), reserved (all the workers' CPUs at
+        once) on the first call (:mod:`.placement`)."""
+        if self.reservation is None:
+            self.reservation = placement.Reservation(
+                self.ray, self.problem.num_workers, self.worker_cpus, self.placement)
+            self.reservation.wait(self.startup_timeout)
+        return remote.options(num_cpus=self.worker_cpus, **options,
+                              scheduling_strategy=self.reservation.strategy(worker))
 
     def close(self) -> None:
         try:
             if self.workers:
                 for worker in self.workers:
                     self.ray.kill(worker, no_restart=True)
+            if self.reservation is not None:
+                self.reservation.remove()
             self._models.clear()
             self._problem_ref = None
             self.shm.close()
         finally:
-            self._stack.close()
+            self._disconnect()
 
     def _wait_ready(self, ray: Any) -> None:
         refs = [worker.ready.remote() for worker in self.workers]
@@ -250,17 +262,25 @@ class RayRuntime(RealTimeSource):
 
 def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,
           max_restarts: int, checkpoint_every: int, worker_cpus: float, placement: str,
-          startup_timeout: float, servers: int, layout: str, transport: str) -> RayRuntime:
+          startup_timeout: float, servers: int, layout: str, transport: str,
+          oversubscribe: bool, runtime_env: dict[str, Any]) -> RayRuntime:
     """The runtime registry's constructor for ``runtime = "ray"``; options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`):
 
-    * ``address``: ``""`` starts a local Ray on 127.0.0.1; ``"HOST:PORT"`` joins a cluster;
+    * ``address``: which Ray, by Ray's rules (:mod:`.cluster`): ``""`` = ``RAY_ADDRESS`` or a
+      private local Ray on 127.0.0.1, ``"local"``, ``"auto"``, ``"HOST:PORT"``, ``"ray://..."``;
+    * ``runtime_env``: Ray's runtime environment for the run (``working_dir``,
+      ``py_modules``, ``pip``, ``env_vars``): how asyncopt and the model code reach a
+      cluster's nodes;
+    * ``oversubscribe``: let a private local Ray have more worker CPUs than this process may
+      use (refused otherwise, before anything starts);
     * ``time_scale``: wall seconds per speed-model unit (0: no emulated slowdown);
     * ``max_restarts``: how often Ray restarts a dead worker actor (-1: always);
     * ``checkpoint_every``: write the server state every N steps (0: never);
     * ``worker_cpus``: CPUs each worker actor reserves (fractions allowed);
     * ``placement``: ``spread`` (over nodes) or ``default`` (Ray packs);
-    * ``startup_timeout``: seconds the actors get to start;
+    * ``startup_timeout``: seconds the workers' CPUs may take to be reserved (a placement
+      group, :mod:`.placement`) and the actors to start;
     * ``transport``: ``auto`` = shared memory for worker actors on the driver's node, the
       object store for the others (:mod:`.shm`); ``object_store`` = the object store for all;
     * ``servers``: 1 = the driver is the one server (every protocol, restarts, checkpoints);
@@ -269,12 +289,11 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
     * ``layout``: how K block servers cut the model, ``tensors`` or ``ranges``
       (:class:`~asyncopt.runtimes.common.layout.Layout`, the same in the processes runtime).
     """
-    if not isinstance(address, str):
-        raise ConfigError("runtime_options.address", address, "'' or 'HOST:PORT'")
-    if address:
-        cluster.check_address(address)
+    target = cluster.target(address)
+    if not isinstance(oversubscribe, bool):
+        raise ConfigError("runtime_options.oversubscribe", oversubscribe, "true or false")
     options = dict(
-        address=address,
+        target=target,
         time_scale=check_float("runtime_options.time_scale", time_scale, 0.0),
         max_restarts=check_int("runtime_options.max_restarts", max_restarts, -1),
         checkpoint_every=check_int("runtime_options.checkpoint_every", checkpoint_every, 0),
@@ -283,11 +302,20 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
         placement=check_choice("runtime_options.placement", placement, ("default", "spread")),
         startup_timeout=check_float("runtime_options.startup_timeout", startup_timeout, 0.0,
                                     strict_minimum=True),
-        transport=check_choice("runtime_options.transport", transport, TRANSPORTS))
+        transport=check_choice("runtime_options.transport", transport, TRANSPORTS),
+        runtime_env=cluster.check_runtime_env(runtime_env))
     servers = check_int("runtime_options.servers", servers, 1)
     if servers == 1:
-        return RayRuntime(problem, speed, seed, **options)
-    from asyncopt.runtimes.ray.sharded import ShardedRuntime
+        runtime = RayRuntime(problem, speed, seed, **options)
+    else:
+        from asyncopt.runtimes.ray.sharded import ShardedRuntime
 
-    return ShardedRuntime(problem, speed, seed, servers=servers,
-                          layout=check_choice("runtime_options.layout", layout, CUTS), **options)
+        runtime = ShardedRuntime(problem, speed, seed, servers=servers,
+                                 layout=check_choice("runtime_options.layout", layout, CUTS),
+                                 **options)
+    if target.private and not local.import_ray().is_initialized():
+        # before Ray starts: a private local Ray has room for the workers, or is refused
+        runtime.num_cpus = local.check_fits(problem.num_workers, runtime.worker_cpus,
+                                            oversubscribe)
+    runtime.connect()
+    return runtime

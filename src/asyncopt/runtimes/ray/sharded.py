@@ -48,7 +48,7 @@ from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.ray import actors
 from asyncopt.runtimes.ray.runtime import RayRuntime
 from asyncopt.runtimes.ray.servers import BlockServer
-from asyncopt.runtimes.source import Applied, Ended, Event, Failed, Lost
+from asyncopt.runtimes.source import Applied, Copy, Ended, Event, Failed, Lost
 from asyncopt.tree import Params
 
 
@@ -73,7 +73,7 @@ class ShardedRuntime(RayRuntime):
         self.layout = layout = Layout(server.params, self.num_servers, self.cut)
         steps = coordinator.budget.steps
         self._max_version = steps if steps is not None else 2**62
-        self.ray = ray = self.connect()
+        ray = self.ray
         flat = tree.flatten(server.params).detach().numpy()
         rule = ray.put(server.rule)
         self.servers = [ray.remote(BlockServer).options(num_cpus=0, max_restarts=0).remote(
@@ -84,11 +84,10 @@ class ShardedRuntime(RayRuntime):
                      in zip(self.servers, coordinator.blocks, strict=True)])
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in server.params.items()}
         shared = ray.put(self.problem)
-        remote = ray.remote(actors.ShardWorker).options(
-            num_cpus=self.worker_cpus, max_restarts=0,
-            scheduling_strategy=self.placement.upper())
-        self.workers = [remote.remote(shared, w, shapes, self.speed, self.seed,
-                                      self.time_scale) for w in range(self.problem.num_workers)]
+        remote = ray.remote(actors.ShardWorker)
+        self.workers = [self.place(remote, w, max_restarts=0).remote(
+            shared, w, shapes, self.speed, self.seed, self.time_scale)
+            for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
         # the model's version: the largest least block version that a worker reported
         self.reported = Reported(server.version)
@@ -145,13 +144,13 @@ class ShardedRuntime(RayRuntime):
         except self.ray.exceptions.RayActorError:
             return None  # a dead server: the run has failed
 
-    def snapshot(self) -> list[dict[str, Any]] | None:
+    def snapshot(self) -> Copy | None:
         """Each server's block, rule state and version, read at its own moment."""
         try:
             snapshots = self.ray.get([server.snapshot.remote() for server in self.servers])
         except self.ray.exceptions.RayActorError:
             return None  # a dead server: a worker reports it and the run fails
-        return [{**snapshot, "layout": self.cut} for snapshot in snapshots]
+        return Copy(blocks=[{**snapshot, "layout": self.cut} for snapshot in snapshots])
 
     def close(self) -> None:
         coordinator = self._coordinator
