@@ -5,12 +5,15 @@ A **run directory** of a real run (processes, Ray) gives, for each gradient the 
 
 * ``compute_time`` c_j, the worker's own seconds for the gradient;
 * the **communication latency** ℓ_j: the recorded ``latency`` L_j (from the job's start to the
-  start of its handling, on the driver's clock) less the time w_j that the gradient waited
-  while the server handled others. The server was busy during [now_i, now_i + s_i] for each
-  handled row i (s_i its ``server_time``), so with B(t) the busy seconds in [0, t],
-  w_j = B(now_j) − B(now_j − L_j) and ℓ_j = max(0, L_j − w_j). The simulator queues arrivals
-  behind its own server (:mod:`asyncopt.runtimes.sim.loop`), so replaying L_j whole would count
-  the queue twice. Evaluations pause the server too but are not in s_i: their wait stays in ℓ_j;
+  start of its handling, on the driver's clock) without the time the gradient queued while the
+  server handled others: the simulator queues arrivals behind its own server
+  (:mod:`asyncopt.runtimes.sim.loop`), so replaying L_j whole would count the queue twice. The
+  server was busy during [now_i, now_i + s_i] for each handled row i (s_i its
+  ``server_time``). A row handled more than ``IDLE`` seconds after the previous handling ended
+  found the server idle: ℓ_j = L_j. A row handled right after it may have queued for any part
+  of L_j; it gets ℓ_j = min(L_j, the median ℓ of its worker's rows that found the server idle),
+  or, for a worker that never found it idle, L_j less the busy seconds within L_j. Evaluations
+  pause the server too but are not in s_i: their wait stays in ℓ_j;
 * the job's **start** on the run's clock, now_j − L_j − c_j (for windows in time);
 * the server's times s_j, for ``server_time = "trace"``.
 
@@ -39,6 +42,10 @@ import numpy as np
 from asyncopt.errors import ConfigError
 from asyncopt.problems.datasets import DataFileError
 
+IDLE = 2e-4
+"""Seconds between the end of one handling and the start of the next beyond which the server
+is taken to have been idle (the driver's own bookkeeping between two queued arrivals, recording
+and starting workers, takes less)."""
 GRADIENTS = ("step", "buffer", "drop", "reject")
 """The actions of rows that are gradients the server handled (the trace's samples)."""
 
@@ -103,24 +110,33 @@ def _read_run(run_dir: Path) -> Trace:
     server = np.array([])
     if measured and "server_time" in columns:
         server = _times(path, columns, "server_time", lines, 0.0)
-        latency = np.maximum(0.0, latency - _waited(now, latency, server))
+        latency = _travel(workers, now, latency, server)
     count = int(config.get("workers", int(workers.max()) + 1 if len(workers) else 0))
     return _split(path, workers, compute, latency, now - latency - compute, count, server,
                   config)
 
 
-def _waited(now: np.ndarray, latency: np.ndarray, server: np.ndarray) -> np.ndarray:
-    """w_j = B(now_j) − B(now_j − L_j): the seconds of [now_j − L_j, now_j] in which the server
-    handled other rows (busy intervals [now_i, now_i + s_i], in handling order)."""
+def _travel(workers: np.ndarray, now: np.ndarray, latency: np.ndarray,
+            server: np.ndarray) -> np.ndarray:
+    """ℓ_j from L_j: see the module docstring (rows in handling order)."""
     ends = now + server
+    gap = now - np.concatenate([[-np.inf], ends[:-1]])
+    idle = gap > IDLE
     total = np.concatenate([[0.0], np.cumsum(server)])
 
-    def busy(t: np.ndarray) -> np.ndarray:
+    def busy(t: np.ndarray) -> np.ndarray:  # busy seconds in [0, t]
         k = np.searchsorted(now, t, side="right")  # intervals begun by t
         over = np.where(k > 0, np.maximum(0.0, ends[np.maximum(k - 1, 0)] - t), 0.0)
         return total[k] - over
 
-    return np.maximum(0.0, busy(now) - busy(now - latency))
+    out = np.maximum(0.0, latency - (busy(now) - busy(now - latency)))
+    for worker in np.unique(workers):
+        mine = workers == worker
+        free = latency[mine & idle]
+        if len(free):
+            out[mine] = np.where(idle[mine], latency[mine],
+                                 np.minimum(latency[mine], np.median(free)))
+    return out
 
 
 def _split(path: Path, workers: np.ndarray, compute: np.ndarray, latency: np.ndarray,
