@@ -75,3 +75,14 @@ def test_the_command_writes_a_speed_table_and_a_figure_and_never_overwrites(tmp_
     assert (out / "calibration.png").stat().st_size > 0
     assert main(["calibrate", str(trace), "--out", str(out)]) == 2
     assert "never overwritten" in capsys.readouterr().err
+
+
+def test_the_probe_times_the_server_of_a_config(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('workers = 3\n[problem]\nname = "quadratic"\ndim = 50\n'
+                      '[rule]\nname = "adam"\nlr = 0.01\n[protocol]\nname = "minibatch"\n')
+    assert main(["calibrate", "--probe", str(config)]) == 0
+    printed = capsys.readouterr().out
+    server = tomllib.loads(printed[printed.index("[speed]"):])["speed"]["server_time"]
+    assert 0 < server < 0.1 and "arrivals that step" in printed
+    assert main(["calibrate", str(config), "--probe", str(config)]) == 2

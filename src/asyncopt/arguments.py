@@ -102,8 +102,12 @@ def parser() -> argparse.ArgumentParser:
                             "stragglers, level changes, latency, server time) to each worker "
                             "of a real run; print the fit with its Kolmogorov-Smirnov distance, "
                             "write a [speed] table (speed.toml) and calibration.png.")
-    k.add_argument("trace", metavar="RUN_DIR",
+    k.add_argument("trace", metavar="RUN_DIR", nargs="?",
                    help="a run directory, or a CSV file with worker, compute_time[, latency]")
+    k.add_argument("--probe", metavar="CONFIG",
+                   help="instead: time CONFIG's server per arrival on this machine (its "
+                   "protocol, rule and model) and print speed.server_time")
+    _set(k)
     k.add_argument("--out", metavar="DIR",
                    help="where speed.toml and calibration.png go (default: RUN_DIR, or the "
                    "CSV file's directory)")

@@ -218,6 +218,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from asyncopt.calibrate import calibrate, dumps_speed, format_fits
     from asyncopt.runtimes.sim.speed import resolve_speed_spec
 
+    check((args.trace is None) != (args.probe is None), "calibrate", args.trace,
+          "a run directory (or CSV trace), or --probe CONFIG, one of the two")
+    if args.probe is not None:
+        from asyncopt.probe import probe_server
+
+        seconds = probe_server(args.probe, args.set)
+        print(f"server:   {seconds['mean']:.4g} s per arrival (median {seconds['median']:.4g}; "
+              f"arrivals that step {seconds['step']:.4g}, others {seconds['no_step']:.4g}; "
+              f"{seconds['arrivals']:.0f} arrivals)")
+        print(f"[speed]\nserver_time = {seconds['mean']!r}")
+        return 0
     source = Path(args.trace)
     out = Path(args.out) if args.out else source if source.is_dir() else source.parent
     target = out / "speed.toml"
