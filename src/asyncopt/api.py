@@ -68,7 +68,7 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     seed, workers = resolved["seed"], resolved["workers"]
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
-    speed = make_speed_model(resolved["speed"], workers, seed)
+    speed = make_speed_model(resolved["speed"], workers, seed, problem=resolved["problem"])
     created = new_run_dir(resolved) if save and run_dir is None else None
     try:
         return train(problem, rule, resolved["protocol"], speed=speed,
