@@ -69,7 +69,7 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     seed, workers = resolved["seed"], resolved["workers"]
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
-    speed = make_speed_model(resolved["speed"], workers, seed)
+    speed = make_speed_model(resolved["speed"], workers, seed, problem=resolved["problem"])
     # the run directory is made by train once every check passed: a refusal leaves no trace
     return train(problem, rule, resolved["protocol"], speed=speed,
                  runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],

@@ -97,6 +97,22 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     q.add_argument("--out", metavar="DIR", help="where the figures go (default RUN_DIR)")
     q.set_defaults(command="plot")
+    k = commands.add_parser("calibrate", help="fit the simulator's speed model to a real run",
+                            description="Fit the simulator's speed model (base time, noise, "
+                            "stragglers, level changes, latency, server time) to each worker "
+                            "of a real run; print the fit with its Kolmogorov-Smirnov distance, "
+                            "write a [speed] table (speed.toml) and calibration.png.")
+    k.add_argument("trace", metavar="RUN_DIR", nargs="?",
+                   help="a run directory, or a CSV file with worker, compute_time[, latency]")
+    k.add_argument("--probe", metavar="CONFIG",
+                   help="instead: time CONFIG's server per arrival on this machine (its "
+                   "protocol, rule and model) and print speed.server_time")
+    _set(k)
+    k.add_argument("--out", metavar="DIR",
+                   help="where speed.toml and calibration.png go (default: RUN_DIR, or the "
+                   "CSV file's directory)")
+    _no_plot(k, "no calibration.png")
+    k.set_defaults(command="calibrate")
     f = commands.add_parser("configs", help="list the ready configs, or copy one out",
                             description="List the ready experiment files that ship with "
                             "asyncopt, or copy one out for editing (never overwriting).")

@@ -1,4 +1,4 @@
-"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs``.
+"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs | calibrate``.
 
     asyncopt run quickstart --set rule.lr=0.01          # a ready config by name, or a TOML file
     asyncopt configs                                    # the ready configs; copy one out:
@@ -9,6 +9,7 @@
     asyncopt tune configs/ringleader.toml --grid rule.lr=0.001,0.01,0.1
     asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
+    asyncopt calibrate runs/<real run>                  # its speeds as a [speed] table
 
 ``compare``, ``tune`` and ``sweep`` run their simulated runs ``--jobs`` at a time in worker
 processes (default: the cores; :mod:`asyncopt.jobs`), with the results and the printed lines in
@@ -212,6 +213,41 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the speed model to a run (:mod:`asyncopt.calibrate`); write speed.toml."""
+    from asyncopt.calibrate import calibrate, dumps_speed, format_fits
+    from asyncopt.runtimes.sim.speed import resolve_speed_spec
+
+    check((args.trace is None) != (args.probe is None), "calibrate", args.trace,
+          "a run directory (or CSV trace), or --probe CONFIG, one of the two")
+    if args.probe is not None:
+        from asyncopt.probe import probe_server
+
+        seconds = probe_server(args.probe, args.set)
+        print(f"server:   {seconds['mean']:.4g} s per arrival (median {seconds['median']:.4g}; "
+              f"arrivals that step {seconds['step']:.4g}, others {seconds['no_step']:.4g}; "
+              f"{seconds['arrivals']:.0f} arrivals)")
+        print(f"[speed]\nserver_time = {seconds['mean']!r}")
+        return 0
+    source = Path(args.trace)
+    out = Path(args.out) if args.out else source if source.is_dir() else source.parent
+    target = out / "speed.toml"
+    check(not target.exists(), "--out", str(out), "a directory without speed.toml (never "
+          "overwritten)")
+    calibration = calibrate(source)
+    resolve_speed_spec(calibration.speed)  # a table the simulator takes, or a bug here
+    print(format_fits(calibration))
+    out.mkdir(parents=True, exist_ok=True)
+    target.write_text(dumps_speed(calibration, f"asyncopt calibrate {args.trace}"))
+    print(f"speed:    {target}  (its [speed] table goes into a config; with it, asyncopt run "
+          f"predicts this machine)")
+    if not args.no_plot:
+        from asyncopt.calibrate_plot import plot_calibration
+
+        print(f"figure:   {plot_calibration(calibration, out / 'calibration.png')}")
+    return 0
+
+
 def cmd_configs(args: argparse.Namespace) -> int:
     """List the ready configs, or copy one out for editing."""
     if args.name is None:
@@ -275,7 +311,7 @@ def _slug(text: str) -> str:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "compare": cmd_compare, "sweep": cmd_sweep,
-            "plot": cmd_plot, "configs": cmd_configs}
+            "plot": cmd_plot, "configs": cmd_configs, "calibrate": cmd_calibrate}
 """The command names of :func:`asyncopt.arguments.parser` -> what runs them."""
 
 

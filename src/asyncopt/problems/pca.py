@@ -1,6 +1,6 @@
 """Streaming PCA: the top eigenvector of Σ = E[XXᵀ] from a stream of samples X ~ N(0, Σ).
 
-The test problem of Async-MSGD (Liu, Li, Shi, Zhou & Zhao, NeurIPS 2018; algorithms.md, paper 3):
+The test problem of Async-MSGD (Liu, Li, Shi, Zhou & Zhao, NeurIPS 2018):
 
     max_v  vᵀ Σ v   subject to ‖v‖ = 1,
 

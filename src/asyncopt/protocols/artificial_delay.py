@@ -1,6 +1,7 @@
 """ASGD with an artificial delay: each gradient is evaluated at a model drawn from the last D.
 
-APAM's delay study (Xu et al., §5.4; algorithms.md, paper 2) makes staleness a controlled
+APAM's delay study (Xu et al., *Parallel and distributed asynchronous adaptive stochastic
+gradient methods*, §5.4) makes staleness a controlled
 variable: the master keeps the last D iterates and hands each worker one of them, chosen uniformly,
 while the step is applied to the newest iterate::
 

@@ -7,7 +7,8 @@ x_{k+1} (the slowest n − m computations are cancelled):
     x_{k+1} = x_k + rule( (1/m) Σ_{j ∈ first m arrivals} g_j(x_k) )
 
 Time per step is the m-th order statistic of the workers' compute times (max_i τ_i for m = n),
-which is what asynchronous methods are measured against (algorithms.md, "Standard baselines").
+which is what asynchronous methods are measured against (the synchronous baseline of every
+paper implemented here).
 No gradient is ever stale: every delay is 0.
 """
 

@@ -1,7 +1,7 @@
 """Ringleader ASGD: asynchronous SGD with per-worker tables, buffers and rounds of n updates.
 
 Maranjyan & Richtárik, *Ringleader ASGD: The First Asynchronous SGD with Optimal Time Complexity
-under Data Heterogeneity*, ICLR 2026 (arXiv:2509.22860; algorithms.md, paper 4). The server keeps
+under Data Heterogeneity*, ICLR 2026 (arXiv:2509.22860). The server keeps
 for every worker a **current** entry (G_i, b_i), the sum and count of its gradients, and a
 **buffer** entry (G_i⁺, b_i⁺) for the next round. Every step moves along the average of the
 per-worker means, so each worker weighs 1/n whatever its speed (heterogeneous data):

@@ -161,7 +161,7 @@ def scale_by_adagrad_norm(seed_value: float = 1e-8) -> Rule:
 
     ``v ← v + ‖g‖²`` (global norm over all leaves), ``u = g / √(ς + v)``. The weight includes the
     current gradient, as in Gratton–Toint's OFFO AdaGrad weights ``w_k = (ς + Σ_{ℓ≤k} ‖g_ℓ‖²)^½``
-    [I: recalled from arXiv:2203.01647, see algorithms.md, paper 1]; ``ς > 0`` keeps a zero first
+    [I: recalled from Gratton & Toint, arXiv:2203.01647]; ``ς > 0`` keeps a zero first
     gradient from dividing by zero.
     """
 

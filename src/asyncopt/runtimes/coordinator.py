@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from asyncopt import tree
@@ -97,13 +98,18 @@ class Coordinator:
             self.stop_reason = f"time budget reached ({limit:g} s)"
         return self.stop_reason is None
 
-    def arrive(self, now: float, arrival: Arrival) -> Reply:
-        """One gradient came back: the protocol decides, the history records."""
+    def arrive(self, now: float, arrival: Arrival, latency: float = math.nan,
+               clock: Callable[[], float] | None = None) -> Reply:
+        """One gradient came back: the protocol decides, the history records. ``latency``: the
+        job's seconds from its start to ``now`` besides its compute time; ``clock``: the
+        runtime's clock, read once the protocol has answered, so that the row's server time is
+        ``clock() − now`` (the simulator's clock moves by the server time it charges)."""
         self.now = now
         reply = self.protocol.handle(arrival)
+        server_time = clock() - now if clock is not None else math.nan
         action = reply.action.value if reply.action is not None else Action.STEP.value
         self._record(now, arrival.worker, action, reply.delay, arrival.loss,
-                     arrival.compute_time, self.version)
+                     arrival.compute_time, self.version, latency, server_time)
         return reply
 
     def applied(self, now: float, worker: int, version: int, delay: int, loss: float,
@@ -119,9 +125,11 @@ class Coordinator:
         self._record(now, worker, action, delay, loss, compute_time, self._row_version)
 
     def _record(self, now: float, worker: int, action: str, delay: int, loss: float,
-                compute_time: float, version: int) -> None:
+                compute_time: float, version: int, latency: float = math.nan,
+                server_time: float = math.nan) -> None:
         self.arrivals += 1
-        self.recorder.arrival(now, worker, version, delay, loss, action, compute_time)
+        self.recorder.arrival(now, worker, version, delay, loss, action, compute_time, latency,
+                              server_time)
         if action == "reject" or self._reject_streaks:
             self._check_rejects(worker, action == "reject")
         if self.progress is not None and self.arrivals % 64 == 0:
