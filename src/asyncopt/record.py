@@ -18,7 +18,9 @@ A run directory holds
 * ``evaluations.csv``  periodic rows: ``now, version, arrivals`` and the problem's metrics
   (``loss``, ``grad_norm_sq``, ``accuracy``, ...);
 * ``summary.json``     written last, atomically: status (completed, interrupted, diverged, failed),
-  reason, counts, final metrics.
+  reason, counts, ``final`` (the metrics of the last evaluation made), ``final_at`` (its
+  version, time and arrival count) and, when that evaluation is not of the model at the end of
+  the run (a diverged or failed run's last model is not evaluated), ``final_note`` saying so.
 
 Rows are streamed to disk and flushed regularly, so a run stopped by Ctrl-C, or even killed, leaves
 tables that :func:`load` reads. Floats are written with ``repr`` so that a history read back is
