@@ -113,6 +113,29 @@ def parser() -> argparse.ArgumentParser:
                    "CSV file's directory)")
     _no_plot(k, "no calibration.png")
     k.set_defaults(command="calibrate")
+    a = commands.add_parser("advise", help="which method reaches a loss first on your machines",
+                            description="Tune each method's step size in the simulator with "
+                            "your machines' speeds, predict its time to a loss target over "
+                            "seeds, and rank the methods (asyncopt.advise).")
+    a.add_argument("config", metavar="CONFIG", help="a TOML file or a ready config's name")
+    a.add_argument("--speed", required=True, metavar="FROM",
+                   help="a real run's directory (its measured times), a CSV trace, or a TOML "
+                   "file with a [speed] table (asyncopt calibrate's speed.toml)")
+    a.add_argument("--methods", metavar="P1,P2", help="the protocols to rank (default: those "
+                   "for homogeneous or heterogeneous data, as the config's data are)")
+    a.add_argument("--grid", metavar="LR1,LR2", help="step sizes to tune over (default: the "
+                   "config's rule.lr times 0.1, 0.3, 1, 3, 10)")
+    a.add_argument("--seeds", type=int, default=3, help="seeds per prediction (default 3)")
+    a.add_argument("--target", type=float, help="the training-loss target (default: the median "
+                   "of the methods' median final losses)")
+    _set(a)
+    a.add_argument("--run", action="store_true", help="then run the winner on the real runtime "
+                   "its speeds were measured on (the run directory's), or the config's")
+    a.add_argument("--out", default="runs", metavar="DIR",
+                   help="where --run writes its run (default runs)")
+    _quiet(a)
+    _jobs(a)
+    a.set_defaults(command="advise")
     f = commands.add_parser("configs", help="list the ready configs, or copy one out",
                             description="List the ready experiment files that ship with "
                             "asyncopt, or copy one out for editing (never overwriting).")

@@ -1,4 +1,5 @@
-"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs | calibrate``.
+"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs | calibrate |
+advise``.
 
     asyncopt run quickstart --set rule.lr=0.01          # a ready config by name, or a TOML file
     asyncopt configs                                    # the ready configs; copy one out:
@@ -10,6 +11,7 @@
     asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
     asyncopt calibrate runs/<real run>                  # its speeds as a [speed] table
+    asyncopt advise configs/quickstart.toml --speed runs/<real run>   # which method wins there
 
 ``compare``, ``tune`` and ``sweep`` run their simulated runs ``--jobs`` at a time in worker
 processes (default: the cores; :mod:`asyncopt.jobs`), with the results and the printed lines in
@@ -263,6 +265,31 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    """Rank methods by predicted time to a loss target (:mod:`asyncopt.advise`); ``--run``."""
+    from asyncopt import advise
+    from asyncopt.config import parse_value
+
+    methods = args.methods.split(",") if args.methods else ()
+    grid = [float(parse_value(v)) for v in args.grid.split(",")] if args.grid else ()
+    predictions, target = advise.advise(
+        args.config, advise.speed_from(args.speed), methods=methods, grid=grid,
+        seeds=args.seeds, target=args.target, overrides=args.set, jobs=jobs_of(args),
+        progress=not args.quiet)
+    print(advise.format_advice(predictions, target))
+    if not args.run:
+        return 0
+    from asyncopt.api import run
+
+    resolved = advise.winner_config(args.config, args.speed, predictions[0], args.set)
+    resolved["output"] = {**resolved["output"], "dir": args.out}
+    print(f"running {predictions[0].method} (rule.lr = {predictions[0].lr:.4g}) on "
+          f"{resolved['runtime']}")
+    result = run(resolved, progress=not args.quiet)
+    print(format_summary(result))
+    return exit_code(result.summary)
+
+
 def jobs_of(args: argparse.Namespace) -> int:
     """``--jobs``, checked (default: the cores this process may use)."""
     from asyncopt.jobs import check_jobs, default_jobs
@@ -311,7 +338,8 @@ def _slug(text: str) -> str:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "compare": cmd_compare, "sweep": cmd_sweep,
-            "plot": cmd_plot, "configs": cmd_configs, "calibrate": cmd_calibrate}
+            "plot": cmd_plot, "configs": cmd_configs, "calibrate": cmd_calibrate,
+            "advise": cmd_advise}
 """The command names of :func:`asyncopt.arguments.parser` -> what runs them."""
 
 
