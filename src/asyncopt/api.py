@@ -25,6 +25,7 @@ from torch import nn
 
 from asyncopt import config as configuration
 from asyncopt import tree
+from asyncopt.callbacks import Begin, Callbacks
 from asyncopt.checkpoint import save_model
 from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError, check_keys
@@ -58,9 +59,11 @@ class Result:
 
 def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
         save: bool = True, run_dir: str | Path | None = None, progress: bool = False,
-        resume: tuple[dict[str, Any], History] | None = None) -> Result:
+        resume: tuple[dict[str, Any], History] | None = None,
+        callbacks: Iterable[Any] = ()) -> Result:
     """Run one experiment from a TOML file or a dict (validated and resolved first);
-    ``resume`` (see :func:`resume_run`) continues from a checkpoint."""
+    ``resume`` (see :func:`resume_run`) continues from a checkpoint; ``callbacks`` as for
+    :func:`train` (``[output] tensorboard = true`` adds :class:`asyncopt.TensorBoard`)."""
     if isinstance(config, Mapping):
         resolved = configuration.resolve(configuration.apply_overrides(config, overrides))
     else:
@@ -69,6 +72,7 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
     speed = make_speed_model(resolved["speed"], workers, seed)
+    callbacks = [*callbacks, *_configured_callbacks(resolved, save)]
     created = new_run_dir(resolved) if save and run_dir is None else None
     try:
         return train(problem, rule, resolved["protocol"], speed=speed,
@@ -76,7 +80,7 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
                      budget=configuration.budget_of(resolved),
                      evaluation=configuration.evaluation_of(resolved), seed=seed,
                      run_dir=(created or run_dir) if save else None, progress=progress,
-                     config=resolved, resume=resume)
+                     config=resolved, resume=resume, callbacks=callbacks)
     except BaseException:
         if created is not None and not any(created.iterdir()):
             created.rmdir()  # refused before anything ran (e.g. a runtime option): no trace
@@ -106,7 +110,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
           data: Any = None, eval_data: Any = None, metrics: Mapping[str, Metric] | None = None,
           workers: int | None = None, batch_size: int | None = None,
           partition: PartitionSpec | None = None,
-          resume: str | Path | tuple[dict[str, Any], History] | None = None) -> Result:
+          resume: str | Path | tuple[dict[str, Any], History] | None = None,
+          callbacks: Iterable[Any] = ()) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
     ``problem`` is a :class:`Problem`, or a model (an ``nn.Module`` or a factory of one) trained
@@ -125,9 +130,13 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     never written; give a new ``run_dir``), or a checkpoint and its history as
     :func:`asyncopt.resume.read` returns them. A run from a configuration resumes with
     :func:`resume_run` instead, which rebuilds the objects from its ``config.toml``.
+
+    ``callbacks`` (:mod:`asyncopt.callbacks`) hear of the run's start, each evaluation, each
+    batch of arrivals and its end, in this process: e.g. ``[asyncopt.TensorBoard()]``.
     """
     if isinstance(resume, str | Path):
         resume = _resumable(Path(resume), run_dir)
+    hooks = Callbacks(callbacks)
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
                          partition=partition)
@@ -160,7 +169,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)
-    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
+    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar,
+                              callbacks=hooks)
     if resume is not None:
         resuming.restore(coordinator, *resume)
     # from here on, whatever happens, the run directory ends with a summary; a signal (Ctrl-C,
@@ -169,6 +179,7 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
         try:
             if run_path is not None and config is not None:
                 write_atomic(run_path / "config.toml", configuration.dumps(config))
+            hooks.begin(Begin(run_path, num_workers, dict(config) if config else None))
             engine.run(coordinator)
             summary = coordinator.finish()
         except KeyboardInterrupt as error:  # a signal where the run could not stop by itself
@@ -188,6 +199,21 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     if model is not None and run_path is not None:
         save_model(model, run_path / "model.pt")
     return Result(history, server.params, summary, run_path, model)
+
+
+def _configured_callbacks(resolved: Mapping[str, Any], save: bool) -> list[Any]:
+    """The callbacks a configuration asks for: ``[output] tensorboard = true``."""
+    if not resolved["output"]["tensorboard"]:
+        return []
+    if not save:
+        raise ConfigError("output.tensorboard", True, "false in a run that is not saved (its "
+                          "events go to RUN_DIR/tensorboard)")
+    from asyncopt.tensorboard import TensorBoard
+
+    try:
+        return [TensorBoard()]
+    except ImportError as error:
+        raise ConfigError("output.tensorboard", True, f"false, or {error}") from error
 
 
 def _resumable(path: Path, run_dir: str | Path | None) -> tuple[dict[str, Any], History]:

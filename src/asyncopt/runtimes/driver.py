@@ -103,6 +103,7 @@ class Driver:
             going = coordinator.advance(source.now())
             for event in events:  # steps taken elsewhere are recorded even when stopping
                 self._handle(event)
+            coordinator.batch()
             if not going:
                 break
             self._checkpoint()
