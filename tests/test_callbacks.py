@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import threading
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +142,48 @@ def test_a_callback_needs_only_the_methods_it_uses(tmp_path):
     losses = Losses()
     result = _train(tmp_path, [losses])
     assert losses.losses == list(result.history.evaluations["loss"])
+
+
+TRACKING = Path(__file__).resolve().parents[1] / "docs" / "tracking.md"
+
+
+class _Recorder(types.ModuleType):
+    """A stand-in for a tracking library: every function call is recorded, in ``calls``."""
+
+    def __init__(self, name: str, calls: list, returns: object = None) -> None:
+        super().__init__(name)
+        self.calls, self.returns = calls, returns
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+
+        def call(*args, **kwargs):
+            self.calls.append((attribute, args, kwargs))
+            return self.returns
+        return call
+
+
+@pytest.mark.parametrize("library", ["mlflow", "wandb"])
+def test_the_tracking_docs_callbacks_run_as_written(library, tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", TRACKING.read_text(), re.DOTALL)
+    block = next(b for b in blocks if f"import {library}\n" in b)
+    calls: list[tuple[str, tuple, dict]] = []
+    run = _Recorder("run", calls)  # what wandb.init returns
+    run.summary = _Recorder("summary", calls)
+    stand_in = _Recorder(library, calls, returns=run)
+    monkeypatch.setitem(sys.modules, library, stand_in)
+    real_run = asyncopt.run
+    monkeypatch.setattr(asyncopt, "run", lambda config, callbacks: real_run(
+        config, overrides=["budget.time=40", f'output.dir="{tmp_path}"'], callbacks=callbacks))
+    exec(compile(block, f"docs/tracking.md {library} block", "exec"), {})
+    names = [name for name, *_ in calls]
+    if library == "mlflow":
+        assert names[:2] == ["start_run", "log_params"] and names[-1] == "end_run"
+        assert names.count("log_metrics") == 3 + 1  # evaluations at 0, 20, 40 s; the summary
+        params = calls[1][1][0]
+        assert params["rule.lr"] == 0.003 and params["problem.name"] == "mlp"
+        assert calls[-1][1] == ("FINISHED",)
+    else:
+        assert names == ["init", "log", "log", "log", "update", "finish"]
+        assert calls[0][2]["config"]["rule"]["lr"] == 0.003

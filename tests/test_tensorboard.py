@@ -52,6 +52,8 @@ def test_the_config_switch_writes_what_the_history_holds(tmp_path):
     for worker in range(3):
         assert scalars[f"arrivals/worker_{worker}"][-1].value == (arrivals["worker"] ==
                                                                   worker).sum()
+    per_worker = events.Histograms("arrivals/per_worker")[-1].histogram_value
+    assert list(per_worker.bucket) == [(arrivals["worker"] == w).sum() for w in range(3)]
     steps_per_second = scalars["throughput/steps_per_second"]
     span = np.diff(evaluations["now"])
     assert np.allclose([p.value for p in steps_per_second], np.diff(evaluations["version"]) /

@@ -15,7 +15,10 @@ At each evaluation, with the server's version as the step (the ``version`` of
   evaluation, on the runtime's clock (virtual seconds in the simulator, so that it describes the
   simulated system, not the simulator; wall seconds in the real runtimes);
 * ``time/clock`` (the runtime's clock) and ``time/wall`` (wall seconds since the start);
-* ``arrivals/worker_<i>``: each worker's gradients so far (every row but cancel, lost, restart);
+* ``arrivals/per_worker``: each worker's gradients so far (every row but cancel, lost,
+  restart) as a histogram with one bucket per worker, and with up to ``WORKER_SCALARS`` workers
+  also as scalars ``arrivals/worker_<i>`` (a scalar costs about as much as a histogram, so a
+  thousand of them would cost more than the simulated run's own evaluation);
 
 and the resolved config (as TOML) at the start and ``summary.json`` at the end, as text. The
 event files go to ``RUN_DIR/tensorboard/`` (or ``log_dir``), through
@@ -38,6 +41,8 @@ from asyncopt.errors import ConfigError
 USED = ("step", "buffer")
 """Rows whose delay the delay statistics count: the gradients the server used."""
 NOT_GRADIENTS = ("cancel", "lost", "restart")
+WORKER_SCALARS = 32
+"""Up to this many workers, each one's arrival count is also a scalar of its own."""
 
 
 class TensorBoard(Callback):
@@ -93,10 +98,21 @@ class TensorBoard(Callback):
                   step)
         write("time/clock", event.now, step)
         write("time/wall", event.wall, step)
-        for worker, count in enumerate(self.counts.tolist()):
-            write(f"arrivals/worker_{worker}", count, step)
+        self._per_worker(step)
         self._last = event
         self.writer.flush()
+
+    def _per_worker(self, step: int) -> None:
+        counts = self.counts
+        edges = np.arange(len(counts), dtype=np.float64) + 0.5  # bucket i: (i - 0.5, i + 0.5]
+        self.writer.add_histogram_raw(
+            "arrivals/per_worker", min=0, max=len(counts) - 1, num=int(counts.sum()),
+            sum=float(counts @ np.arange(len(counts))),
+            sum_squares=float(counts @ np.arange(len(counts)) ** 2),
+            bucket_limits=edges.tolist(), bucket_counts=counts.tolist(), global_step=step)
+        if len(counts) <= WORKER_SCALARS:
+            for worker, count in enumerate(counts.tolist()):
+                self.writer.add_scalar(f"arrivals/worker_{worker}", count, step)
 
     def on_end(self, summary: dict[str, Any]) -> None:
         if self.writer is None:
