@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import subprocess
@@ -160,6 +161,19 @@ def test_run_no_plot_writes_no_figures(tmp_path, capsys):
     (run_dir,) = (p for p in tmp_path.iterdir() if p.is_dir())
     assert "figures:" not in capsys.readouterr().out
     assert (run_dir / "summary.json").is_file() and not list(run_dir.glob("*.png"))
+
+
+def test_run_events_are_log_lines_on_stderr_unless_quiet(tmp_path, capsys):
+    args = ["run", str(_config(tmp_path)), "--no-plot", "--set",
+            "runtime_options.checkpoint_every=20"]
+    assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+    (run_dir,) = (tmp_path / "loud").iterdir()
+    err = capsys.readouterr().err
+    # at 20 steps (not at the budget's 40: the run's end is no checkpoint)
+    assert f"asyncopt: INFO: checkpoint at version 20 written to {run_dir}" in err
+    assert main([*args, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert "checkpoint" not in capsys.readouterr().err
+    assert not logging.getLogger("asyncopt").handlers  # main() leaves no handler behind
 
 
 def test_a_ready_config_runs_by_name_and_copies_out(tmp_path, capsys, monkeypatch):

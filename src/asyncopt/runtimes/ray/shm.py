@@ -41,10 +41,10 @@ attached to it exits).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import secrets
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ import torch
 
 from asyncopt.runtimes.common.shared import GradientSlots
 from asyncopt.tree import Params
+
+log = logging.getLogger(__name__)
 
 ROOT = Path("/dev/shm")
 PREFIX = "asyncopt-ray-"
@@ -146,8 +148,8 @@ class SharedTransport:
         try:
             self.segment = Segment.create(node, shapes, len(local))
         except OSError as error:
-            warnings.warn(f"no shared memory for the worker actors on this node ({error}); "
-                          f"they use Ray's object store", RuntimeWarning, stacklevel=3)
+            log.warning("no shared memory for the worker actors on this node (%s); they use "
+                        "Ray's object store", error)
             return
         self.slots = {w: slot for slot, w in enumerate(local)}
         answers = ray.get([workers[w].connect.remote(self.segment.spec, slot)
