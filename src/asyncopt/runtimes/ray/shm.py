@@ -166,12 +166,14 @@ class SharedTransport:
         worker writes its slot again at its next job."""
         return self.segment.grads.buffers[self.slots[worker]].clone()
 
-    def probe(self, actor: Any, worker: int) -> Any:
-        """The ``ready`` probe of a restarting worker: one with slots is asked to attach again
-        (its answer says whether it did: a restarted actor may land on another node)."""
+    def probe(self, actor: Any, worker: int, problem: Any) -> Any:
+        """The ``ready`` probe of a restarting worker, which hands it ``problem`` (an object
+        ref) again: one with slots is asked to attach again (its answer says whether it did: a
+        restarted actor may land on another node)."""
         slot = self.slots.get(worker)
-        return actor.ready.remote() if slot is None else actor.connect.remote(self.segment.spec,
-                                                                              slot)
+        if slot is None:
+            return actor.ready.remote(problem)
+        return actor.connect.remote(self.segment.spec, slot, problem)
 
     def close(self) -> None:
         if self.segment is not None:
