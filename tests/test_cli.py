@@ -13,6 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import asyncopt
@@ -239,3 +240,20 @@ def test_help_and_version_start_without_torch_or_ray():
                              capture_output=True, text=True, check=True).stdout
     assert version.strip() == f"asyncopt {asyncopt.__version__}"
     assert asyncopt.__version__ == importlib.metadata.version("asyncopt")
+
+
+def test_the_progress_bar_shows_the_last_loss_and_the_mean_delay(tmp_path, capsys):
+    assert main(["run", str(_config(tmp_path)), "--no-plot", "--out", str(tmp_path),
+                 "--set", "budget.steps=200", "--set", "eval.every=50"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    (run_dir,) = (p for p in tmp_path.iterdir() if p.is_dir())
+    history = load(run_dir)
+    shown = re.findall(r"version=(\d+), loss=([\d.e+-]+), delay=([\d.]+)", bar)
+    assert shown, bar
+    version, loss, delay = shown[-1]
+    evaluations = history.evaluations
+    last = evaluations["loss"][evaluations["version"] <= int(version)][-1]
+    assert float(loss) == pytest.approx(last, rel=1e-3)
+    arrivals = history.arrivals
+    used = (arrivals["version"] <= int(version)) & np.isin(arrivals["action"], ("step",))
+    assert float(delay) == pytest.approx(arrivals["delay"][used].mean(), abs=0.01)

@@ -11,6 +11,7 @@ and recorded, whatever built its parts.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import warnings
@@ -243,7 +244,8 @@ def new_run_dir(resolved: Mapping[str, Any]) -> Path:
 
 
 class _Progress:
-    """A tqdm bar over the budget's first limit, refreshed every 64 arrivals."""
+    """A tqdm bar over the budget's first limit, refreshed every 64 arrivals, with the version,
+    the last evaluated loss and the mean delay of the gradients used so far."""
 
     def __init__(self, budget: Budget) -> None:
         from tqdm import tqdm
@@ -258,12 +260,23 @@ class _Progress:
                         dynamic_ncols=True, leave=False,
                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} "
                                    "[{elapsed}<{remaining}{postfix}]")
+        self._seen, self._delays, self._used = 0, 0, 0  # rows read, their used delays
 
     def update(self, coordinator: Coordinator) -> None:
         value = {"steps": coordinator.version, "arrivals": coordinator.arrivals,
                  "time": coordinator.now}[self.unit]
         self.bar.n = min(value, self.bar.total)
-        self.bar.set_postfix(version=coordinator.version, refresh=False)
+        rows = coordinator.recorder.rows
+        for row in rows[self._seen:]:
+            if row[5] in ("step", "buffer"):  # as the summary's mean_delay counts them
+                self._delays += row[3]
+                self._used += 1
+        self._seen = len(rows)
+        postfix = {"version": coordinator.version,
+                   "loss": f"{coordinator.metrics.get('loss', math.nan):.4g}"}
+        if self._used:
+            postfix["delay"] = f"{self._delays / self._used:.2f}"
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -74,6 +74,11 @@ class Coordinator:
     def version(self) -> int:
         return self.protocol.version
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last evaluation's metrics (empty before the first)."""
+        return self._last_metrics
+
     def begin(self, now: float = 0.0) -> Reply:
         self._batched = len(self.recorder.rows)  # a resumed run's rows were sent before
         self._evaluate(now)
