@@ -113,13 +113,11 @@ class Callbacks:
                                   "asyncopt.Callback)")
         self._evaluation = self._methods("on_evaluation")
         self._arrivals = self._methods("on_arrivals")
+        self.watch_arrivals = bool(self._arrivals)
+        """Whether any callback wants the arrival batches (else no rows are gathered)."""
         self._begun: list[Any] = []
         self._ended = False
 
-    @property
-    def watch_arrivals(self) -> bool:
-        """Whether any callback wants the arrival batches (else no rows are gathered)."""
-        return bool(self._arrivals)
 
     def begin(self, event: Begin) -> None:
         for callback in self.callbacks:

@@ -179,8 +179,10 @@ class Coordinator:
     def batch(self) -> None:
         """The driver handled one batch of events: the rows it added go to the callbacks (an
         evaluation within the batch sends the rows before it first)."""
+        if not self.callbacks.watch_arrivals:  # the usual case: one attribute read per batch
+            return
         rows = self.recorder.rows
-        if self.callbacks.watch_arrivals and len(rows) > self._batched:
+        if len(rows) > self._batched:
             new = [Row._make(row) for row in rows[self._batched:]]
             self._batched = len(rows)
             self.callbacks.arrivals(Arrivals(self.now, self.version, new))
