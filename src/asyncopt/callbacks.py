@@ -23,8 +23,8 @@ files, sockets or a tracker's client:
 A callback defines only the methods it needs, and only those are called: one without
 ``on_arrivals`` costs nothing per arrival. A callback that raises stops the run as any error
 would (status ``failed``, the exception re-raised): a tracker that cannot write should not
-quietly lose the record. :class:`asyncopt.tensorboard.TensorBoard` is the built-in one; the
-README shows MLflow and Weights & Biases as callbacks of a few lines.
+quietly lose the record. :class:`asyncopt.tensorboard.TensorBoard` is the built-in one;
+``docs/tracking.md`` shows MLflow and Weights & Biases as callbacks of a few lines.
 """
 
 from __future__ import annotations

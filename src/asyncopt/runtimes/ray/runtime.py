@@ -160,7 +160,8 @@ class RayRuntime(RealTimeSource):
                                f"(runtime_options.startup_timeout); see `ray status`")
         try:
             self.nodes = ray.get(refs)
-        except ray.exceptions.RayActorError as error:
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+            # its constructor failed, or unpickling the problem that `ready` hands it
             raise RuntimeError(f"a Ray worker actor failed to start (the problem must be "
                                f"importable on every node):\n{error}") from error
 
