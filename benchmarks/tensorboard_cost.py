@@ -39,7 +39,8 @@ def writer_alone(workers: int, rows_between: int, seconds: float, log_dir: Path)
     """Milliseconds per evaluation of the writer called directly."""
     writer = TensorBoard(log_dir / f"alone-{workers}")
     writer.on_begin(Begin(None, workers, None))
-    rows = [Row(0.0, i % workers, i, i % 7, 0.5, "step", 1, 0.01) for i in range(rows_between)]
+    rows = [Row(0.0, i % workers, i, i % 7, 0.5, "step", 1, 0.01, 0.0, 0.0)
+            for i in range(rows_between)]
     version = [0]
 
     def one_evaluation() -> None:

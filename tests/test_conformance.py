@@ -120,12 +120,29 @@ def _left_behind(before: set[str]) -> list[str]:
 
     processes = [p.name for p in multiprocessing.active_children()
                  if p.name.startswith("asyncopt-")]
-    files = sorted({p.name for p in SHM.glob("*")} - before) if SHM.is_dir() else []
+    files = sorted(_shm() - before)
     return processes + [f for f in files if f.startswith(("asyncopt", "torch"))]
 
 
 def _shm() -> set[str]:
-    return {p.name for p in SHM.glob("*")} if SHM.is_dir() else set()
+    """/dev/shm's files, except the Ray segments of other live processes (another test run
+    on the machine): a segment is ``asyncopt-ray-<creator pid>-<random>``."""
+    names = {p.name for p in SHM.glob("*")} if SHM.is_dir() else set()
+    return {name for name in names if not _someone_elses(name)}
+
+
+def _someone_elses(name: str) -> bool:
+    parts = name.split("-")
+    if not name.startswith("asyncopt-ray-") or len(parts) < 4 or not parts[2].isdigit():
+        return False
+    creator = int(parts[2])
+    if creator == os.getpid():
+        return False
+    try:
+        os.kill(creator, 0)
+    except ProcessLookupError:
+        return False  # its creator is dead: a leftover, whoever made it
+    return True
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=repr)

@@ -145,3 +145,15 @@ def test_equal_size_dirichlet_gives_equal_disjoint_shards(alpha):
         assert top_share < 0.45
     again = partition(labels, len(labels), 100, "dirichlet_equal", alpha=alpha, seed=4)
     assert all(np.array_equal(a, b) for a, b in zip(shards, again, strict=True))
+
+
+@pytest.mark.parametrize("name, folder", [("mnist_idx", "MNIST"), ("fashion_mnist",
+                                                                   "FashionMNIST")])
+def test_a_torchvision_download_root_is_read_as_it_is(tmp_path, name, folder):
+    raw = tmp_path / folder / "raw"  # datasets.MNIST(root, download=True) keeps them there
+    raw.mkdir(parents=True)
+    _, labels = _write_mnist(raw, zipped=True)
+    _write_mnist(raw, count=20, test=True)
+    data = load_dataset(name, seed=0, path=str(tmp_path))
+    assert data.X_train.shape == (60, 784) and data.X_test.shape == (20, 784)
+    assert np.array_equal(data.y_train.numpy(), labels)

@@ -94,6 +94,18 @@ def test_parallel_jobs_give_the_sequential_results_in_the_same_order(tmp_path, c
     assert tuned[0]["rule"] == tuned[1]["rule"]
 
 
+def test_parallel_runs_show_one_progress_bar_over_the_set(capsys):
+    from asyncopt import config as configuration
+    from asyncopt.jobs import Task, run_all
+
+    tasks = [Task(configuration.resolve({**RAW, "problem": {"name": "quadratic", "dim": 3},
+                                         "budget": {"steps": 20}, "seed": seed}))
+             for seed in range(3)]
+    outcomes = list(run_all(tasks, 2, progress=True))
+    assert [o.summary["status"] for o in outcomes] == ["completed"] * 3
+    assert "3/3" in capsys.readouterr().err  # the set's bar reached its end
+
+
 def test_jobs_zero_is_refused_before_anything_runs(tmp_path, capsys):
     from asyncopt.cli import main
 

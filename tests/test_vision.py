@@ -14,7 +14,7 @@ from asyncopt import config as configuration
 from asyncopt.api import run
 from asyncopt.errors import ConfigError
 from asyncopt.problems.datasets import load_dataset
-from asyncopt.problems.images import CIFAR
+from asyncopt.problems.images import ARCHIVE_FOLDERS, CIFAR
 from asyncopt.problems.registry import make_problem, resolve_problem_spec
 from asyncopt.problems.vision import model_factory
 
@@ -139,3 +139,12 @@ def test_paper_scale_cifar_configs_build_their_problem_on_cifar_files(tmp_path, 
     resolved = configuration.resolve(configuration.methods(raw)[0][1])
     problem = make_problem({**resolved["problem"], "path": str(tmp_path)}, 2, 0)
     assert problem.X_train.shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_a_torchvision_download_root_holding_the_archive_folder_is_read(tmp_path, name):
+    folder = tmp_path / ARCHIVE_FOLDERS[name]  # datasets.CIFAR10(root, download=True)'s layout
+    folder.mkdir()
+    raw = _write_cifar(folder, name)
+    data = load_dataset(name, seed=0, path=str(tmp_path))
+    assert len(data.X_train) + len(data.X_test) == len(raw)

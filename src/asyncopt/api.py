@@ -16,7 +16,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from asyncopt import tree
 from asyncopt.callbacks import Begin, Callbacks
 from asyncopt.checkpoint import save_model
 from asyncopt.config import Budget, Evaluation
-from asyncopt.errors import ConfigError, check_keys
+from asyncopt.errors import ConfigError, check, check_seed
 from asyncopt.problems.base import Problem
 from asyncopt.problems.registry import make_problem
 from asyncopt.problems.supervised import LossFn, Metric
@@ -41,6 +41,7 @@ from asyncopt.rules.base import Rule, as_rule
 from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes import signals
 from asyncopt.runtimes.coordinator import Coordinator
+from asyncopt.runtimes.preflight import preflight
 from asyncopt.runtimes.registry import make_runtime
 from asyncopt.runtimes.sim.speed import make_speed_model
 from asyncopt.tree import Params
@@ -72,20 +73,15 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     seed, workers = resolved["seed"], resolved["workers"]
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
-    speed = make_speed_model(resolved["speed"], workers, seed)
+    speed = make_speed_model(resolved["speed"], workers, seed, problem=resolved["problem"])
     callbacks = [*callbacks, *_configured_callbacks(resolved, save)]
-    created = new_run_dir(resolved) if save and run_dir is None else None
-    try:
-        return train(problem, rule, resolved["protocol"], speed=speed,
-                     runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],
-                     budget=configuration.budget_of(resolved),
-                     evaluation=configuration.evaluation_of(resolved), seed=seed,
-                     run_dir=(created or run_dir) if save else None, progress=progress,
-                     config=resolved, resume=resume, callbacks=callbacks)
-    except BaseException:
-        if created is not None and not any(created.iterdir()):
-            created.rmdir()  # refused before anything ran (e.g. a runtime option): no trace
-        raise
+    # the run directory is made by train once every check passed: a refusal leaves no trace
+    return train(problem, rule, resolved["protocol"], speed=speed,
+                 runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],
+                 budget=configuration.budget_of(resolved),
+                 evaluation=configuration.evaluation_of(resolved), seed=seed,
+                 run_dir=run_dir if save else None, progress=progress, config=resolved,
+                 resume=resume, callbacks=callbacks, _new_run_dir=save and run_dir is None)
 
 
 def resume_run(run_dir: str | Path, *, overrides: Iterable[str] = (),
@@ -112,7 +108,7 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
           workers: int | None = None, batch_size: int | None = None,
           partition: PartitionSpec | None = None,
           resume: str | Path | tuple[dict[str, Any], History] | None = None,
-          callbacks: Iterable[Any] = ()) -> Result:
+          callbacks: Iterable[Any] = (), _new_run_dir: bool = False) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
     ``problem`` is a :class:`Problem`, or a model (an ``nn.Module`` or a factory of one) trained
@@ -134,39 +130,50 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
 
     ``callbacks`` (:mod:`asyncopt.callbacks`) hear of the run's start, each evaluation, each
     batch of arrivals and its end, in this process: e.g. ``[asyncopt.TensorBoard()]``.
+    ``_new_run_dir`` (for :func:`run`): make a fresh directory under ``config``'s
+    ``output.dir`` once every check has passed.
     """
+    seed = check_seed("seed", seed)
     if isinstance(resume, str | Path):
         resume = _resumable(Path(resume), run_dir)
     hooks = Callbacks(callbacks)
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
                          partition=partition)
+    if isinstance(rule, str):  # a name, as a protocol may be
+        rule = {"name": rule}
     rule = make_rule(rule, problem.num_workers) if isinstance(rule, Mapping) else as_rule(rule)
-    if isinstance(evaluation, Mapping):
-        check_keys("evaluation", evaluation, [f.name for f in fields(Evaluation)])
-        evaluation = Evaluation(**evaluation)
+    evaluation = configuration.evaluation_from(evaluation)
     if progress is None:
         progress = sys.stderr.isatty()
     num_workers = problem.num_workers
-    budget = budget if isinstance(budget, Budget) else Budget(**budget)
-    evaluation = evaluation or Evaluation()
+    budget = configuration.budget_from(budget)
     if speed is None or isinstance(speed, Mapping):
         speed = make_speed_model(speed or {}, num_workers, seed)
+    check(callable(getattr(speed, "compute_time", None)), "speed", speed,
+          "a speed model or a [speed] table as a dict, e.g. {'profile': 'sqrt'}")
+    check(run_dir is None or isinstance(run_dir, str | Path), "run_dir", run_dir,
+          "a directory path (a str or a pathlib.Path), or None")
     generator = torch.Generator().manual_seed(seed)
     server = Server(problem.init_params(generator), rule)
     spec = {"name": protocol} if isinstance(protocol, str) else protocol
+    check(isinstance(spec, Mapping), "protocol", protocol, "a protocol's name or a dict with "
+          "its name and options, e.g. {'name': 'minibatch', 'wait_for': 4}")
     driver: Protocol = make_protocol(spec, server, num_workers)
     engine = make_runtime(runtime, problem, speed, seed, runtime_options)
     if driver.needs_model_for and not engine.asks_model_for:
         raise ConfigError("runtime", runtime, f"a runtime that starts each worker at the model "
                           f"the protocol hands out (protocol {spec['name']!r} with these "
                           f"options needs it): 'sim', or 'ray' with one server")
+    preflight(engine, driver, problem)  # the mode, the machine's CPUs and memory
     if resume is not None:
         from asyncopt import resume as resuming
 
         # before anything is written; block servers: the same number as the checkpoint's
         resuming.check(resume[0], driver, getattr(engine, "num_servers", 1),
                        getattr(engine, "cut", "tensors"))
+    if _new_run_dir and config is not None:
+        run_dir = new_run_dir(config)
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)
@@ -239,7 +246,11 @@ def new_run_dir(resolved: Mapping[str, Any]) -> Path:
     while path.exists():
         path = base.with_name(f"{base.name}-{suffix}")
         suffix += 1
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:  # a file where a directory should be, no permission, ...
+        raise ConfigError("output.dir", output["dir"], f"a directory where runs can be "
+                          f"created ({path}: {error.strerror})") from error
     return path
 
 

@@ -97,6 +97,45 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     q.add_argument("--out", metavar="DIR", help="where the figures go (default RUN_DIR)")
     q.set_defaults(command="plot")
+    k = commands.add_parser("calibrate", help="fit the simulator's speed model to a real run",
+                            description="Fit the simulator's speed model (base time, noise, "
+                            "stragglers, level changes, latency, server time) to each worker "
+                            "of a real run; print the fit with its Kolmogorov-Smirnov distance, "
+                            "write a [speed] table (speed.toml) and calibration.png.")
+    k.add_argument("trace", metavar="RUN_DIR", nargs="?",
+                   help="a run directory, or a CSV file with worker, compute_time[, latency]")
+    k.add_argument("--probe", metavar="CONFIG",
+                   help="instead: time CONFIG's server per arrival on this machine (its "
+                   "protocol, rule and model) and print speed.server_time")
+    _set(k)
+    k.add_argument("--out", metavar="DIR",
+                   help="where speed.toml and calibration.png go (default: RUN_DIR, or the "
+                   "CSV file's directory)")
+    _no_plot(k, "no calibration.png")
+    k.set_defaults(command="calibrate")
+    a = commands.add_parser("advise", help="which method reaches a loss first on your machines",
+                            description="Tune each method's step size in the simulator with "
+                            "your machines' speeds, predict its time to a loss target over "
+                            "seeds, and rank the methods (asyncopt.advise).")
+    a.add_argument("config", metavar="CONFIG", help="a TOML file or a ready config's name")
+    a.add_argument("--speed", required=True, metavar="FROM",
+                   help="a real run's directory (its measured times), a CSV trace, or a TOML "
+                   "file with a [speed] table (asyncopt calibrate's speed.toml)")
+    a.add_argument("--methods", metavar="P1,P2", help="the protocols to rank (default: those "
+                   "for homogeneous or heterogeneous data, as the config's data are)")
+    a.add_argument("--grid", metavar="LR1,LR2", help="step sizes to tune over (default: the "
+                   "config's rule.lr times 0.1, 0.3, 1, 3, 10)")
+    a.add_argument("--seeds", type=int, default=3, help="seeds per prediction (default 3)")
+    a.add_argument("--target", type=float, help="the training-loss target (default: the median "
+                   "of the methods' median final losses)")
+    _set(a)
+    a.add_argument("--run", action="store_true", help="then run the winner on the real runtime "
+                   "its speeds were measured on (the run directory's), or the config's")
+    a.add_argument("--out", default="runs", metavar="DIR",
+                   help="where --run writes its run (default runs)")
+    _quiet(a)
+    _jobs(a)
+    a.set_defaults(command="advise")
     f = commands.add_parser("configs", help="list the ready configs, or copy one out",
                             description="List the ready experiment files that ship with "
                             "asyncopt, or copy one out for editing (never overwriting).")

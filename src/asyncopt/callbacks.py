@@ -73,6 +73,8 @@ class Row(NamedTuple):
     action: str
     stepped: int
     compute_time: float
+    latency: float
+    server_time: float
 
 
 @dataclass(frozen=True)

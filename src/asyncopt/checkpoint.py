@@ -14,6 +14,7 @@ statistics among them (recomputed at the final parameters, see
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,27 @@ def load_model(path: str | Path, into: nn.Module | None = None,
                ) -> nn.Module | dict[str, Tensor]:
     """The state_dict saved at ``path`` (``weights_only=True``), loaded into ``into`` when it is
     given (its keys and shapes must match: ``load_state_dict`` is strict)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises many kinds for a damaged or unsafe file
+        raise ConfigError("path", str(path), f"a readable model file; loading it failed: "
+                          f"{load_failure(error)}") from error
     if into is None:
         return state
     into.load_state_dict(state)
     return into
+
+
+def load_failure(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in full where it matters: for a file
+    that holds objects other than tensors and plain data, the globals it names (which the
+    user needs to recognize the file), without torch's advice to load it unsafely; otherwise
+    the error itself, its whitespace folded."""
+    text = str(error)
+    globals_named = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
+    if isinstance(error, pickle.UnpicklingError) and globals_named:
+        return ("it holds Python objects that a safe (weights-only) load refuses, so it is "
+                "not loaded: " + " ".join(globals_named))
+    return f"{type(error).__name__}: {' '.join(text.split())}"

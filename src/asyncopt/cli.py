@@ -1,4 +1,5 @@
-"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs``.
+"""The command line: ``asyncopt run | compare | tune | sweep | plot | configs | calibrate |
+advise``.
 
     asyncopt run quickstart --set rule.lr=0.01          # a ready config by name, or a TOML file
     asyncopt configs                                    # the ready configs; copy one out:
@@ -9,6 +10,8 @@
     asyncopt tune configs/ringleader.toml --grid rule.lr=0.001,0.01,0.1
     asyncopt sweep configs/pca_delay.toml --x workers=1:202:10 --seeds 5 --x-axis delay
     asyncopt plot runs/<run>
+    asyncopt calibrate runs/<real run>                  # its speeds as a [speed] table
+    asyncopt advise configs/quickstart.toml --speed runs/<real run>   # which method wins there
 
 ``compare``, ``tune`` and ``sweep`` run their simulated runs ``--jobs`` at a time in worker
 processes (default: the cores; :mod:`asyncopt.jobs`), with the results and the printed lines in
@@ -247,6 +250,41 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the speed model to a run (:mod:`asyncopt.calibrate`); write speed.toml."""
+    from asyncopt.calibrate import calibrate, dumps_speed, format_fits
+    from asyncopt.runtimes.sim.speed import resolve_speed_spec
+
+    check((args.trace is None) != (args.probe is None), "calibrate", args.trace,
+          "a run directory (or CSV trace), or --probe CONFIG, one of the two")
+    if args.probe is not None:
+        from asyncopt.probe import probe_server
+
+        seconds = probe_server(args.probe, args.set)
+        print(f"server:   {seconds['mean']:.4g} s per arrival (median {seconds['median']:.4g}; "
+              f"arrivals that step {seconds['step']:.4g}, others {seconds['no_step']:.4g}; "
+              f"{seconds['arrivals']:.0f} arrivals)")
+        print(f"[speed]\nserver_time = {seconds['mean']!r}")
+        return 0
+    source = Path(args.trace)
+    out = Path(args.out) if args.out else source if source.is_dir() else source.parent
+    target = out / "speed.toml"
+    check(not target.exists(), "--out", str(out), "a directory without speed.toml (never "
+          "overwritten)")
+    calibration = calibrate(source)
+    resolve_speed_spec(calibration.speed)  # a table the simulator takes, or a bug here
+    print(format_fits(calibration))
+    out.mkdir(parents=True, exist_ok=True)
+    target.write_text(dumps_speed(calibration, f"asyncopt calibrate {args.trace}"))
+    print(f"speed:    {target}  (its [speed] table goes into a config; with it, asyncopt run "
+          f"predicts this machine)")
+    if not args.no_plot:
+        from asyncopt.calibrate_plot import plot_calibration
+
+        print(f"figure:   {plot_calibration(calibration, out / 'calibration.png')}")
+    return 0
+
+
 def cmd_configs(args: argparse.Namespace) -> int:
     """List the ready configs, or copy one out for editing."""
     if args.name is None:
@@ -260,6 +298,31 @@ def cmd_configs(args: argparse.Namespace) -> int:
     target = shipped.copy_out(args.name, Path(args.out or "."))
     print(f"copied:   {target}  (asyncopt run {target})")
     return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    """Rank methods by predicted time to a loss target (:mod:`asyncopt.advise`); ``--run``."""
+    from asyncopt import advise
+    from asyncopt.config import parse_value
+
+    methods = args.methods.split(",") if args.methods else ()
+    grid = [float(parse_value(v)) for v in args.grid.split(",")] if args.grid else ()
+    predictions, target = advise.advise(
+        args.config, advise.speed_from(args.speed), methods=methods, grid=grid,
+        seeds=args.seeds, target=args.target, overrides=args.set, jobs=jobs_of(args),
+        progress=not args.quiet)
+    print(advise.format_advice(predictions, target))
+    if not args.run:
+        return 0
+    from asyncopt.api import run
+
+    resolved = advise.winner_config(args.config, args.speed, predictions[0], args.set)
+    resolved["output"] = {**resolved["output"], "dir": args.out}
+    print(f"running {predictions[0].method} (rule.lr = {predictions[0].lr:.4g}) on "
+          f"{resolved['runtime']}")
+    result = run(resolved, progress=not args.quiet)
+    print(format_summary(result))
+    return exit_code(result.summary)
 
 
 def jobs_of(args: argparse.Namespace) -> int:
@@ -282,6 +345,8 @@ def format_summary(result: Result) -> str:
         f"delay:    mean {s['mean_delay']:.2f}, max {s['max_delay']}",
         "final:    " + ", ".join(f"{k} {v:.5g}" for k, v in final.items()),
     ]
+    if s.get("final_note"):
+        lines.append(f"          ({s['final_note']})")
     if result.run_dir is not None:
         lines.append(f"run dir:  {result.run_dir}")
     return "\n".join(lines)
@@ -308,7 +373,8 @@ def _slug(text: str) -> str:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "compare": cmd_compare, "sweep": cmd_sweep,
-            "plot": cmd_plot, "configs": cmd_configs}
+            "plot": cmd_plot, "configs": cmd_configs, "calibrate": cmd_calibrate,
+            "advise": cmd_advise}
 """The command names of :func:`asyncopt.arguments.parser` -> what runs them."""
 
 

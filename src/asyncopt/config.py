@@ -35,12 +35,20 @@ from __future__ import annotations
 import copy
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from asyncopt import shipped
-from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
+from asyncopt.errors import (
+    ConfigError,
+    check,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+    check_seed,
+)
 from asyncopt.problems.registry import resolve_problem_spec
 from asyncopt.protocols.registry import resolve_protocol_spec
 from asyncopt.rules.registry import resolve_rule_spec
@@ -109,9 +117,14 @@ def read(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("config", given, "an existing TOML file, or " + shipped.unknown(given))
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError("config", str(path), f"valid TOML ({error})") from error
+    # an empty file is more likely a mistake (a file not yet written, the wrong path) than a
+    # wish for every default, which `asyncopt configs quickstart --out FILE` spells out
+    check(bool(raw), "config", str(path), "a file with at least one setting (this one is empty"
+          "; start from a ready config: asyncopt configs quickstart --out my.toml)")
+    return raw
 
 
 def load(path: str | Path, overrides: Iterable[str] = (), method: str | None = None
@@ -203,7 +216,7 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
             config[key] = {**config[key], **value} if key in ("eval", "output") else dict(value)
         else:
             config[key] = value
-    config["seed"] = check_int("seed", config["seed"], 0)
+    config["seed"] = check_seed("seed", config["seed"])
     config["workers"] = check_int("workers", config["workers"], 1)
     config["runtime"] = check_choice("runtime", config["runtime"], runtime_names())
     config["runtime_options"] = resolve_runtime_options(config["runtime"],
@@ -222,7 +235,35 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
           "RUN_DIR/tensorboard)")
     check(isinstance(config["output"]["dir"], str), "output.dir", config["output"]["dir"],
           "a directory path")
+    name = config["output"]["name"]
+    check(isinstance(name, str) and "/" not in name and name not in (".", ".."),
+          "output.name", name, "a directory name (a string without '/'; empty: one made of "
+          "the problem, protocol, rule, seed and time)")
     return config
+
+
+def budget_from(value: Budget | Mapping[str, Any] | Any) -> Budget:
+    """A :class:`Budget`, or one built from a dict of its fields (unknown keys refused)."""
+    if isinstance(value, Budget):
+        return value
+    names = [f.name for f in fields(Budget)]
+    check(isinstance(value, Mapping), "budget", value, "a Budget or a dict of its fields ("
+          + ", ".join(names) + "), e.g. {'steps': 1000}")
+    check_keys("budget", value, names)
+    return Budget(**value)
+
+
+def evaluation_from(value: Evaluation | Mapping[str, Any] | Any | None) -> Evaluation:
+    """An :class:`Evaluation`, one built from a dict of its fields, or the default (None)."""
+    if value is None:
+        return Evaluation()
+    if isinstance(value, Evaluation):
+        return value
+    names = [f.name for f in fields(Evaluation)]
+    check(isinstance(value, Mapping), "evaluation", value, "an Evaluation or a dict of its "
+          "fields (" + ", ".join(names) + "), e.g. {'every': 100, 'unit': 'steps'}")
+    check_keys("evaluation", value, names)
+    return Evaluation(**value)
 
 
 def budget_of(config: Mapping[str, Any]) -> Budget:

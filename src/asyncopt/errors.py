@@ -42,6 +42,15 @@ def check_int(field: str, value: Any, minimum: int | None = None,
     return int(value)
 
 
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch's generators take 64-bit seeds, and seeds travel as int64 tensors."""
+
+
+def check_seed(field: str, value: Any) -> int:
+    """A seed: an integer in [0, 2**63 - 1]."""
+    return check_int(field, value, 0, MAX_SEED)
+
+
 def check_float(field: str, value: Any, minimum: float | None = None,
                 maximum: float | None = None, *, strict_minimum: bool = False) -> float:
     """A finite real number within the range (``minimum`` excluded when ``strict_minimum``)."""

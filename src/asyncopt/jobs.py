@@ -57,7 +57,8 @@ def check_jobs(value: Any) -> int:
 
 def run_all(tasks: Sequence[Task], jobs: int, *, progress: bool = False) -> Iterator[Outcome]:
     """The outcome of every task, in order; simulated ones ``jobs`` at a time in processes.
-    ``progress`` shows each run's own progress bar, when runs go one at a time."""
+    ``progress`` shows each run's own progress bar when runs go one at a time, and one bar over
+    the whole set (runs finished, in whatever order they finish) when they go in parallel."""
     jobs = check_jobs(jobs)
     parallel = [i for i, task in enumerate(tasks) if task.config.get("runtime") == "sim"]
     if jobs == 1 or len(parallel) <= 1:
@@ -66,13 +67,31 @@ def run_all(tasks: Sequence[Task], jobs: int, *, progress: bool = False) -> Iter
         return
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(parallel)), mp_context=context)
+    bar = _set_bar(len(tasks)) if progress else None
     try:
         futures = {i: pool.submit(run_task, tasks[i]) for i in parallel}
+        if bar is not None:
+            for future in futures.values():
+                future.add_done_callback(lambda _: bar.update())
         for i, task in enumerate(tasks):
-            yield _stopped_by_a_signal(futures[i].result() if i in futures
-                                       else run_task(task, progress))
+            if i in futures:
+                yield _stopped_by_a_signal(futures[i].result())
+                continue
+            outcome = run_task(task, progress=False)  # a real runtime's run, here, between
+            if bar is not None:
+                bar.update()
+            yield _stopped_by_a_signal(outcome)
     finally:  # after an error or Ctrl-C, runs not yet started never start
         pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
+
+
+def _set_bar(total: int) -> Any:
+    """A tqdm bar over ``total`` runs."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc="runs", dynamic_ncols=True, leave=False)
 
 
 def _stopped_by_a_signal(outcome: Outcome) -> Outcome:

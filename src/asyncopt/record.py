@@ -4,13 +4,23 @@ A run directory holds
 
 * ``config.toml``      the resolved configuration (every default filled in);
 * ``arrivals.csv``     one row per arrival: ``now, worker, version, delay, loss, action, stepped,
-  compute_time`` (``version`` is the server's version *after* handling the arrival; ``action`` is
-  one of step, buffer, drop, reject, cancel, lost, restart; cancelled work, lost and restarted
-  workers have an empty loss);
+  compute_time, latency, server_time`` (``version`` is the server's version *after* handling the
+  arrival; ``action`` is one of step, buffer, drop, reject, cancel, lost, restart; cancelled
+  work, lost and restarted workers have an empty loss). The three times are what the
+  simulator needs to replay a run's cost (:mod:`asyncopt.runtimes.sim.trace`):
+  ``compute_time`` the worker's own seconds for the gradient (its clock), ``latency`` the rest of
+  the time from the job's start to the start of its handling (the driver's clock: sending the
+  job, sending the gradient back, waiting while the server handles others), and
+  ``server_time`` the server's seconds on the arrival (reading the gradient, the protocol and
+  the rule's step; not evaluations). Rows that are no gradient the server handled (cancel, lost,
+  restart; steps applied by lock-free workers) leave the last two empty. Files written before
+  these two columns existed are read all the same, without them;
 * ``evaluations.csv``  periodic rows: ``now, version, arrivals`` and the problem's metrics
   (``loss``, ``grad_norm_sq``, ``accuracy``, ...);
 * ``summary.json``     written last, atomically: status (completed, interrupted, diverged, failed),
-  reason, counts, final metrics.
+  reason, counts, ``final`` (the metrics of the last evaluation made), ``final_at`` (its
+  version, time and arrival count) and, when that evaluation is not of the model at the end of
+  the run (a diverged or failed run's last model is not evaluated), ``final_note`` saying so.
 
 Rows are streamed to disk and flushed regularly, so a run stopped by Ctrl-C, or even killed, leaves
 tables that :func:`load` reads. Floats are written with ``repr`` so that a history read back is
@@ -30,13 +40,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from asyncopt.errors import check_choice
+from asyncopt.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ARRIVAL_COLUMNS = ("now", "worker", "version", "delay", "loss", "action", "stepped",
-                   "compute_time")
+                   "compute_time", "latency", "server_time")
 EVALUATION_HEAD = ("now", "version", "arrivals")
 ACTIONS = ("step", "buffer", "drop", "reject", "cancel", "lost", "restart")
 
@@ -63,7 +73,8 @@ class History:
     def to_pandas(self, table: str = "evaluations") -> pd.DataFrame:
         """One table as a ``pandas.DataFrame``, a row per record: ``"evaluations"`` (now,
         version, arrivals and each metric) or ``"arrivals"`` (now, worker, version, delay, loss,
-        action, stepped, compute_time). pandas is optional (``pip install pandas``)."""
+        action, stepped, compute_time, latency, server_time). pandas is optional
+        (``pip install pandas``)."""
         columns = {"evaluations": self.evaluations, "arrivals": self.arrivals}
         check_choice("table", table, columns)
         try:
@@ -98,10 +109,11 @@ class Recorder:
         return self._arrivals
 
     def arrival(self, now: float, worker: int, version: int, delay: int, loss: float,
-                action: str, compute_time: float) -> None:
+                action: str, compute_time: float, latency: float = math.nan,
+                server_time: float = math.nan) -> None:
         # one append is the whole record: a Ctrl-C can never leave a row half-kept
         self._arrivals.append((now, worker, version, delay, loss, action,
-                               1 if action == "step" else 0, compute_time))
+                               1 if action == "step" else 0, compute_time, latency, server_time))
         if self._arrivals_file is not None and (
                 len(self._arrivals) - self._flushed >= self.flush_every):
             self.flush()
@@ -172,13 +184,22 @@ def load(run_dir: str | Path) -> History:
     arrivals = _read_csv(run_dir / "arrivals.csv")
     evaluations = _read_csv(run_dir / "evaluations.csv")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
-        "status": "unknown", "reason": "summary.json missing: the run did not finish cleanly"}
+    summary = {"status": "unknown", "reason": "summary.json missing: the run did not finish "
+               "cleanly"}
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:  # as good as missing: say so
+            summary = {"status": "unknown", "reason": f"summary.json unreadable ({error})"}
     config: dict[str, Any] = {}
     if (run_dir / "config.toml").exists():
         import tomllib
 
-        config = tomllib.loads((run_dir / "config.toml").read_text())
+        try:
+            config = tomllib.loads((run_dir / "config.toml").read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError("run directory", str(run_dir), f"a readable config.toml "
+                              f"({error})") from error
     return History(arrivals, evaluations, summary, config)
 
 
@@ -190,9 +211,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _arrival_line(row: tuple) -> str:
-    now, worker, version, delay, loss, action, stepped, compute_time = row
-    loss_text = "" if math.isnan(loss) else repr(loss)
-    return f"{now!r},{worker},{version},{delay},{loss_text},{action},{stepped},{compute_time!r}\n"
+    now, worker, version, delay, loss, action, stepped, compute_time, latency, server = row
+    return (f"{now!r},{worker},{version},{delay},{_text(loss)},{action},{stepped},"
+            f"{compute_time!r},{_text(latency)},{_text(server)}\n")
 
 
 def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -205,7 +226,11 @@ def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, np.ndarray]
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         return {}
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ConfigError("run directory", str(path.parent), f"a readable {path.name} "
+                          f"({error})") from error
     if text and not text.endswith("\n"):  # a killed run may leave a cut last line
         text = text[: text.rfind("\n") + 1]
     reader = csv.reader(io.StringIO(text))

@@ -52,13 +52,16 @@ uninterrupted run's history bit for bit (with ``runtime_options.batch = 1``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
 from asyncopt import tree
+from asyncopt.checkpoint import load_failure
 from asyncopt.errors import ConfigError
 from asyncopt.protocols.base import Protocol
 from asyncopt.protocols.stepper import Counter
@@ -81,7 +84,7 @@ def read(run_dir: Path) -> tuple[dict[str, Any], History]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a damaged file
         raise ConfigError("--resume", str(path), f"a readable checkpoint; loading it failed: "
-                          f"{type(error).__name__}: {str(error)[:200]}") from error
+                          f"{load_failure(error)}") from error
     if not isinstance(state, dict):
         raise ConfigError("--resume", str(path), "a checkpoint: a dict of the server's state")
     if state.get("format") == 2:  # before the source's state was saved: workers restart
@@ -232,11 +235,13 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
 
 def _replay(coordinator: Coordinator, history: History, rows: int, evaluations: int) -> None:
     recorder, a = coordinator.recorder, history.arrivals
+    missing = np.full(rows, math.nan)  # histories written before these columns existed
+    latency, server = a.get("latency", missing), a.get("server_time", missing)
     for i in range(rows):
         loss = float(a["loss"][i])
         recorder.arrival(float(a["now"][i]), int(a["worker"][i]), int(a["version"][i]),
                          int(a["delay"][i]), loss, str(a["action"][i]),
-                         float(a["compute_time"][i]))
+                         float(a["compute_time"][i]), float(latency[i]), float(server[i]))
     e = history.evaluations
     metrics = [k for k in e if k not in ("now", "version", "arrivals")]
     for i in range(min(evaluations, len(e.get("now", ())))):

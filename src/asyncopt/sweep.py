@@ -1,6 +1,6 @@
 """Parameter sweeps: the final value of a metric as a function of one key, one curve per series.
 
-The figures of the delay and momentum studies (Liu et al. 2018, algorithms.md paper 3: the best
+The figures of the delay and momentum studies (Liu et al., NeurIPS 2018: the best
 delay for each momentum; the best momentum for each worker count) and of APAM's artificial-delay
 study (Xu et al., paper 2) plot a *final* metric against a swept key, not a metric against time:
 

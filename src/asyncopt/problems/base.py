@@ -71,6 +71,19 @@ class Problem(ABC):
         and ``test_loss`` where the problem has a test set.
         """
 
+    def sample_bytes(self) -> int:
+        """Bytes one minibatch sample takes while a gradient is computed (its input, and the
+        activations kept for the backward pass with their gradients), for the memory estimate
+        made before a run starts (:mod:`asyncopt.runtimes.common.resources`); 0 where unknown
+        or negligible."""
+        return 0
+
+    def worker_data_bytes(self) -> int:
+        """Bytes of data a worker process builds for itself from the problem it receives
+        (its tensors arrive in shared memory, but e.g. per-shard copies are private); 0 where
+        unknown or negligible."""
+        return 0
+
     @property
     def device(self) -> torch.device:
         """Where :meth:`loss_and_grad` and :meth:`evaluate` compute (see :meth:`to`)."""

@@ -97,6 +97,23 @@ def build_pca(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
                       covariance=spec["covariance"], batch_size=spec["batch_size"])
 
 
+def build_bytes(spec: Mapping[str, Any], num_workers: int) -> tuple[int, str]:
+    """About how many bytes building ``spec`` allocates, and the spec key that drives it, for
+    the problems whose size is a number in the spec (generated data); 0 for data read from
+    files (bounded by the files) and the small bundled sets. Several arrays of the data's size
+    live at once while it is generated, converted and split, hence the factors."""
+    name = spec["name"]
+    if name == "quadratic":  # the worker centres: float64 draws, float32 shifts and centres
+        return 28 * num_workers * spec["dim"], "workers"
+    dataset = spec.get("dataset")
+    if dataset == "synthetic":
+        features = spec["num_features"] or OPTIONS["synthetic"]["num_features"]
+        return 24 * spec["num_samples"] * features, "num_samples"
+    if dataset == "synthetic_images":
+        return 12 * spec["num_samples"] * 3 * 32 * 32, "num_samples"
+    return 0, "name"
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, Any], int, int], Problem]] = {
     "quadratic": build_quadratic, "logistic": build_logistic, "mlp": build_mlp,
     "cnn": build_cnn, "pca": build_pca}

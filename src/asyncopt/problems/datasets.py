@@ -41,6 +41,7 @@ from torch import Tensor
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
 from asyncopt.problems import images, mnist
+from asyncopt.problems.finite import check_finite
 
 DATASETS = ("breast_cancer", "cifar10", "cifar100", "digits", "fashion_mnist", "iris", "libsvm",
             "mnist_idx", "mnist_subset", "synthetic", "synthetic_images", "wine")
@@ -115,6 +116,9 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
         X, y = mnist.load_subset()
     else:
         X, y, names = _sklearn(name)
+    check_finite("problem.dataset", name, "a dataset", X, "0-based, in the order of "
+                 "the dataset's files" if name not in ("synthetic", "synthetic_images") else
+                 "0-based, as generated")
     train, test = split or stratified_split(y, test_fraction, seed)
     X_train, X_test = X[train], X[test]
     if name in images.IMAGE_DATASETS:
@@ -212,6 +216,9 @@ def _label(token: str, path: Path, line: int) -> float:
     return value
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _entry(token: str, path: Path, line: int) -> tuple[int, float]:
     index_text, sep, value_text = token.partition(":")
     try:
@@ -219,7 +226,11 @@ def _entry(token: str, path: Path, line: int) -> tuple[int, float]:
     except ValueError:
         index, value = 0, math.nan
     if not sep or not math.isfinite(value):
-        raise DataFileError(path, line, f"bad entry {token!r}: expected index:value, e.g. 3:0.5")
+        raise DataFileError(path, line, f"bad entry {token!r}: expected index:value with a "
+                            "finite value, e.g. 3:0.5")
+    if abs(value) > _FLOAT32_MAX:
+        raise DataFileError(path, line, f"bad entry {token!r}: the value is beyond float32's "
+                            f"range (±{_FLOAT32_MAX:.4g}), where the data is kept")
     if index < 1:
         raise DataFileError(path, line, f"bad index in {token!r}: indices start at 1")
     return index, value

@@ -35,6 +35,8 @@ CIFAR: dict[str, tuple[tuple[str, ...], str, bytes, int]] = {
     "cifar100": (("train",), "test", b"fine_labels", 100),
 }
 """name → (training files, test file, label key, number of classes)."""
+ARCHIVE_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+"""The folder the python-version archive unpacks into (torchvision's download root holds it)."""
 IMAGE_DATASETS = (*CIFAR, "synthetic_images")
 FLAT_IMAGES = ("digits", "fashion_mnist", "mnist_idx", "mnist_subset")
 """Datasets of square images stored flat, one row of s² pixels per image."""
@@ -85,9 +87,13 @@ def read_batch(path: str | Path, label_key: bytes,
 def load_cifar(directory: str | Path, name: str,
                ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """``(X, y, (train, test))``: the training then the test images of CIFAR ``name`` from
-    ``directory`` (uint8 N × 3 × 32 × 32), with the index arrays of the files' split."""
+    ``directory`` (uint8 N × 3 × 32 × 32), with the index arrays of the files' split;
+    ``directory`` may also be the folder that holds the unpacked archive's own folder
+    (``cifar-10-batches-py``, ``cifar-100-python``), as torchvision's download root does."""
     train_files, test_file, label_key, classes = CIFAR[name]
     directory = Path(directory)
+    if (directory / ARCHIVE_FOLDERS[name] / test_file).is_file():
+        directory = directory / ARCHIVE_FOLDERS[name]  # the archive's parent: a download root
     if not directory.is_dir():
         raise ConfigError("path", str(directory), f"a directory holding the {name} python-"
                           f"version files {', '.join((*train_files, test_file))}")

@@ -49,18 +49,21 @@ class IdxSet:
     mean: float
     std: float
     how_to_get: str
+    torchvision: str
+    """The folder under a torchvision download root (``datasets.MNIST(root, download=True)``
+    keeps the files in ``root/MNIST/raw``)."""
 
 
 IDX_SETS = {
     "mnist_idx": IdxSet("MNIST", None, 0.1307, 0.3081,
                         "download the four files of http://yann.lecun.com/exdb/mnist/ (or a "
-                        "mirror) and set problem.path to their directory"),
+                        "mirror) and set problem.path to their directory", "MNIST/raw"),
     "fashion_mnist": IdxSet("Fashion-MNIST", "/usr/share/datasets/fashion-mnist",
                             0.2860406, 0.35302424,
                             "install them with `apt-get install dataset-fashion-mnist` (Debian "
                             "or Ubuntu, as root) or download the four files of "
                             "https://github.com/zalandoresearch/fashion-mnist and set "
-                            "problem.path to their directory"),
+                            "problem.path to their directory", "FashionMNIST/raw"),
 }
 """name → the IDX dataset's title, default directory, pixel mean and std, and where to get it."""
 
@@ -96,8 +99,12 @@ def load_idx(directory: str | Path, name: str = "mnist_idx", standardize: bool =
              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """``(X, y, split)`` from the IDX files of dataset ``name`` in ``directory``: X (N × 784,
     float32) the training then the t10k images, and ``split`` the (train, test) index arrays
-    of the files' split, or None (and only the training images) without the t10k files."""
+    of the files' split, or None (and only the training images) without the t10k files.
+    ``directory`` may also be a torchvision download root (the files in its ``MNIST/raw`` or
+    ``FashionMNIST/raw``)."""
     dataset, directory = IDX_SETS[name], Path(directory)
+    if _find(directory / dataset.torchvision, IMAGES) is not None:
+        directory = directory / dataset.torchvision  # a torchvision download root
     if not directory.is_dir() or _find(directory, IMAGES) is None:
         raise ConfigError("path", str(directory), f"a directory holding the {dataset.title} IDX "
                           f"files {IMAGES} and {LABELS} (optionally .gz, with the t10k files "

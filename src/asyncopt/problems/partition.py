@@ -20,8 +20,9 @@ objective f_i is the mean loss over its shard. Six schemes:
   for the missing samples (uniform over the remaining classes if q_i puts no mass on them).
   Every shard has exactly m samples; the last workers' label mix is what the others left.
 * ``"dirichlet_equal_rounded"`` — the equal-size clients of the Ringleader ASGD authors'
-  ``prep_data.py`` (vectozavr/ringmaster-lmo at d175d78, ``code/experiments/``; algorithms.md,
-  paper 4, "Experiment setup"), step for step, so that the same seed gives their partition.
+  ``prep_data.py`` (vectozavr/ringmaster-lmo at d175d78, ``code/experiments/``; Maranjyan &
+  Richtárik, ICLR 2026, "Experiment setup"), step for step, so that the same seed gives their
+  partition.
   First the data are trimmed to a multiple of n (``reduce_dataset_to_multiple``, always with
   their seed :data:`TRIM_SEED`): the r = N mod n dropped samples are shared among the classes in
   proportion to their sizes, floor plus largest remainder, and drawn without replacement within

@@ -1,6 +1,6 @@
 """Streaming PCA: the top eigenvector of Σ = E[XXᵀ] from a stream of samples X ~ N(0, Σ).
 
-The test problem of Async-MSGD (Liu, Li, Shi, Zhou & Zhao, NeurIPS 2018; algorithms.md, paper 3):
+The test problem of Async-MSGD (Liu, Li, Shi, Zhou & Zhao, NeurIPS 2018):
 
     max_v  vᵀ Σ v   subject to ‖v‖ = 1,
 
@@ -75,6 +75,10 @@ class PCAProblem(Problem):
         grad = v * quotient - s_v  # −(I − v vᵀ) Ŝ v
         loss = 1.0 - float(quotient) / (self._top_value * float(torch.dot(v, v)))
         return loss, {"v": grad}
+
+    def sample_bytes(self) -> int:
+        """A fresh sample and its whitened copy."""
+        return 2 * 4 * self.dim
 
     def evaluate(self, params: Params) -> dict[str, float]:
         v = params["v"].double()

@@ -20,9 +20,10 @@ from asyncopt.errors import (
     check_float,
     check_int,
     check_keys,
+    check_seed,
 )
 from asyncopt.problems.base import Problem
-from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS
+from asyncopt.problems.builtin import BUILDERS, DEFAULTS, GRADIENTS, build_bytes
 from asyncopt.problems.datasets import DATASETS, OPTIONS, DataFileError
 from asyncopt.problems.partition import SCHEMES
 from asyncopt.problems.pca import check_covariance, check_eigenvalues
@@ -50,19 +51,22 @@ def _fraction(field: str, value: Any) -> float:
     return value
 
 
+# the problems compute in float32: a parameter beyond its range cannot even be converted
+FLOAT32_MAX = 3.4028234663852886e38
+
 CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "dim": lambda f, v: check_int(f, v, 1),
-    "condition": lambda f, v: check_float(f, v, 1.0),
-    "heterogeneity": lambda f, v: check_float(f, v, 0.0),
-    "noise": lambda f, v: check_float(f, v, 0.0),
+    "condition": lambda f, v: check_float(f, v, 1.0, FLOAT32_MAX),
+    "heterogeneity": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX),
+    "noise": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX),
     "dataset": lambda f, v: check_choice(f, v, DATASETS),
     "batch_size": lambda f, v: check_int(f, v, 1),
     "partition": lambda f, v: check_choice(f, v, [s for s in SCHEMES if s != "given"]),
-    "partition_seed": _optional_int(0),
+    "partition_seed": lambda f, v: None if v is None else check_seed(f, v),
     "replacement": _bool,
-    "alpha": lambda f, v: check_float(f, v, 0.0, strict_minimum=True),
+    "alpha": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX, strict_minimum=True),
     "test_fraction": _fraction,
-    "l2": lambda f, v: check_float(f, v, 0.0),
+    "l2": lambda f, v: check_float(f, v, 0.0, FLOAT32_MAX),
     "hidden": lambda f, v: check_int(f, v, 1),
     "model": check_model,
     "gradient": lambda f, v: check_choice(f, v, GRADIENTS),
@@ -105,9 +109,24 @@ def make_problem(spec: Mapping[str, Any], num_workers: int, seed: int) -> Proble
     """Build the problem ``spec`` names, split across ``num_workers`` workers, seeded."""
     resolved = resolve_problem_spec(spec)
     num_workers = check_int("workers", num_workers, 1)
-    seed = check_int("seed", seed, 0)
+    seed = check_seed("seed", seed)
+    _check_fits(resolved, num_workers)
     with _as_problem_fields(resolved):
         return BUILDERS[resolved["name"]](resolved, num_workers, seed)
+
+
+def _check_fits(resolved: Mapping[str, Any], num_workers: int) -> None:
+    """Refuse a generated problem that would not fit in the memory available now."""
+    from asyncopt.runtimes.common.resources import available_memory, size
+
+    need, key = build_bytes(resolved, num_workers)
+    available = available_memory()
+    if available is not None and need > available:
+        field, value = ("workers", num_workers) if key == "workers" else (
+            f"problem.{key}", resolved[key])
+        raise ConfigError(field, value, f"a problem that fits in memory: building it would "
+                          f"take about {size(need)}, more than the {size(available)} "
+                          f"available (MemAvailable in /proc/meminfo); lower {field}")
 
 
 @contextmanager

@@ -251,6 +251,35 @@ class SupervisedProblem(Problem):
             self._picks = self._picks_on_device  # type: ignore[method-assign]
         return self
 
+    def sample_bytes(self) -> int:
+        """A sample's input and target, and twice every layer's output in its forward pass
+        (kept for backward, and their gradients), measured once on two samples in evaluation
+        mode (no BatchNorm statistics change)."""
+        if "_sample_bytes" not in self.__dict__:
+            outputs: list[int] = []
+
+            def count(module: nn.Module, inputs: Any, output: Any) -> None:
+                if isinstance(output, Tensor):
+                    outputs.append(output.numel() * output.element_size())
+
+            X, y = self.X_train[:2], self.y_train[:2]
+            leaves = [m for m in self._eval_module.modules() if not next(m.children(), None)]
+            hooks = [m.register_forward_hook(count) for m in leaves]
+            try:
+                with torch.no_grad():
+                    self._eval_module(X.to(self.device))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            data = X.numel() * X.element_size() + y.numel() * y.element_size()
+            self._sample_bytes = (data + 2 * sum(outputs)) // len(X)
+        return self._sample_bytes
+
+    def worker_data_bytes(self) -> int:
+        """Every shard's copy of its samples (:meth:`_setup` gathers them in each process)."""
+        rows = sum(len(shard) for shard in self.shards)
+        return rows * (self.X_train[:1].nbytes + self.y_train[:1].nbytes)
+
     def buffers(self, params: Params) -> Params:
         """The running statistics at ``params`` (empty for a model without BatchNorm)."""
         if not running_stats.norm_layers(self._eval_module):

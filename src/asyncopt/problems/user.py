@@ -39,6 +39,7 @@ from torch.utils.data import TensorDataset
 from asyncopt.errors import ConfigError, check, check_int, check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.problems.dry_run import name_of
+from asyncopt.problems.finite import check_finite
 from asyncopt.problems.partition import partition as split
 from asyncopt.problems.supervised import LossFn, Metric, SupervisedProblem
 
@@ -98,6 +99,8 @@ def to_tensors(data: Any, field: str) -> tuple[Tensor, Tensor]:
     X, y = _tensor(X), _tensor(y)
     check(len(X) == len(y) > 0, field, f"{len(X)} inputs and {len(y)} targets",
           "at least one sample, with one target per input")
+    for name, part in (("inputs", X), ("targets", y)):
+        check_finite(field, type(data).__name__, name, part, f"{field}[i], 0-based")
     return X, y
 
 

@@ -1,6 +1,7 @@
 """ASGD with an artificial delay: each gradient is evaluated at a model drawn from the last D.
 
-APAM's delay study (Xu et al., §5.4; algorithms.md, paper 2) makes staleness a controlled
+APAM's delay study (Xu et al., *Parallel and distributed asynchronous adaptive stochastic
+gradient methods*, §5.4) makes staleness a controlled
 variable: the master keeps the last D iterates and hands each worker one of them, chosen uniformly,
 while the step is applied to the newest iterate::
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncopt.errors import ConfigError, check_int
+from asyncopt.errors import ConfigError, check_int, check_seed
 from asyncopt.protocols import state as saved
 from asyncopt.protocols.asgd import ASGD
 from asyncopt.protocols.base import Arrival, Reply, Server
@@ -38,14 +39,16 @@ class ArtificialDelayASGD(ASGD):
 
     needs_model_for = True
     needs_server = True  # the server hands out older models: only a central one can
+    held_field = "protocol.artificial_delay"
 
     def __init__(self, server: Server, num_workers: int, window: int,
                  seed: int | None = None) -> None:
         super().__init__(server, num_workers)
-        self.window = check_int("protocol.artificial_delay", window, 1)
+        # a window longer than any run's steps means nothing; past 2**31 it cannot be a deque
+        self.window = check_int("protocol.artificial_delay", window, 1, 2**31 - 1)
         if seed is None:
             seed = _seed_of(server.params)
-        self._rng = np.random.default_rng(check_int("protocol.seed", seed, 0))
+        self._rng = np.random.default_rng(check_seed("protocol.seed", seed))
         self._versions: deque[tuple[int, Params]] = deque(maxlen=self.window)
         self._versions.append((server.version, server.params))
         self._handed: set[int] = set()  # workers computing at a model from model_for
@@ -71,6 +74,10 @@ class ArtificialDelayASGD(ASGD):
         self.in_flight[worker] = version
         self._handed.add(worker)
         return version, params
+
+    def held_models(self) -> int:
+        """The window of past models handed out."""
+        return self.window
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the window (its versions and models, copied) and the draws' generator state;

@@ -10,7 +10,7 @@ An :class:`Arrival` carries the model ``version`` the gradient was computed at; 
 the server's current version, so every delay ``δ = server.version - arrival.version`` is measured,
 never assumed. A :class:`Reply` says what happened to that gradient (:class:`Action`), which
 workers start a new gradient at the server's *current* model, and which in-flight computations are
-cancelled. That is enough for every method of the Common framework in ``algorithms.md``: buffering
+cancelled. That is enough for every method of the five papers implemented here: buffering
 (minibatch, Ringleader), per-worker tables (IA²SGD, Malenia, Ringleader), cancelling in-flight work
 (Ringmaster with calculation stops), and restarting all workers (Malenia, Rennala, minibatch).
 """
@@ -110,6 +110,16 @@ class Protocol(ABC):
     @property
     def version(self) -> int:
         return self.server.version
+
+    held_field: str = "workers"
+    """The configuration field that :meth:`held_models` grows with, for the memory estimate's
+    message."""
+
+    def held_models(self) -> int:
+        """How many model-sized tensors this protocol may hold at once besides the model
+        (gradient tables, buffered gradients, past models): the memory estimate
+        (:mod:`asyncopt.runtimes.common.resources`) counts them before a run starts."""
+        return 0
 
     def begin(self) -> Reply:
         """Start every worker at the initial model; after :meth:`load_state_dict`, restart

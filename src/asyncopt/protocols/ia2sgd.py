@@ -1,7 +1,7 @@
 """IA²SGD: a table of every worker's latest gradient, one step per arrival along its mean.
 
 The incremental-aggregated asynchronous SGD baseline as cited and implemented by Maranjyan &
-Richtárik, *Ringleader ASGD*, ICLR 2026 (algorithms.md, paper 4, "Baselines"; its original
+Richtárik, *Ringleader ASGD*, ICLR 2026 (its "Baselines"; its original
 reference is not verified). Slot i holds g_i, worker i's most recent gradient, computed at
 x_{k−δ_i}. Once every slot is filled, each arrival from worker i replaces slot i and steps:
 
@@ -20,7 +20,7 @@ fills the last slot does is the option ``step_on_fill``:
 * ``false``: it only fills its slot, its sender restarts at x_0, and the first step comes with
   the next arrival, as the authors' simulator (``IAASGD.step`` in ``asynchronous/algorithm.py``
   of vectozavr/ringmaster-lmo at d175d78). The paper's description ("after a warm-up in which
-  the table is filled, every arrival replaces its slot and steps", algorithms.md) does not say
+  the table is filled, every arrival replaces its slot and steps") does not say
   which; the two differ by one arrival and one step.
 """
 

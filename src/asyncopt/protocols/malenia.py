@@ -1,9 +1,9 @@
 """Malenia SGD: per-worker averages at x_k, one step once every worker has contributed.
 
 Tyurin & Richtárik, *Optimal time complexities of parallel stochastic optimization methods under
-a fixed computation model*, NeurIPS 2023 (algorithms.md, paper 4, "Baselines"). Every worker
-computes at x_k and, when it finishes, restarts at the same x_k; the server keeps worker i's sum
-G_i and count b_i of gradients of f_i at x_k. Once the stopping rule holds:
+a fixed computation model*, NeurIPS 2023 (a baseline of Maranjyan & Richtárik, ICLR 2026).
+Every worker computes at x_k and, when it finishes, restarts at the same x_k; the server keeps
+worker i's sum G_i and count b_i of gradients of f_i at x_k. Once the stopping rule holds:
 
     x_{k+1} = x_k + rule( (1/n) Σ_i G_i / b_i ),        then every worker restarts at x_{k+1}
 

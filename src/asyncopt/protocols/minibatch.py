@@ -7,7 +7,8 @@ x_{k+1} (the slowest n − m computations are cancelled):
     x_{k+1} = x_k + rule( (1/m) Σ_{j ∈ first m arrivals} g_j(x_k) )
 
 Time per step is the m-th order statistic of the workers' compute times (max_i τ_i for m = n),
-which is what asynchronous methods are measured against (algorithms.md, "Standard baselines").
+which is what asynchronous methods are measured against (the synchronous baseline of every
+paper implemented here).
 No gradient is ever stale: every delay is 0.
 """
 
@@ -46,6 +47,10 @@ class Minibatch(Protocol):
         if self.alive and len(self.batch) >= self.wait_for:
             return replace(self._step(worker, 0), action=Action.LOST)
         return Reply(Action.LOST)
+
+    def held_models(self) -> int:
+        """The gradients waiting for the step."""
+        return self.wait_for
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the gradients waiting in the batch; their senders are idle, so a resumed run

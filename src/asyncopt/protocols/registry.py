@@ -1,6 +1,6 @@
 """Protocols by name, for configuration files and the command line.
 
-Two methods of algorithms.md need no protocol of their own:
+Two methods of the papers need no protocol of their own:
 
 * **delay-adaptive ASGD** (Mishchenko et al. 2022; Koloskova et al. 2022) is ``asgd`` with the
   rule option ``delay_adaptive = true`` (step scaled by n / max(n, δ));

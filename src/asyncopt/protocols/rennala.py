@@ -1,9 +1,9 @@
 """Rennala SGD: the first S gradients at x_k, from any workers, make one step.
 
 Tyurin & Richtárik, *Optimal time complexities of parallel stochastic optimization methods under
-a fixed computation model*, NeurIPS 2023 (algorithms.md, paper 4, "Baselines"). Every worker
-computes at x_k; a worker that finishes restarts at the same x_k, so fast workers contribute
-several gradients. Once ``batch_size`` = S gradients have arrived:
+a fixed computation model*, NeurIPS 2023 (a baseline of Maranjyan & Richtárik, ICLR 2026).
+Every worker computes at x_k; a worker that finishes restarts at the same x_k, so fast workers
+contribute several gradients. Once ``batch_size`` = S gradients have arrived:
 
     x_{k+1} = x_k + rule( (1/S) Σ_{j=1}^{S} g_j(x_k) ),        then every worker restarts at x_{k+1}
 
@@ -64,6 +64,10 @@ class Rennala(Protocol):
         average = tree.scale(self._sum, 1.0 / self.batch_size)
         stepped = self.server.step(average, delay=0, worker=arrival.worker)
         return self.restart_all(Action.STEP if stepped else Action.DROP, 0)
+
+    def held_models(self) -> int:
+        """The running sum."""
+        return 1
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the running sum of the gradients at x_k and their count (None while 0)."""

@@ -1,7 +1,7 @@
 """Ringleader ASGD: asynchronous SGD with per-worker tables, buffers and rounds of n updates.
 
 Maranjyan & Richtárik, *Ringleader ASGD: The First Asynchronous SGD with Optimal Time Complexity
-under Data Heterogeneity*, ICLR 2026 (arXiv:2509.22860; algorithms.md, paper 4). The server keeps
+under Data Heterogeneity*, ICLR 2026 (arXiv:2509.22860). The server keeps
 for every worker a **current** entry (G_i, b_i), the sum and count of its gradients, and a
 **buffer** entry (G_i⁺, b_i⁺) for the next round. Every step moves along the average of the
 per-worker means, so each worker weighs 1/n whatever its speed (heterogeneous data):
@@ -55,6 +55,10 @@ class Ringleader(Protocol):
         self.retired = 0  # gradients of finished rounds' tables (each was used in ≥ 1 step)
         self._updated = [False] * num_workers
         self._num_updated = 0
+
+    def held_models(self) -> int:
+        """Two tables (the current one and the buffer), each with its average."""
+        return 2 * (self.num_workers + 1)
 
     @property
     def held(self) -> int:

@@ -1,8 +1,8 @@
 """Ringmaster ASGD: asynchronous SGD that ignores, and with stops cancels, gradients delayed ≥ R.
 
 Maranjyan, Tyurin & Richtárik, *Ringmaster ASGD: The First Asynchronous SGD with Optimal Time
-Complexity*, ICML 2025 (algorithms.md, paper 4, "Baselines"). On an arrival from worker i whose
-gradient is δ versions old (δ = server version − the version i started at):
+Complexity*, ICML 2025 (a baseline of the Ringleader paper, ICLR 2026). On an arrival from
+worker i whose gradient is δ versions old (δ = server version − the version i started at):
 
     δ < R:  x_{k+1} = x_k + rule( g_i(x_{k−δ}); δ, i )
     δ ≥ R:  ignored (``drop``)

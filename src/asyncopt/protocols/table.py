@@ -1,7 +1,7 @@
 """A per-worker gradient table whose average over workers is kept up to date in O(d) per arrival.
 
 Malenia SGD, IA²SGD and Ringleader ASGD all step along the average, over the n workers, of each
-worker's mean gradient (algorithms.md, paper 4):
+worker's mean gradient (Maranjyan & Richtárik, ICLR 2026, arXiv:2509.22860):
 
     ḡ = (1/n) Σ_i m_i,    m_i = G_i / b_i  (the mean of the b_i gradients worker i sent),
 
@@ -217,6 +217,10 @@ class TableProtocol(Protocol):
     its checkpoint state is the base protocol's plus the table's."""
 
     table: GradientTable
+
+    def held_models(self) -> int:
+        """The table: one row per worker, and its average."""
+        return self.num_workers + 1
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the gradient table (:meth:`GradientTable.state_dict`)."""

@@ -7,7 +7,7 @@ step (``tests/test_rules_parity.py``). None of them reads ``delay``; wrap them w
 ``sgd``, ``adam``, ``amsgrad`` and ``adagrad`` (without momentum) also carry an in-place fused
 step (:mod:`asyncopt.rules.fused`) that lock-free workers use.
 
-**Gratton–Toint momentum [I].** The reconstruction of Gratton & Toint (algorithms.md, paper 1)
+**Gratton–Toint momentum [I].** The reconstruction of Gratton & Toint (arXiv:2606.01787)
 names two momentum types. ``adagrad`` and ``adagrad_norm`` take ``momentum=μ`` as *heavy-ball on
 the preconditioned direction* ("type 2"): ``d_k = P_k⁻¹ g_k``, ``b_k = μ b_{k−1} + d_k``,
 ``x ← x − α_k b_k``, i.e. ``trace`` after the preconditioner; the accumulator sees the raw
@@ -52,7 +52,7 @@ def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, nesterov: bool = Fal
     """torch.optim.SGD: ``d = g + wd·p``, ``b ← μ b + d``, ``x ← x − α_k (b or d + μ b)``.
 
     With ``momentum = 0`` this is the vanilla ASGD step ``x ← x − α g`` (Lian et al. 2015) when
-    run asynchronously; with momentum it is Async-MSGD (Liu et al. 2018, algorithms.md paper 3)
+    run asynchronously; with momentum it is Async-MSGD (Liu, Li, Shi, Zhou & Zhao, NeurIPS 2018)
     and the per-process heavy-ball of PASSM+ (Kungurtsev et al. 2021, paper 5).
     """
     rule = _chain(_decay(weight_decay), _momentum(momentum, nesterov), scale_by_learning_rate(lr))

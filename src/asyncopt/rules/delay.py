@@ -31,7 +31,8 @@ def scale_by_delay(num_workers: int) -> Rule:
     Delay-adaptive ASGD (Mishchenko, Bach, Even & Woodworth, NeurIPS 2022; Koloskova, Stich &
     Jaggi, NeurIPS 2022) shrinks the step like ``1/δ`` for delays beyond the number of workers;
     this is the form ``γ_k = γ · n / max(n, δ_k)`` of the Richtárik-group simulator
-    (algorithms.md, "Standard baselines"). Put it at the end of a chain.
+    (the delay-adaptive ASGD baseline of Maranjyan & Richtárik, ICLR 2026). Put it at the end
+    of a chain.
     """
 
     def fn(grads: Params, params: Params, *, delay: int, worker: int) -> Params:
@@ -44,7 +45,7 @@ def scale_by_delay(num_workers: int) -> Rule:
 def drop_if_stale(max_delay: int) -> Rule:
     """Refuse stale gradients: answer ``None`` (no step) when ``δ > max_delay``, else pass ``g``.
 
-    The delay threshold of Ringmaster ASGD (Maranjyan & Richtárik, algorithms.md paper 4: step
+    The delay threshold of Ringmaster ASGD (Maranjyan, Tyurin & Richtárik, ICML 2025: step
     only if ``δ < R``, i.e. ``max_delay = R − 1``) as a rule, without Ringmaster's cancellation of
     running computations (a protocol's job). Gradients with ``δ ≤ max_delay`` are passed on
     unchanged (the same tensors: this block never writes to them, and the blocks after it return

@@ -1,7 +1,7 @@
 """Normalized directions: exact, inexact (a norm estimate) and orthogonalized (Newton–Schulz).
 
 Gratton & Toint (*Stochastic convergence of parallel asynchronous adaptive first-order methods*,
-arXiv:2606.01787, see algorithms.md, paper 1) analyse asynchronous variants with **inexact
+arXiv:2606.01787) analyse asynchronous variants with **inexact
 normalization**: the step is ``−α_k Ñ(d)``, where ``Ñ(d)`` only approximates the normalized
 direction ``d / ‖d‖`` (a stale or averaged norm) or the polar factor of a matrix (Muon's
 Newton–Schulz iteration). What the paper's exact conditions on ``Ñ`` are could not be read; the

@@ -5,7 +5,7 @@ steps taken by the block that owns it (dropped gradients are not counted). The s
 the wall clock or the delay, is the argument: delay-dependent scaling is the job of
 :func:`~asyncopt.rules.delay.scale_by_delay`.
 
-* Gratton & Toint (algorithms.md, paper 1) use a constant step with momentum, or the
+* Gratton & Toint (arXiv:2606.01787) use a constant step with momentum, or the
   diminishing ``α_k = α/√k`` (their analysis writes ``α/(k+1)^½``; ``k`` starts at 1 here).
 * APAM's OpenMP code (Xu et al., github.com/RPI-OPT/APAM) uses ``α_k = min(α_0/√k, α_max)``
   with ``α_0 = 10`` and ``α_max = 0.01``.

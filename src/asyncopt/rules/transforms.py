@@ -161,7 +161,7 @@ def scale_by_adagrad_norm(seed_value: float = 1e-8) -> Rule:
 
     ``v ← v + ‖g‖²`` (global norm over all leaves), ``u = g / √(ς + v)``. The weight includes the
     current gradient, as in Gratton–Toint's OFFO AdaGrad weights ``w_k = (ς + Σ_{ℓ≤k} ‖g_ℓ‖²)^½``
-    [I: recalled from arXiv:2203.01647, see algorithms.md, paper 1]; ``ς > 0`` keeps a zero first
+    [I: recalled from Gratton & Toint, arXiv:2203.01647]; ``ς > 0`` keeps a zero first
     gradient from dividing by zero.
     """
 
@@ -273,10 +273,31 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 0.0,
     return Rule(init, update)
 
 
+def moment_ratio_bound(b1: float, b2: float) -> float | None:
+    """The largest ``|m_j| / √v_j`` that Adam's moments reach, stepped one gradient after the
+    other from a zero state (any gradients), or None when ``b1² ≥ b2`` (no bound).
+
+    By Cauchy–Schwarz, with γ = b1²/b2 < 1, ``|m_t| = (1−b1)|Σ b1^{t−i} g_i| ≤ (1−b1)
+    √(Σ γ^{t−i}) √(Σ b2^{t−i} g_i²) ≤ (1−b1)/√((1−b2)(1−γ)) · √v_t``, and ``v̂ ≥ v``. Lock-free
+    workers share m and v without a lock, so a worker may read another's fresh m while v still
+    lacks that gradient (v = 0 in a coordinate only the other worker's gradient touched): the
+    ratio is then m/ε, unbounded. Clamping to this bound changes no step of the sequential
+    algorithm and keeps a torn one at most ``lr`` times the bound per coordinate.
+    """
+    if not 0.0 < b2 < 1.0 or b1 * b1 >= b2:
+        return None
+    gamma = b1 * b1 / b2
+    # a hair above the bound: float rounding of m and v must never clip a sequential step
+    return (1.0 - b1) / math.sqrt((1.0 - b2) * (1.0 - gamma)) * (1.0 + 1e-5)
+
+
 def amsgrad_direction(grads: Params, state: AdamState, b1: float, b2: float, eps: float,
                       bias_correction: bool) -> list[Tensor]:
     """``scale_by_amsgrad``'s output leaves (in the order of ``grads``), its state advanced in
-    place: the one implementation of APAM's step, shared by the in-place fused step."""
+    place: the one implementation of APAM's step, shared by the in-place fused step. Each
+    coordinate of ``m / (√v̂ + ε)`` is clamped to :func:`moment_ratio_bound`: no change to a
+    step whose state was advanced one gradient at a time, a bound on one that read another
+    lock-free worker's half-written moments."""
     ks, m, v_max = _update_moments(grads, state, b1, b2, True)
     denom = torch._foreach_sqrt(v_max)
     if eps > 0:
@@ -284,6 +305,10 @@ def amsgrad_direction(grads: Params, state: AdamState, b1: float, b2: float, eps
         out = torch._foreach_div(m, denom)
     else:
         out = [torch.where(d > 0, mi / d, 0.0) for mi, d in zip(m, denom, strict=True)]
+    bound = moment_ratio_bound(b1, b2)
+    if bound is not None:
+        torch._foreach_clamp_max_(out, bound)
+        torch._foreach_clamp_min_(out, -bound)
     if bias_correction:
         torch._foreach_mul_(out, [math.sqrt(1 - b2**k) / (1 - b1**k) for k in ks])
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from asyncopt import tree
@@ -55,6 +56,7 @@ class Coordinator:
         self._last_eval_key: tuple[int, int] | None = None
         self._initial_loss = math.nan
         self._last_metrics: dict[str, float] = {}
+        self._last_eval_at: dict[str, Any] | None = None  # version, now, arrivals of it
         self._wall_start = time.perf_counter()
         self.now = 0.0
         self._row_version = 0  # the version of the last row of a step applied elsewhere
@@ -108,13 +110,18 @@ class Coordinator:
             self.stop_reason = f"time budget reached ({limit:g} s)"
         return self.stop_reason is None
 
-    def arrive(self, now: float, arrival: Arrival) -> Reply:
-        """One gradient came back: the protocol decides, the history records."""
+    def arrive(self, now: float, arrival: Arrival, latency: float = math.nan,
+               clock: Callable[[], float] | None = None) -> Reply:
+        """One gradient came back: the protocol decides, the history records. ``latency``: the
+        job's seconds from its start to ``now`` besides its compute time; ``clock``: the
+        runtime's clock, read once the protocol has answered, so that the row's server time is
+        ``clock() − now`` (the simulator's clock moves by the server time it charges)."""
         self.now = now
         reply = self.protocol.handle(arrival)
+        server_time = clock() - now if clock is not None else math.nan
         action = reply.action.value if reply.action is not None else Action.STEP.value
         self._record(now, arrival.worker, action, reply.delay, arrival.loss,
-                     arrival.compute_time, self.version)
+                     arrival.compute_time, self.version, latency, server_time)
         return reply
 
     def applied(self, now: float, worker: int, version: int, delay: int, loss: float,
@@ -130,9 +137,11 @@ class Coordinator:
         self._record(now, worker, action, delay, loss, compute_time, self._row_version)
 
     def _record(self, now: float, worker: int, action: str, delay: int, loss: float,
-                compute_time: float, version: int) -> None:
+                compute_time: float, version: int, latency: float = math.nan,
+                server_time: float = math.nan) -> None:
         self.arrivals += 1
-        self.recorder.arrival(now, worker, version, delay, loss, action, compute_time)
+        self.recorder.arrival(now, worker, version, delay, loss, action, compute_time, latency,
+                              server_time)
         if action == "reject" or self._reject_streaks:
             self._check_rejects(worker, action == "reject")
         if self.progress is not None and self.arrivals % 64 == 0:
@@ -227,7 +236,10 @@ class Coordinator:
             "wall_seconds": wall,
             "arrivals_per_second": arrivals / wall if wall > 0 else math.nan,
             "final": dict(self._last_metrics),
+            "final_at": self._last_eval_at,
         }
+        if self._last_eval_key != (self.version, self.arrivals):  # not the model at the end
+            summary["final_note"] = final_note(summary)
         if self.signal is not None:
             summary["signal"] = self.signal
         if self.server_versions is not None:  # each block server's applied steps
@@ -244,11 +256,18 @@ class Coordinator:
         self.batch()  # the callbacks see the rows an evaluation follows before it
         metrics = self.problem.evaluate(self.protocol.server.params)
         self._last_metrics = metrics
+        self._last_eval_at = {"version": self.version, "now": now, "arrivals": self.arrivals}
         self.recorder.evaluation(now, self.version, self.arrivals, metrics)
         self.callbacks.evaluation(Evaluated(now, self.version, self.arrivals, dict(metrics),
                                             time.perf_counter() - self._wall_start))
         loss = metrics.get("loss", math.nan)
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) and tree.all_finite(self.protocol.server.params):
+            self.stop(f"diverged: the loss became {loss} at version {self.version} although "
+                      f"every parameter is finite: the model's forward pass, the loss function "
+                      f"or the data gives it (an overflow, a log of 0, a NaN in the data), "
+                      f"not only the step size; check them at this model (result.params)",
+                      status="diverged")
+        elif not math.isfinite(loss):
             self._diverge(f"the loss became {loss} at version {self.version}")
         elif loss > self.divergence_factor * max(abs(self._initial_loss), 1e-12):
             self._diverge(f"the loss grew to {loss:.4g}, more than {self.divergence_factor:g}×"
@@ -270,9 +289,13 @@ class Coordinator:
         if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
             self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
         elif streaks[worker] >= 100:
-            self._diverge(f"worker {worker} sent {streaks[worker]} NaN/Inf gradients in a row")
+            self.stop(f"diverged: worker {worker} sent {streaks[worker]} NaN/Inf gradients in "
+                      f"a row while the others' were finite: its data shard or the gradient "
+                      f"computation on it gives them (an overflow, a log of 0, a NaN in the "
+                      f"data), not the step size", status="diverged")
 
     def _diverge(self, why: str) -> None:
+        """The model itself stopped being finite or exploded: a step-size matter."""
         self.stop(f"diverged: {why}; lower the step size (rule.lr)", status="diverged")
 
     def _check_budget(self) -> None:
@@ -280,3 +303,17 @@ class Coordinator:
             self.stop(f"step budget reached ({self.budget.steps} steps)")
         elif self.budget.arrivals is not None and self.arrivals >= self.budget.arrivals:
             self.stop(f"arrival budget reached ({self.budget.arrivals} arrivals)")
+
+
+def final_note(summary: dict[str, Any]) -> str:
+    """What ``summary["final"]`` is when it is not the model at the end of the run (the run
+    diverged or failed before its last model was evaluated)."""
+    at, status = summary.get("final_at"), summary["status"]
+    if at is None:
+        return f"no evaluation was made (status {status})"
+    why = {"diverged": "the diverged model was not evaluated",
+           "failed": "the run failed before its last model could be evaluated"}.get(
+        status, "the last model was not evaluated")
+    return (f"final is the last evaluation made, at version {at['version']} (time "
+            f"{at['now']:.6g}), not the end of the run at version {summary['version']} (time "
+            f"{summary['now']:.6g}): {why}")

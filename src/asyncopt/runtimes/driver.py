@@ -65,6 +65,7 @@ class Driver:
     def __init__(self, source: EventSource, coordinator: Coordinator) -> None:
         self.source, self.coordinator = source, coordinator
         self.jobs: dict[int, tuple[int, int]] = {}  # worker -> (job number, model version)
+        self.started: dict[int, float] = {}  # worker -> the source's clock at its job's start
         self.restarting: set[int] = set()
         self.lost: set[int] = set()
         self.ended = False  # a worker's own loop ended (sources that step by themselves)
@@ -96,6 +97,7 @@ class Driver:
         self.source.restore(saved)
         self.jobs = {worker: (job, version) for worker, job, version in saved["jobs"]}
         self._job_counter = saved["job_counter"]
+        self.started = {int(worker): float(at) for worker, at in saved.get("started", [])}
         return True
 
     def _loop(self, exact: bool) -> None:
@@ -129,7 +131,12 @@ class Driver:
             del self.jobs[event.worker]
             loss, grads = self.source.receive(event)
             arrival = Arrival(event.worker, event.version, grads, loss, event.compute_time)
-            self._execute(coordinator.arrive(now, arrival))
+            # what the simulator needs to replay this run's cost (asyncopt.record): the job's
+            # time besides its compute time, on the driver's clock only (never another
+            # machine's), and the server's time on it, up to the protocol's answer
+            latency = now - self.started.pop(event.worker, now) - event.compute_time
+            self._execute(coordinator.arrive(now, arrival, max(0.0, latency),
+                                               self.source.now))
         elif isinstance(event, Applied):  # recorded even while stopping: the step was taken
             coordinator.applied(now, event.worker, event.version, event.delay, event.loss,
                                 event.compute_time, event.action)
@@ -168,6 +175,7 @@ class Driver:
             version, params = coordinator.protocol.model_for(worker)
             self._job_counter += 1
             self.jobs[worker] = (self._job_counter, version)
+            self.started[worker] = source.now()
             if not source.start(worker, self._job_counter, version, params):
                 self._lose(worker, "")
 
@@ -224,7 +232,8 @@ class Driver:
         state = self.source.state()
         if state is not None:
             state = {**state, "runtime": self.source.name, "job_counter": self._job_counter,
-                     "jobs": [[w, job, version] for w, (job, version) in self.jobs.items()]}
+                     "jobs": [[w, job, version] for w, (job, version) in self.jobs.items()],
+                     "started": [[w, at] for w, at in self.started.items()]}
         save(coordinator, run_dir / CHECKPOINT, copy, source=state)
         log.info("checkpoint at version %d written to %s",
                  coordinator.version if copy.version is None else copy.version,

@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from asyncopt.errors import check_choice, check_keys
+from asyncopt.errors import check, check_choice, check_keys
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.source import EventSource
 
@@ -26,7 +26,7 @@ RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
                    "mode": "server", "blocks": "whole", "block_fraction": 0.5,
                    "warmup_steps": 0, "backprop": "block", "momentum": "shared",
                    "servers": 1, "layout": "tensors",
-                   "device": "cpu", "checkpoint_every": 0}),
+                   "device": "cpu", "checkpoint_every": 0, "oversubscribe": False}),
     "ray": ("asyncopt.runtimes.ray.runtime",
             {"address": "", "time_scale": 0.0, "max_restarts": 3, "checkpoint_every": 0,
              "worker_cpus": 1.0, "placement": "default", "startup_timeout": 120.0,
@@ -42,6 +42,8 @@ def runtime_names() -> list[str]:
 
 def resolve_runtime_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     name = check_choice("runtime", name, RUNTIMES)
+    check(isinstance(options, Mapping), "runtime_options", options,
+          "a table of the runtime's options, e.g. {mode = 'lockfree'}")
     defaults = RUNTIMES[name][1]
     check_keys(f"runtime_options ({name})", options, defaults)
     return {**defaults, **options}

@@ -13,7 +13,10 @@ problem's :meth:`~asyncopt.problems.base.Problem.gradient_at` with ``only``): au
 for the block's tensors only, so a partition of the last layers never backpropagates into the
 first, as the PASSM+ authors' ``autograd.grad`` with respect to their process's parameter group;
 ``backprop = "full"`` computes the whole gradient and keeps the block's part (the same numbers,
-bit for bit, at the full cost).
+bit for bit, at the full cost). Tied weights are one tensor (``named_parameters`` names it once),
+so a block holding it gets the sum over all its uses, as autograd gives it; a problem that
+computes its gradients its own way falls back to the full gradient restricted to the block
+(:meth:`~asyncopt.problems.base.Problem.gradient_at`), never to a partial, wrong one.
 
 The step is the one step path of every mode (:class:`~asyncopt.protocols.stepper.Stepper`, in
 place): when the rule has a fused step (``rule.step``, :mod:`asyncopt.rules.fused`: sgd, adam,

@@ -42,6 +42,7 @@ from typing import Any
 from asyncopt.errors import check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.layout import CUTS
+from asyncopt.runtimes.common.resources import Footprint, check_cpus
 from asyncopt.runtimes.common.shared import template
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
@@ -139,7 +140,8 @@ class ProcessRuntime(RealTimeSource):
 def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_scale: float,
           startup_timeout: float, mode: str, blocks: str, block_fraction: float,
           warmup_steps: int, backprop: str, momentum: str, servers: int, layout: str,
-          device: str, checkpoint_every: int) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
+          device: str, checkpoint_every: int, oversubscribe: bool
+          ) -> ProcessRuntime | LockFreeRuntime | ServersRuntime:
     """The runtime registry's constructor for ``runtime = "processes"``; the options (defaults in
     :data:`~asyncopt.runtimes.registry.RUNTIMES`) are validated here:
 
@@ -166,7 +168,14 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
       round-robin (:mod:`.device`: written for GPUs, never run on one yet);
     * ``checkpoint_every``: write ``RUN_DIR/checkpoint.pt`` every N steps (0: never), for
       ``asyncopt run --resume``, in every mode (lock-free: a copy under the version lock; block
-      servers: each server's snapshot at its own moment).
+      servers: each server's snapshot at its own moment);
+    * ``oversubscribe``: allow more than 4 worker and server processes per CPU this process
+      may use (:mod:`asyncopt.runtimes.common.resources`; refused by default, before any
+      process starts).
+
+    The source also declares what :func:`~asyncopt.runtimes.preflight.preflight` checks
+    against the protocol and the machine before the run starts: ``serverless`` (lock-free
+    workers and block servers) and ``footprint``.
     """
     plan = plan_devices(device, problem.num_workers)
     check(plan is not None or problem.device.type == "cpu", "runtime_options.device", device,
@@ -187,6 +196,11 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
     backprop = check_choice("runtime_options.backprop", backprop, ("block", "full"))
     momentum = check_choice("runtime_options.momentum", momentum, MOMENTA)
     servers = check_int("runtime_options.servers", servers, 1)
+    check(isinstance(oversubscribe, bool), "runtime_options.oversubscribe", oversubscribe,
+          "true or false")
+    n = problem.num_workers
+    check_cpus(n + (servers if servers > 1 else 0), oversubscribe=oversubscribe, value=n,
+               what="worker and server processes" if servers > 1 else "worker processes")
     checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
     if plan is not None:
         check_plan(plan, device, problem, mode=mode, servers=servers)
@@ -199,15 +213,34 @@ def build(problem: Problem, speed: Any, seed: int, *, start_method: str, time_sc
               "'shared' with mode = 'server' (the server holds the one optimizer state)")
         if servers > 1:
             dump_rule(None)  # each server applies the rule: fail now if it cannot reach them
-            return ServersRuntime(problem, speed, seed, **common, servers=servers,
-                                  layout=check_choice("runtime_options.layout", layout, CUTS),
-                                  checkpoint_every=checkpoint_every)
-        return ProcessRuntime(problem, speed, seed, **common, devices=plan,
-                              checkpoint_every=checkpoint_every)
+            engine: Any = ServersRuntime(problem, speed, seed, **common, servers=servers,
+                                         layout=check_choice("runtime_options.layout", layout,
+                                                             CUTS),
+                                         checkpoint_every=checkpoint_every)
+            engine.serverless = ("runtime_options.servers", servers)
+            # the servers' blocks and a gradient slot per worker in /dev/shm
+            engine.footprint = Footprint(computing=0, processes=n, servers=servers,
+                                         shared_models=1 + n)
+            return engine
+        engine = ProcessRuntime(problem, speed, seed, **common, devices=plan,
+                                checkpoint_every=checkpoint_every)
+        # the published model's double buffer and a gradient slot per worker in /dev/shm (on
+        # a GPU they are device memory, which this estimate does not price)
+        engine.footprint = Footprint(computing=0, processes=n,
+                                     shared_models=(2 + n) if plan is None else 0)
+        return engine
     check(servers == 1, "runtime_options.servers", servers,
           "1 with mode = 'lockfree' (there is no server: the workers step the model)")
     dump_rule(None)  # fail now, not after start-up, if the rule cannot reach the workers
-    return LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
-                           block_fraction=block_fraction, warmup_steps=warmup_steps,
-                           backprop=backprop, momentum=momentum,
-                           checkpoint_every=checkpoint_every, devices=plan)
+    engine = LockFreeRuntime(problem, speed, seed, **common, blocks=blocks,
+                             block_fraction=block_fraction, warmup_steps=warmup_steps,
+                             backprop=backprop, momentum=momentum,
+                             checkpoint_every=checkpoint_every, devices=plan)
+    engine.serverless = ("runtime_options.mode", "lockfree")
+    # the shared model (and with per-worker momentum each worker's buffers) and the rule's
+    # shared state in /dev/shm
+    per_worker = n if momentum == "per_worker" else 0
+    engine.footprint = Footprint(computing=0, processes=n,
+                                 shared_models=(1 + per_worker) if plan is None else 0,
+                                 shared_state=plan is None)
+    return engine

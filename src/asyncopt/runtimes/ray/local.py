@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncopt.errors import ConfigError
+from asyncopt.runtimes.common.resources import available_cpus
 from asyncopt.runtimes.ray import reaper
 
 _WATCHDOGS: list[subprocess.Popen] = []
@@ -51,28 +52,16 @@ def import_ray() -> Any:
     return ray
 
 
-def available_cpus() -> float:
-    """CPUs this process may run on: its affinity mask, capped by its cgroup v2 quota."""
-    cpus = float(len(os.sched_getaffinity(0)))
-    try:
-        group = Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip()
-        quota, period = (Path("/sys/fs/cgroup") / group.lstrip("/") / "cpu.max"
-                         ).read_text().split()
-    except (OSError, IndexError, ValueError):
-        return cpus
-    return cpus if quota == "max" else min(cpus, int(quota) / int(period))
-
-
 def check_fits(workers: int, worker_cpus: float, oversubscribe: bool) -> int:
     """The CPUs a private local Ray gets for ``workers`` actors of ``worker_cpus`` each, or a
     ConfigError when they exceed what this process may use (and ``oversubscribe`` is off)."""
-    need, have = workers * worker_cpus, available_cpus()
+    (have, source), need = available_cpus(), workers * worker_cpus
     if need > have and not oversubscribe:
         raise ConfigError(
             "workers", workers,
             f"at most {int(have // worker_cpus)} worker actors in a local Ray: each reserves "
             f"runtime_options.worker_cpus = {worker_cpus:g} CPUs and this process may use "
-            f"{have:g} (its CPU affinity and cgroup quota); lower worker_cpus, or set "
+            f"{have:g} ({source}); lower worker_cpus, or set "
             f"runtime_options.oversubscribe = true to run them anyway")
     return max(1, math.ceil(need))
 

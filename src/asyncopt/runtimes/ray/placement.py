@@ -6,12 +6,14 @@ reservation: all bundles or none), strategy ``PACK`` for ``placement = "default"
 worker actor in its own bundle, so a restart never waits for CPUs that another run took. On a
 cluster the reservation waits up to ``startup_timeout`` (an autoscaler may add nodes) and
 then fails with the shortfall; a private local Ray was sized for the workers
-(:func:`~asyncopt.runtimes.ray.local.check_fits`) and places them at once. The group is removed
-when the run ends. Block server actors (``num_cpus = 0``) need no reservation.
+(:func:`~asyncopt.runtimes.ray.local.check_fits`) and places them at once. The group ends with
+the run: with the Ray job when the run disconnects, or removed by hand in a Ray session that the
+caller opened and keeps. Block server actors (``num_cpus = 0``) need no reservation.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from asyncopt.errors import ConfigError
@@ -50,6 +52,9 @@ class Reservation:
         return PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=worker)
 
     def remove(self) -> None:
-        if self.group is not None:
-            self.ray.util.remove_placement_group(self.group)
-            self.group = None
+        """Give the CPUs back; a group whose cluster is going away (a signal sent to the whole
+        process group reaches a private Ray's processes too) goes with it."""
+        group, self.group = self.group, None
+        if group is not None:
+            with contextlib.suppress(Exception):  # Ray's RpcError kinds once its GCS is gone
+                self.ray.util.remove_placement_group(group)

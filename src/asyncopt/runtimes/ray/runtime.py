@@ -98,6 +98,7 @@ class RayRuntime(RealTimeSource):
         # a run refused after its runtime was built (it never opens) disconnects too
         self._disconnect = weakref.finalize(self, self._stack.close)
         self.reservation: placement.Reservation | None = None
+        self._callers_ray = False  # whether Ray was initialized by the caller, not by this run
         self.transport = transport
         self.shm = shm.SharedTransport(problem.num_workers)
 
@@ -124,6 +125,7 @@ class RayRuntime(RealTimeSource):
         """Connect to Ray (or start a private one) until :meth:`close`; called by
         :func:`build`, before the run writes anything, so a Ray that cannot be joined is a
         ConfigError that leaves no run directory."""
+        self._callers_ray = local.import_ray().is_initialized()
         self.ray = self._stack.enter_context(cluster.connected(
             self.target, self.num_cpus, self.runtime_env))
 
@@ -143,7 +145,10 @@ class RayRuntime(RealTimeSource):
             if self.workers:
                 for worker in self.workers:
                     self.ray.kill(worker, no_restart=True)
-            if self.reservation is not None:
+            if self.reservation is not None and self._callers_ray:
+                # in a Ray session of the caller's, which goes on; a session this run opened
+                # removes the group as its job ends (removing it by hand would wait forever
+                # for a raylet that a signal to the whole process group has killed)
                 self.reservation.remove()
             self._models.clear()
             self._problem_ref = None

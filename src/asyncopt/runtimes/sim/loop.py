@@ -25,6 +25,14 @@ worker still draws its minibatch from its own generator, in the order of its own
 and a computation that is cancelled after being evaluated early gives its draw back (the
 generator's state is restored), as if it had never been evaluated.
 
+The server's time (``[speed] server_time``, or a trace's measured server times): the server
+handles one arrival at a time. A gradient that reaches it at t is handled from
+b = max(t, f), f the end of the previous handling; its history row has time b (as in the real
+runtimes, where a row's time is when the driver begins to handle it), and the server is busy
+until b + s: the workers its reply starts begin then, and the next arrival waits for it. With
+s = 0 (the default) every arrival is handled at its finish time, as before. A worker's
+``latency`` (speed model) puts its arrival ℓ after the end of its computation.
+
 Computing ahead (``ahead`` = k ≥ 1): a background thread computes pending gradients in event
 order, at most k ahead of the loop, while the loop runs the protocol, the rule and the recorder
 (:mod:`asyncopt.runtimes.sim.ahead`); the same history, on two cores.
@@ -42,6 +50,7 @@ import torch
 from asyncopt.errors import ConfigError, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.generators import worker_generators
+from asyncopt.runtimes.common.resources import PROCESSES_PER_CPU, Footprint, available_cpus
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.ahead import Ahead
 from asyncopt.runtimes.sim.speed import SpeedModel
@@ -56,6 +65,7 @@ class _Job:
     version: int
     params: Params | None
     started: float
+    latency: float = 0.0  # seconds from the end of its computation to its arrival (speed model)
     result: tuple[float, Params] | None = None  # evaluated early, in a batch
     state: torch.Tensor | None = None  # the worker's generator state before that evaluation
     stage: int = 0  # computing ahead: queued, running, done or dropped (see sim.ahead)
@@ -76,6 +86,8 @@ class Simulator(EventSource):
         self.ahead = ahead
         self._ahead: Ahead | None = None
         self.speed = speed
+        self._server = speed.server_time if getattr(speed, "charges_server", False) else None
+        self._latency = getattr(speed, "latency", None)
         self.generators = worker_generators(seed, problem.num_workers)
         self.clock = 0.0
         self.horizon = math.inf  # the time budget: a job that ends later is never computed
@@ -106,13 +118,16 @@ class Simulator(EventSource):
             finish, order, worker = heapq.heappop(heap)
             job = jobs.get(worker)
             if job is not None and job.order == order:
-                self.clock = finish
-                return [Arrived(worker, order, job.version, finish - job.started, job)]
+                self.clock = max(finish, self.clock)  # later only if the server was busy
+                return [Arrived(worker, order, job.version,
+                                finish - job.started - job.latency, job)]
         return []
 
     def receive(self, arrived: Arrived) -> tuple[float, Params]:
         job: _Job = arrived.payload
         del self._jobs[job.worker]
+        if self._server is not None:  # the server handles it: busy until then
+            self.clock += self._server(self.clock)
         if self._ahead is not None:
             return self._ahead.take(job)
         return job.result if job.result is not None else self._evaluate(job)
@@ -159,7 +174,7 @@ class Simulator(EventSource):
             job = self._jobs.get(worker)
             if job is None or job.order != order:
                 continue
-            pending.append([worker, order, job.version, job.started, finish])
+            pending.append([worker, order, job.version, job.started, finish, job.latency])
             snapshots.setdefault(job.version, job.params)
             if job.state is not None:
                 generators[worker] = job.state
@@ -174,16 +189,19 @@ class Simulator(EventSource):
             generator.set_state(saved)
         self.speed.load_state_dict(state["speed"])
         snapshots = {int(v): params for v, params in state["snapshots"]}
-        for worker, order, version, started, finish in state["pending"]:
-            job = self._jobs[worker] = _Job(worker, order, version, snapshots[version], started)
+        for worker, order, version, started, finish, *latency in state["pending"]:
+            job = self._jobs[worker] = _Job(worker, order, version, snapshots[version], started,
+                                            *latency)
             if self.batch > 1:
                 self._waiting.setdefault(version, []).append(job)
             heapq.heappush(self._heap, (finish, order, worker))
 
     def start(self, worker: int, job: int, version: int, params: Params) -> bool:
         finish = self.clock + self.speed.compute_time(worker, self.clock)
+        latency = self._latency(worker, self.clock) if self._latency is not None else 0.0
+        finish += latency
         # the server never changes a version's params in place: the reference is the snapshot
-        pending = self._jobs[worker] = _Job(worker, job, version, params, self.clock)
+        pending = self._jobs[worker] = _Job(worker, job, version, params, self.clock, latency)
         if finish <= self.horizon:  # else it never arrives: nothing computes it early
             if self._ahead is not None:
                 self._ahead.submit(pending, finish)
@@ -223,8 +241,12 @@ def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
         raise ConfigError("runtime_options.ahead", ahead, "0 when runtime_options."
                           "checkpoint_every > 0 (a checkpoint of gradients computed ahead is not "
                           "written yet)")
-    simulator = Simulator(problem, speed, seed,
-                          threads=check_int("runtime_options.threads", threads, 1),
-                          batch=batch, ahead=ahead)
+    cpus, _ = available_cpus()  # more threads than that only wait for each other
+    simulator = Simulator(problem, speed, seed, threads=check_int(
+        "runtime_options.threads", threads, 1, PROCESSES_PER_CPU * cpus), batch=batch, ahead=ahead)
     simulator.checkpoint_every = checkpoint_every
+    # every worker may hold a snapshot of its own version; ``batch`` or ``ahead`` gradients
+    # are computed at once
+    simulator.footprint = Footprint(computing=max(batch, ahead + 1),
+                                    snapshots=problem.num_workers)
     return simulator

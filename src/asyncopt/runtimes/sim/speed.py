@@ -27,6 +27,13 @@ add random noise per call. This module builds that model, and the time-varying o
 * m_i(now), the product of the active slowdowns and periodic waves of
   :mod:`~asyncopt.runtimes.sim.slowdown`, at the virtual time ``now`` the gradient starts.
 
+Two costs besides the computation, both simulator-only and 0 by default: ``latency`` ℓ_w (a
+number, or one per worker), seconds from the end of a computation to the gradient's arrival at
+the server; ``server_time`` s, the server's seconds per handled arrival, during which it handles
+nothing else (:mod:`~asyncopt.runtimes.sim.loop`): the server's saturation. ``trace = "RUN_DIR"``
+replaces the parametric model by measured times (:mod:`~asyncopt.runtimes.sim.trace`);
+``asyncopt calibrate`` fits this model to them (:mod:`asyncopt.calibrate`).
+
 Randomness: with ``seeding = "spawn"`` (the default) worker w draws from its own generator,
 ``SeedSequence(seed).spawn(n + 1)[w]`` (built lazily as ``SeedSequence(seed, spawn_key=(w,))``,
 the same stream), and the permutation from child n. With ``seeding = "offset"`` the streams are
@@ -47,7 +54,15 @@ from typing import Any
 
 import numpy as np
 
-from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int, check_keys
+from asyncopt.errors import (
+    ConfigError,
+    check,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+    check_seed,
+)
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
 
 PROFILES = ("constant", "linear", "sqrt")
@@ -60,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "straggler_probability": 0.0, "straggler_factor": 10.0, "slowdowns": [], "periodic": [],
 }
 """Every key with its default; ``times`` and ``factors`` (one value per worker) have none."""
-KEYS = (*DEFAULTS, "times", "factors")
+KEYS = (*DEFAULTS, "times", "factors", "latency", "server_time", "trace")
 _FIRST_BLOCK, _MAX_BLOCK = 8, 128  # blocks grow, so 6000 rarely used workers cost little memory
 
 
@@ -71,13 +86,17 @@ def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     :func:`make_speed_model`, which knows it.
     """
     check(isinstance(spec, Mapping), "speed", spec, "a table, e.g. [speed]")
+    if "trace" in spec:
+        from asyncopt.runtimes.sim.trace import resolve_trace_spec
+
+        return resolve_trace_spec(spec)
     check_keys("speed", spec, KEYS)
     out: dict[str, Any] = {}
     if "times" in spec:
         for key in ("profile", "scale"):
             check(key not in spec, f"speed.{key}", spec.get(key),
                   "left out when speed.times is given (times are the base times)")
-        out["times"] = _positive_list("speed.times", spec["times"])
+        out["times"] = positive_list("speed.times", spec["times"])
     else:
         out["profile"] = check_choice("speed.profile", spec.get("profile", "constant"), PROFILES)
         out["scale"] = check_float("speed.scale", spec.get("scale", 1.0), 0.0,
@@ -90,20 +109,37 @@ def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
                                       NOISE_INDICES)
     out["seeding"] = check_choice("speed.seeding", spec.get("seeding", "spawn"), SEEDINGS)
     if "factors" in spec:
-        out["factors"] = _positive_list("speed.factors", spec["factors"])
+        out["factors"] = positive_list("speed.factors", spec["factors"])
     out["straggler_probability"] = check_float(
         "speed.straggler_probability", spec.get("straggler_probability", 0.0), 0.0, 1.0)
     out["straggler_factor"] = check_float("speed.straggler_factor",
                                           spec.get("straggler_factor", 10.0), 1.0)
     out["slowdowns"] = resolve_slowdowns(spec.get("slowdowns", []))
     out["periodic"] = resolve_periodic(spec.get("periodic", []))
+    if "latency" in spec:
+        value = spec["latency"]
+        out["latency"] = [check_float(f"speed.latency[{k}]", v, 0.0) for k, v in enumerate(
+            value)] if isinstance(value, (list, tuple)) else check_float("speed.latency", value,
+                                                                         0.0)
+    if "server_time" in spec:
+        from asyncopt.runtimes.sim.trace import resolve_server_time
+
+        out["server_time"] = resolve_server_time(spec["server_time"], trace=False)
     return out
 
 
-def make_speed_model(spec: Mapping[str, Any], num_workers: int, seed: int) -> SpeedModel:
-    """The speed model of a ``[speed]`` spec for ``num_workers`` workers and ``seed``."""
-    return SpeedModel(resolve_speed_spec(spec), check_int("workers", num_workers, 1),
-                      check_int("seed", seed, 0))
+def make_speed_model(spec: Mapping[str, Any], num_workers: int, seed: int,
+                     problem: Mapping[str, Any] | None = None) -> Any:
+    """The speed model of a ``[speed]`` spec for ``num_workers`` workers and ``seed``: a
+    :class:`SpeedModel`, or with ``trace`` a :class:`~asyncopt.runtimes.sim.trace.TraceSpeed`
+    (``problem``, the run's ``[problem]`` table, is checked against the trace's)."""
+    spec = resolve_speed_spec(spec)
+    num_workers, seed = check_int("workers", num_workers, 1), check_seed("seed", seed)
+    if "trace" in spec:
+        from asyncopt.runtimes.sim.trace import make_trace_speed
+
+        return make_trace_speed(spec, num_workers, seed, problem)
+    return SpeedModel(spec, num_workers, seed)
 
 
 def profile_times(profile: str, scale: float, num_workers: int) -> list[float]:
@@ -146,6 +182,12 @@ class SpeedModel:
         self._blocks: list[list[float]] = [[] for _ in range(n)]
         self._pos = [0] * n
         self._rngs: list[np.random.Generator | None] = [None] * n
+        latency = spec.get("latency", 0.0)
+        self._latency = _per_worker("speed.latency", latency, n) if isinstance(
+            latency, list) else [latency] * n
+        self._server_time = spec.get("server_time", 0.0)
+        self.charges_server = self._server_time > 0.0
+        """Whether the simulator charges a server time per arrival (:meth:`server_time`)."""
 
     def compute_time(self, worker: int, now: float) -> float:
         """Seconds that ``worker`` needs for one gradient started at virtual time ``now``."""
@@ -166,6 +208,15 @@ class SpeedModel:
                               "a finite compute time > 0; the product of the base time, "
                               "factors, slowdowns and periodic waves left that range")
         return time
+
+    def latency(self, worker: int, now: float) -> float:
+        """Seconds from the end of ``worker``'s computation to its gradient's arrival at the
+        server (``latency``: communication; the server's queue is the simulator's)."""
+        return self._latency[worker]
+
+    def server_time(self, now: float) -> float:
+        """The server's seconds per arrival (``server_time``), charged by the simulator."""
+        return self._server_time
 
     def state_dict(self) -> dict[str, Any]:
         """Where each worker's random stream stands (numbers and lists only), so that a resumed
@@ -211,6 +262,10 @@ class SpeedModel:
         if spec["slowdowns"] or spec["periodic"]:
             words += f"; {len(spec['slowdowns'])} slowdown window(s) and " \
                      f"{len(spec['periodic'])} periodic wave(s)"
+        if any(self._latency):
+            words += f"; latency {_short(self._latency)} s"
+        if self.charges_server:
+            words += f"; server time {self._server_time:g} s per arrival"
         return words
 
     def __repr__(self) -> str:
@@ -260,7 +315,7 @@ def _child(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(index,))
 
 
-def _positive_list(field: str, value: Any) -> list[float]:
+def positive_list(field: str, value: Any) -> list[float]:
     check(isinstance(value, (list, tuple)) and len(value) > 0, field, value,
           "a non-empty list of numbers > 0, one per worker")
     return [check_float(f"{field}[{k}]", v, 0.0, strict_minimum=True) for k, v in enumerate(value)]

@@ -1,0 +1,113 @@
+"""Does the simulator, fed one short probe of this machine, predict real runs? Issue 17's check.
+
+For each setting and real runtime: one probe run (asgd, ``PROBE`` s) records every worker's
+compute times, latencies and the server's time per arrival; then, for each method, the simulator
+with ``[speed] trace = <the probe>`` predicts the time to a training-loss target over the seeds,
+and the real runtime measures it over the same seeds, interleaved (seed 0 of every method, then
+seed 1, ...). The prediction is not circular: the probe ran asgd only, and the other methods
+load the machine differently (minibatch and rennala leave workers idle, ringmaster cancels).
+
+Settings (digits MLP, closed-form gradients, batch 32, plain SGD at one step size):
+
+* *emulated*: 3 workers with speed factors 1, 1, 4 through ``time_scale``, chosen so that the
+  padding is at most half of the slow worker's time per gradient;
+* *machine*: 4 workers on the 2 cores, no padding: the heterogeneity is the machine's own.
+
+Goal: the predicted ranking equals the measured one and each predicted median time is within
+20 % of the measured one. Evaluations run in the driver (the central server waits for them,
+about 5 ms each on digits, every ``EVERY`` s); the simulator does not charge them, which is
+within the goal's tolerance here. Time only on a quiet machine: the load average before the
+first run is printed.
+
+    .venv/bin/python benchmarks/sim_to_real.py                  # processes; about 8 minutes
+    .venv/bin/python benchmarks/sim_to_real.py --runtime ray    # Ray, 3 actors
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from results import write_section
+
+import asyncopt
+from asyncopt.aggregate import time_to_target
+
+METHODS = ("asgd", "minibatch", "rennala", "ringmaster")
+PROBLEM = {"name": "mlp", "dataset": "digits", "hidden": 32, "batch_size": 32,
+           "gradient": "closed_form"}
+TARGET, BUDGET, EVERY, PROBE = 0.05, 12.0, 0.1, 4.0
+SETTINGS = {
+    "emulated: 3 workers, factors 1, 1, 4": (3, {"factors": [1.0, 1.0, 4.0]}, 0.0005),
+    "machine: 4 workers on 2 cores, no padding": (4, {}, 0.0),
+}
+
+
+def base(workers: int, speed: dict, time_scale: float, runtime: str) -> dict:
+    options = {"time_scale": time_scale, **({"worker_cpus": 0.5} if runtime == "ray" else {})}
+    return {"workers": workers, "problem": PROBLEM, "rule": {"name": "sgd", "lr": 0.1},
+            "speed": speed, "budget": {"time": BUDGET}, "eval": {"every": EVERY, "unit": "time"},
+            "runtime": runtime, "runtime_options": options}
+
+
+def measure(setting: str, runtime: str, seeds: int, out: Path) -> list[str]:
+    workers, speed, time_scale = SETTINGS[setting]
+    config = base(workers, speed, time_scale, runtime)
+    probe = asyncopt.run({**config, "protocol": {"name": "asgd"}, "seed": 100,
+                          "budget": {"time": PROBE},
+                          "output": {"dir": str(out), "name": f"probe-{runtime}-{workers}"}})
+    predicted: dict[str, list[float]] = {m: [] for m in METHODS}
+    measured: dict[str, list[float]] = {m: [] for m in METHODS}
+    for seed in range(seeds):
+        for method in METHODS:
+            real = asyncopt.run({**config, "protocol": {"name": method}, "seed": seed}, save=False)
+            measured[method].append(time_to_target(real.history, "loss", TARGET))
+            simulated = asyncopt.run({**config, "protocol": {"name": method}, "seed": seed,
+                                      "runtime": "sim", "runtime_options": {},
+                                      "speed": {"trace": str(probe.run_dir)}}, save=False)
+            predicted[method].append(time_to_target(simulated.history, "loss", TARGET))
+            print(f"{setting} {runtime} {method} seed {seed}: measured "
+                  f"{measured[method][-1]:.3g} s, predicted {predicted[method][-1]:.3g} s",
+                  flush=True)
+    rows = {m: (statistics.median(predicted[m]), statistics.median(measured[m])) for m in METHODS}
+    rank_p = sorted(METHODS, key=lambda m: rows[m][0])
+    rank_m = sorted(METHODS, key=lambda m: rows[m][1])
+    lines = [f"**{setting}, {runtime}** ({seeds} seeds; probe: {probe.summary['arrivals']} "
+             f"arrivals in {PROBE:g} s)\n",
+             "| method | predicted (median s) | measured (median s) | predicted / measured | "
+             "rank predicted | rank measured |", "|---|---|---|---|---|---|"]
+    for m in METHODS:
+        p, r = rows[m]
+        ratio = p / r if math.isfinite(p) and math.isfinite(r) and r > 0 else math.nan
+        lines.append(f"| {m} | {p:.3g} | {r:.3g} | {ratio:.2f} | {rank_p.index(m) + 1} | "
+                     f"{rank_m.index(m) + 1} |")
+    within = sum(abs(rows[m][0] / rows[m][1] - 1) <= 0.2 for m in METHODS
+                 if math.isfinite(rows[m][0]) and math.isfinite(rows[m][1]) and rows[m][1] > 0)
+    lines.append(f"\nRanking {'equal' if rank_p == rank_m else 'differs'} "
+                 f"(predicted {', '.join(rank_p)}; measured {', '.join(rank_m)}); "
+                 f"{within} of {len(METHODS)} medians within 20 %.\n")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime", choices=("processes", "ray"), default="processes")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    lines = [f"Load average {os.getloadavg()[0]:.2f} before the first run; target training "
+             f"loss {TARGET:g}, budget {BUDGET:g} s, evaluations every {EVERY:g} s.\n"]
+    with tempfile.TemporaryDirectory() as out:
+        for setting in SETTINGS:
+            lines += measure(setting, args.runtime, args.seeds, Path(out))
+    print("\n".join(lines))
+    write_section(f"Simulator against reality ({args.runtime})",
+                  "python benchmarks/sim_to_real.py " + " ".join(sys.argv[1:]), "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
