@@ -7,5 +7,6 @@ PYTHON="${PYTHON:-python3}"
 # Torch first, pinned: a looser requirement with no torch installed pulls several GB of CUDA
 # packages; torch==2.13.0 takes the CPU build where the machine provides it.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-# The ray extra (~40 s the first time) so that CI runs the Ray runtime's tests too.
-.venv/bin/pip install -q -e ".[dev,ray]"
+# The cluster extra (Ray with its dashboard, ~1 min the first time) and tensorboard, so that CI
+# runs the Ray runtime's tests, `ray job submit` included, and the TensorBoard writer's.
+.venv/bin/pip install -q -e ".[dev,cluster,tensorboard]"

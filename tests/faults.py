@@ -7,7 +7,9 @@ process counts the gradients *it* computes, so ``at = 3`` is the victim's own 3r
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -60,3 +62,10 @@ class Faulty(Problem):
     def to(self, device: Any, *, worker: int | None = None) -> Faulty:
         self.inner.to(device, worker=worker)
         return self
+
+
+def logged(caplog: Any, pattern: str) -> bool:
+    """Whether asyncopt logged a run event (WARNING) matching ``pattern`` (a regex) during the
+    test: how a lost or restarting worker is reported (``caplog`` is pytest's fixture)."""
+    return any(record.name.startswith("asyncopt") and record.levelno == logging.WARNING
+               and re.search(pattern, record.getMessage()) for record in caplog.records)

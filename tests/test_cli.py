@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import asyncopt
@@ -162,6 +164,19 @@ def test_run_no_plot_writes_no_figures(tmp_path, capsys):
     assert (run_dir / "summary.json").is_file() and not list(run_dir.glob("*.png"))
 
 
+def test_run_events_are_log_lines_on_stderr_unless_quiet(tmp_path, capsys):
+    args = ["run", str(_config(tmp_path)), "--no-plot", "--set",
+            "runtime_options.checkpoint_every=20"]
+    assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+    (run_dir,) = (tmp_path / "loud").iterdir()
+    err = capsys.readouterr().err
+    # at 20 steps (not at the budget's 40: the run's end is no checkpoint)
+    assert f"asyncopt: INFO: checkpoint at version 20 written to {run_dir}" in err
+    assert main([*args, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert "checkpoint" not in capsys.readouterr().err
+    assert not logging.getLogger("asyncopt").handlers  # main() leaves no handler behind
+
+
 def test_a_ready_config_runs_by_name_and_copies_out(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here: the name is found in the ready configs
     assert main(["configs"]) == 0
@@ -225,3 +240,20 @@ def test_help_and_version_start_without_torch_or_ray():
                              capture_output=True, text=True, check=True).stdout
     assert version.strip() == f"asyncopt {asyncopt.__version__}"
     assert asyncopt.__version__ == importlib.metadata.version("asyncopt")
+
+
+def test_the_progress_bar_shows_the_last_loss_and_the_mean_delay(tmp_path, capsys):
+    assert main(["run", str(_config(tmp_path)), "--no-plot", "--out", str(tmp_path),
+                 "--set", "budget.steps=200", "--set", "eval.every=50"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    (run_dir,) = (p for p in tmp_path.iterdir() if p.is_dir())
+    history = load(run_dir)
+    shown = re.findall(r"version=(\d+), loss=([\d.e+-]+), delay=([\d.]+)", bar)
+    assert shown, bar
+    version, loss, delay = shown[-1]
+    evaluations = history.evaluations
+    last = evaluations["loss"][evaluations["version"] <= int(version)][-1]
+    assert float(loss) == pytest.approx(last, rel=1e-3)
+    arrivals = history.arrivals
+    used = (arrivals["version"] <= int(version)) & np.isin(arrivals["action"], ("step",))
+    assert float(delay) == pytest.approx(arrivals["delay"][used].mean(), abs=0.01)

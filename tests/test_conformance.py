@@ -32,7 +32,7 @@ import faults
 import numpy as np
 import pytest
 import torch
-from faults import Faulty
+from faults import Faulty, logged
 
 import asyncopt
 from asyncopt.api import Result, resume_run, train
@@ -188,13 +188,13 @@ def _by_value() -> None:
 
 
 @pytest.mark.parametrize("cell", REAL, ids=repr)
-def test_a_killed_worker_is_lost_and_the_run_goes_on(cell):
+def test_a_killed_worker_is_lost_and_the_run_goes_on(cell, caplog):
     # paced (2 ms a gradient at least), so that worker 1 reaches its 3rd gradient early
     options = {"time_scale": 0.002, **({"max_restarts": 0} if cell.runtime == "ray" else {})}
     before = _shm()
-    with pytest.warns(RuntimeWarning, match="died"):
-        result = _train(cell, Faulty(make_problem(DIGITS, 3, 0), victims=(1,), at=3), steps=150,
-                        options=options)
+    result = _train(cell, Faulty(make_problem(DIGITS, 3, 0), victims=(1,), at=3), steps=150,
+                    options=options)
+    assert logged(caplog, "died"), caplog.text
     a = result.history.arrivals
     assert result.summary["status"] == "completed", result.summary["reason"]
     lost = np.flatnonzero((a["action"] == "lost") & (a["worker"] == 1))

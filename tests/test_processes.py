@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from faults import Faulty
+from faults import Faulty, logged
 
 from asyncopt.api import Result, train
 from asyncopt.config import Evaluation
@@ -67,10 +67,10 @@ def test_minibatch_is_synchronous_and_slow_workers_are_emulated():
 
 
 @pytest.mark.slow
-def test_synchronous_training_goes_on_without_a_dead_worker():
+def test_synchronous_training_goes_on_without_a_dead_worker(caplog):
     problem = Faulty(make_problem(QUADRATIC, 3, 0), victims=(2,), at=10)
-    with pytest.warns(RuntimeWarning, match="worker process 2 died"):
-        result = _train(problem, "minibatch", steps=40)
+    result = _train(problem, "minibatch", steps=40)
+    assert logged(caplog, "worker process 2 died"), caplog.text
     assert result.summary["status"] == "completed" and result.summary["version"] == 40
     actions = result.history.arrivals["action"]
     assert list(actions).count("lost") == 1
@@ -80,10 +80,10 @@ def test_synchronous_training_goes_on_without_a_dead_worker():
 
 
 @pytest.mark.slow
-def test_when_every_worker_dies_the_run_fails_with_a_clear_reason():
+def test_when_every_worker_dies_the_run_fails_with_a_clear_reason(caplog):
     problem = Faulty(make_problem(QUADRATIC, 2, 0), victims=(0, 1), at=5)
-    with pytest.warns(RuntimeWarning, match="died"):
-        result = _train(problem, steps=1000)
+    result = _train(problem, steps=1000)
+    assert logged(caplog, "died"), caplog.text
     assert result.summary["status"] == "failed"
     assert "all 2 workers died" in result.summary["reason"]
     assert not _workers_left()

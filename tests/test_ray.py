@@ -19,7 +19,7 @@ import faults
 import numpy as np
 import pytest
 import torch
-from faults import Faulty
+from faults import Faulty, logged
 
 ray = pytest.importorskip("ray")
 
@@ -124,13 +124,13 @@ def test_every_ray_server_listens_on_loopback_only():
         assert address in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"), line
 
 
-def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path):
+def test_killed_worker_actor_is_restarted_and_the_run_completes(tmp_path, caplog):
     paced = {"time_scale": 0.02}  # 20 ms a gradient: the run outlasts an actor's restart
     undisturbed = _train(make_problem(QUADRATIC, 2, 0), options=paced, steps=300)
     problem = Faulty(make_problem(QUADRATIC, 2, 0), victims=(1,), at=20,
                      once=tmp_path / "killed")
-    with pytest.warns(RuntimeWarning, match="actor 1 died"):
-        runtime, history, summary = _drive(problem, options=paced, steps=300)
+    runtime, history, summary = _drive(problem, options=paced, steps=300)
+    assert logged(caplog, "actor 1 died"), caplog.text
     arrivals = history.arrivals
     rows = [(a, w) for a, w in zip(arrivals["action"], arrivals["worker"], strict=True)
             if a in ("lost", "restart")]

@@ -11,6 +11,7 @@ and recorded, whatever built its parts.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import warnings
@@ -25,6 +26,7 @@ from torch import nn
 
 from asyncopt import config as configuration
 from asyncopt import tree
+from asyncopt.callbacks import Begin, Callbacks
 from asyncopt.checkpoint import save_model
 from asyncopt.config import Budget, Evaluation
 from asyncopt.errors import ConfigError, check, check_seed
@@ -59,9 +61,11 @@ class Result:
 
 def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
         save: bool = True, run_dir: str | Path | None = None, progress: bool = False,
-        resume: tuple[dict[str, Any], History] | None = None) -> Result:
+        resume: tuple[dict[str, Any], History] | None = None,
+        callbacks: Iterable[Any] = ()) -> Result:
     """Run one experiment from a TOML file or a dict (validated and resolved first);
-    ``resume`` (see :func:`resume_run`) continues from a checkpoint."""
+    ``resume`` (see :func:`resume_run`) continues from a checkpoint; ``callbacks`` as for
+    :func:`train` (``[output] tensorboard = true`` adds :class:`asyncopt.TensorBoard`)."""
     if isinstance(config, Mapping):
         resolved = configuration.resolve(configuration.apply_overrides(config, overrides))
     else:
@@ -70,13 +74,14 @@ def run(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = ()
     problem = make_problem(resolved["problem"], workers, seed)
     rule = make_rule(resolved["rule"], workers)
     speed = make_speed_model(resolved["speed"], workers, seed, problem=resolved["problem"])
+    callbacks = [*callbacks, *_configured_callbacks(resolved, save)]
     # the run directory is made by train once every check passed: a refusal leaves no trace
     return train(problem, rule, resolved["protocol"], speed=speed,
                  runtime=resolved["runtime"], runtime_options=resolved["runtime_options"],
                  budget=configuration.budget_of(resolved),
                  evaluation=configuration.evaluation_of(resolved), seed=seed,
                  run_dir=run_dir if save else None, progress=progress, config=resolved,
-                 resume=resume, _new_run_dir=save and run_dir is None)
+                 resume=resume, callbacks=callbacks, _new_run_dir=save and run_dir is None)
 
 
 def resume_run(run_dir: str | Path, *, overrides: Iterable[str] = (),
@@ -103,7 +108,7 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
           workers: int | None = None, batch_size: int | None = None,
           partition: PartitionSpec | None = None,
           resume: str | Path | tuple[dict[str, Any], History] | None = None,
-          _new_run_dir: bool = False) -> Result:
+          callbacks: Iterable[Any] = (), _new_run_dir: bool = False) -> Result:
     """Train ``problem`` with ``rule`` under ``protocol`` in ``runtime`` (default: simulator).
 
     ``problem`` is a :class:`Problem`, or a model (an ``nn.Module`` or a factory of one) trained
@@ -122,12 +127,16 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     never written; give a new ``run_dir``), or a checkpoint and its history as
     :func:`asyncopt.resume.read` returns them. A run from a configuration resumes with
     :func:`resume_run` instead, which rebuilds the objects from its ``config.toml``.
+
+    ``callbacks`` (:mod:`asyncopt.callbacks`) hear of the run's start, each evaluation, each
+    batch of arrivals and its end, in this process: e.g. ``[asyncopt.TensorBoard()]``.
     ``_new_run_dir`` (for :func:`run`): make a fresh directory under ``config``'s
     ``output.dir`` once every check has passed.
     """
     seed = check_seed("seed", seed)
     if isinstance(resume, str | Path):
         resume = _resumable(Path(resume), run_dir)
+    hooks = Callbacks(callbacks)
     problem = as_problem(problem, seed=seed, loss=loss, data=data, eval_data=eval_data,
                          metrics=metrics, workers=workers, batch_size=batch_size,
                          partition=partition)
@@ -168,7 +177,8 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     run_path = Path(run_dir) if run_dir is not None else None
     bar = _Progress(budget) if progress else None
     recorder = Recorder(run_path)
-    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar)
+    coordinator = Coordinator(problem, driver, recorder, budget, evaluation, progress=bar,
+                              callbacks=hooks)
     if resume is not None:
         resuming.restore(coordinator, *resume)
     # from here on, whatever happens, the run directory ends with a summary; a signal (Ctrl-C,
@@ -177,6 +187,7 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
         try:
             if run_path is not None and config is not None:
                 write_atomic(run_path / "config.toml", configuration.dumps(config))
+            hooks.begin(Begin(run_path, num_workers, dict(config) if config else None))
             engine.run(coordinator)
             summary = coordinator.finish()
         except KeyboardInterrupt as error:  # a signal where the run could not stop by itself
@@ -196,6 +207,21 @@ def train(problem: Problem | Model, rule: Rule | Mapping[str, Any],
     if model is not None and run_path is not None:
         save_model(model, run_path / "model.pt")
     return Result(history, server.params, summary, run_path, model)
+
+
+def _configured_callbacks(resolved: Mapping[str, Any], save: bool) -> list[Any]:
+    """The callbacks a configuration asks for: ``[output] tensorboard = true``."""
+    if not resolved["output"]["tensorboard"]:
+        return []
+    if not save:
+        raise ConfigError("output.tensorboard", True, "false in a run that is not saved (its "
+                          "events go to RUN_DIR/tensorboard)")
+    from asyncopt.tensorboard import TensorBoard
+
+    try:
+        return [TensorBoard()]
+    except ImportError as error:
+        raise ConfigError("output.tensorboard", True, f"false, or {error}") from error
 
 
 def _resumable(path: Path, run_dir: str | Path | None) -> tuple[dict[str, Any], History]:
@@ -229,7 +255,8 @@ def new_run_dir(resolved: Mapping[str, Any]) -> Path:
 
 
 class _Progress:
-    """A tqdm bar over the budget's first limit, refreshed every 64 arrivals."""
+    """A tqdm bar over the budget's first limit, refreshed every 64 arrivals, with the version,
+    the last evaluated loss and the mean delay of the gradients used so far."""
 
     def __init__(self, budget: Budget) -> None:
         from tqdm import tqdm
@@ -244,12 +271,23 @@ class _Progress:
                         dynamic_ncols=True, leave=False,
                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} "
                                    "[{elapsed}<{remaining}{postfix}]")
+        self._seen, self._delays, self._used = 0, 0, 0  # rows read, their used delays
 
     def update(self, coordinator: Coordinator) -> None:
         value = {"steps": coordinator.version, "arrivals": coordinator.arrivals,
                  "time": coordinator.now}[self.unit]
         self.bar.n = min(value, self.bar.total)
-        self.bar.set_postfix(version=coordinator.version, refresh=False)
+        rows = coordinator.recorder.rows
+        for row in rows[self._seen:]:
+            if row[5] in ("step", "buffer"):  # as the summary's mean_delay counts them
+                self._delays += row[3]
+                self._used += 1
+        self._seen = len(rows)
+        postfix = {"version": coordinator.version,
+                   "loss": f"{coordinator.metrics.get('loss', math.nan):.4g}"}
+        if self._used:
+            postfix["delay"] = f"{self._delays / self._used:.2f}"
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

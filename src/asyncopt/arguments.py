@@ -153,7 +153,9 @@ def _set(parser: argparse.ArgumentParser) -> None:
 
 
 def _quiet(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, and no run events (a worker lost or restarted, "
+                        "a checkpoint written) on stderr")
 
 
 def _jobs(parser: argparse.ArgumentParser) -> None:

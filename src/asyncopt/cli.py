@@ -22,15 +22,20 @@ a signal N stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), in a ru
 
 torch (and Ray) are imported by the commands that need them, not by the parser: ``--help``
 and ``--version`` answer at once.
+
+Run events (a worker lost or restarted, a checkpoint written: the ``asyncopt`` logger) are
+printed on stderr from INFO up, above the progress bar; ``--quiet`` silences them too.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,13 +51,43 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with run_events(quiet=getattr(args, "quiet", False)):
+            return COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError) as error:
         print(f"asyncopt: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:  # outside a run (a run records its own interruption)
         print("asyncopt: interrupted", file=sys.stderr)
         return 128 + getattr(error, "signum", signal.SIGINT)
+
+
+class _Stderr(logging.Handler):
+    """Log lines on stderr through tqdm, so that they never cut through a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def run_events(quiet: bool) -> Iterator[None]:
+    """While a command runs: the ``asyncopt`` logger's INFO and above on stderr, or, quiet,
+    nowhere (not even Python's last-resort output of warnings)."""
+    logger = logging.getLogger("asyncopt")
+    handler: logging.Handler = logging.NullHandler() if quiet else _Stderr()
+    handler.setFormatter(logging.Formatter("asyncopt: %(levelname)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

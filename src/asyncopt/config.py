@@ -22,6 +22,7 @@ An experiment file names one problem, one rule, one protocol and one runtime::
     unit = "steps"            # or "time"
     [output]
     dir = "runs"
+    tensorboard = false       # true: TensorBoard event files under RUN_DIR/tensorboard
     [runtime_options]         # options of the chosen runtime (none for "sim")
 
 ``--set key=value`` overrides any entry (``--set rule.lr=0.01 --set protocol.name=minibatch``);
@@ -102,7 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "speed": {},
     "budget": {"steps": 1000},
     "eval": {"every": 100, "unit": "steps"},
-    "output": {"dir": "runs", "name": ""},
+    "output": {"dir": "runs", "name": "", "tensorboard": False},
 }
 TABLES = ("problem", "rule", "protocol", "speed", "budget", "eval", "output", "runtime_options")
 
@@ -228,7 +229,10 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     Budget(**config["budget"])
     check_keys("eval", config["eval"], ("every", "unit"))
     Evaluation(**config["eval"])
-    check_keys("output", config["output"], ("dir", "name"))
+    check_keys("output", config["output"], ("dir", "name", "tensorboard"))
+    check(isinstance(config["output"]["tensorboard"], bool), "output.tensorboard",
+          config["output"]["tensorboard"], "true or false (TensorBoard event files under "
+          "RUN_DIR/tensorboard)")
     check(isinstance(config["output"]["dir"], str), "output.dir", config["output"]["dir"],
           "a directory path")
     name = config["output"]["name"]

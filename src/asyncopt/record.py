@@ -103,6 +103,11 @@ class Recorder:
             self._arrivals_file = open(self.run_dir / "arrivals.csv", "w", newline="")
             self._arrivals_file.write(",".join(ARRIVAL_COLUMNS) + "\n")
 
+    @property
+    def rows(self) -> list[tuple]:
+        """The arrival rows so far, in ``ARRIVAL_COLUMNS`` order (the live list: read only)."""
+        return self._arrivals
+
     def arrival(self, now: float, worker: int, version: int, delay: int, loss: float,
                 action: str, compute_time: float, latency: float = math.nan,
                 server_time: float = math.nan) -> None:

@@ -12,10 +12,12 @@ when one arrives is here, written once:
     coordinator.lost(now, worker)         -> Reply (a worker died; the protocol goes on or stops)
     coordinator.restarting(now, worker)   (a worker died and its runtime brings it back)
     coordinator.restarted(now, worker)    -> Reply (... and it is back: it starts again)
+    coordinator.batch()                   (the driver handled a batch of events: callbacks)
     coordinator.finish(now, status)       -> summary (final evaluation, summary.json)
 
 ``stop_reason`` becomes a string as soon as the run must stop (budget reached, target loss
-reached, divergence); the runtime checks it after every event.
+reached, divergence); the runtime checks it after every event. The run's callbacks
+(:mod:`asyncopt.callbacks`) hear of each evaluation, each batch of rows and the end from here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncopt import tree
+from asyncopt.callbacks import Arrivals, Callbacks, Evaluated, Row
 from asyncopt.config import Budget, Evaluation
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply
@@ -37,10 +40,12 @@ class Coordinator:
 
     def __init__(self, problem: Problem, protocol: Protocol, recorder: Recorder, budget: Budget,
                  evaluation: Evaluation, *, progress: Any = None,
-                 divergence_factor: float = 1e6) -> None:
+                 divergence_factor: float = 1e6, callbacks: Callbacks | None = None) -> None:
         self.problem, self.protocol, self.recorder = problem, protocol, recorder
         self.budget, self.evaluation = budget, evaluation
         self.progress = progress
+        self.callbacks = callbacks or Callbacks()
+        self._batched = 0  # history rows already sent to the callbacks (set at the start)
         self.divergence_factor = divergence_factor
         self.stop_reason: str | None = None
         self.status = "completed"
@@ -71,7 +76,13 @@ class Coordinator:
     def version(self) -> int:
         return self.protocol.version
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last evaluation's metrics (empty before the first)."""
+        return self._last_metrics
+
     def begin(self, now: float = 0.0) -> Reply:
+        self._batched = len(self.recorder.rows)  # a resumed run's rows were sent before
         self._evaluate(now)
         if math.isnan(self._initial_loss):  # else restored from a checkpoint (resume.restore)
             self._initial_loss = self._last_metrics.get("loss", math.nan)
@@ -80,6 +91,7 @@ class Coordinator:
     def proceed(self) -> Reply:
         """Instead of :meth:`begin`, for a run resumed with its work in flight (the
         simulator): as if it had never stopped, nothing is evaluated and nobody starts."""
+        self._batched = len(self.recorder.rows)
         self.protocol.proceed()
         return Reply()
 
@@ -173,6 +185,17 @@ class Coordinator:
         self.recorder.arrival(now, worker, self.version, 0, math.nan, Action.RESTART.value, 0.0)
         return reply
 
+    def batch(self) -> None:
+        """The driver handled one batch of events: the rows it added go to the callbacks (an
+        evaluation within the batch sends the rows before it first)."""
+        if not self.callbacks.watch_arrivals:  # the usual case: one attribute read per batch
+            return
+        rows = self.recorder.rows
+        if len(rows) > self._batched:
+            new = [Row._make(row) for row in rows[self._batched:]]
+            self._batched = len(rows)
+            self.callbacks.arrivals(Arrivals(self.now, self.version, new))
+
     def stop(self, reason: str, status: str = "completed") -> None:
         if self.stop_reason is None:
             self.stop_reason, self.status = reason, status
@@ -186,7 +209,8 @@ class Coordinator:
 
     def finish(self, now: float | None = None, status: str | None = None,
                reason: str | None = None) -> dict[str, Any]:
-        """Evaluate the final model (unless just done or diverged) and write the summary."""
+        """Evaluate the final model (unless just done or diverged), write the summary, and
+        end the callbacks."""
         if status is not None:
             self.status = status
         if reason is not None:
@@ -194,6 +218,7 @@ class Coordinator:
         if self.status != "interrupted":
             self.signal = None
         now = self.now if now is None else now
+        self.batch()  # rows handled since the last batch (drained, checkpointed)
         if self.status not in ("diverged", "failed") and tree.all_finite(
                 self.protocol.server.params):
             self._evaluate(now)
@@ -220,6 +245,7 @@ class Coordinator:
         if self.server_versions is not None:  # each block server's applied steps
             summary["servers"] = list(self.server_versions)
         self.recorder.finish(summary)
+        self.callbacks.end(summary)
         return summary
 
     def _evaluate(self, now: float) -> None:
@@ -227,10 +253,13 @@ class Coordinator:
         if key == self._last_eval_key:
             return
         self._last_eval_key = key
+        self.batch()  # the callbacks see the rows an evaluation follows before it
         metrics = self.problem.evaluate(self.protocol.server.params)
         self._last_metrics = metrics
         self._last_eval_at = {"version": self.version, "now": now, "arrivals": self.arrivals}
         self.recorder.evaluation(now, self.version, self.arrivals, metrics)
+        self.callbacks.evaluation(Evaluated(now, self.version, self.arrivals, dict(metrics),
+                                            time.perf_counter() - self._wall_start))
         loss = metrics.get("loss", math.nan)
         if not math.isfinite(loss) and tree.all_finite(self.protocol.server.params):
             self.stop(f"diverged: the loss became {loss} at version {self.version} although "

@@ -21,12 +21,16 @@ events; these are recorded whenever they come, also while the run is being stopp
 history accounts for every step that was reported. When a worker dies its job in flight gets a
 ``cancel`` row and the worker a ``lost`` row (or ``lost`` then ``restart`` when the runtime
 restarts it), and the protocol decides whether the run goes on.
+
+Run events go to the ``asyncopt`` logger (:mod:`logging`, not :mod:`warnings`: they are what
+happened to this run, not a caller's misuse, and logging reaches the application's handlers):
+a worker lost or restarting at WARNING, a worker back and a checkpoint written at INFO.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-import warnings
 
 import torch
 
@@ -45,6 +49,8 @@ from asyncopt.runtimes.source import (
     Restarted,
     Restarting,
 )
+
+log = logging.getLogger(__name__)  # under "asyncopt": the CLI shows it on stderr
 
 POLL = 0.05
 """Seconds a real source waits at most for events, so that time-based evaluations and a time
@@ -105,6 +111,7 @@ class Driver:
             going = coordinator.advance(source.now())
             for event in events:  # steps taken elsewhere are recorded even when stopping
                 self._handle(event)
+            coordinator.batch()
             if not going:
                 break
             self._checkpoint()
@@ -141,11 +148,13 @@ class Driver:
         elif isinstance(event, Restarting):
             self._drop_job(event.worker)
             self.restarting.add(event.worker)
-            warnings.warn(f"{event.why or f'worker {event.worker} died'} at {now:.3f} s; "
-                          f"its runtime restarts it", RuntimeWarning, stacklevel=2)
+            log.warning("%s at %.3f s; its runtime restarts it",
+                        event.why or f"worker {event.worker} died", now)
             coordinator.restarting(now, event.worker)
         elif isinstance(event, Restarted):
             self.restarting.discard(event.worker)
+            log.info("worker %d is back at %.3f s (version %d)", event.worker, now,
+                     coordinator.version)
             self._execute(coordinator.restarted(now, event.worker))
         elif isinstance(event, Failed):
             coordinator.stop(event.reason, status="failed")
@@ -185,9 +194,8 @@ class Driver:
         self.lost.add(worker)
         coordinator, now = self.coordinator, self.source.now()
         left = len(coordinator.protocol.alive - {worker})
-        warnings.warn(f"{why or f'worker {worker} died'} at {now:.3f} s; {left} of "
-                      f"{coordinator.protocol.num_workers} workers left", RuntimeWarning,
-                      stacklevel=3)
+        log.warning("%s at %.3f s; %d of %d workers left", why or f"worker {worker} died", now,
+                    left, coordinator.protocol.num_workers)
         self._execute(coordinator.lost(now, worker))
 
     def _idle(self) -> None:
@@ -227,3 +235,6 @@ class Driver:
                      "jobs": [[w, job, version] for w, (job, version) in self.jobs.items()],
                      "started": [[w, at] for w, at in self.started.items()]}
         save(coordinator, run_dir / CHECKPOINT, copy, source=state)
+        log.info("checkpoint at version %d written to %s",
+                 coordinator.version if copy.version is None else copy.version,
+                 run_dir / CHECKPOINT)

@@ -1,9 +1,9 @@
 """The worker actor of the Ray runtime: its own data shard, one gradient per task.
 
 A worker actor holds worker ``i``'s share of the problem (the problem travels once, through the
-object store, when the actor starts), the simulator's minibatch generator for worker ``i``
-(:func:`~asyncopt.runtimes.common.generators.worker_generators`, so it draws the simulator's
-stream) and one torch thread. Each task is
+object store, in its first :meth:`~GradientWorker.ready` call), the simulator's minibatch
+generator for worker ``i`` (:func:`~asyncopt.runtimes.common.generators.worker_generators`, so
+it draws the simulator's stream) and one torch thread. Each task is
 
     x_v = the model of version v (one flat float buffer, used in place in the object store)
     g = ∇f_i(x_v; minibatch) ; pad to time_scale × τ_i(now) ; return (g flat, v, loss, time)
@@ -14,8 +14,13 @@ pickling its data, and the driver reads it in place. A worker on the driver's no
 model and its gradient go through shared memory (:mod:`.shm`), the task returns only
 (None, version, loss, time). Slow machines are emulated as in the
 processes runtime, by padding: a task lasts at least ``time_scale × speed.compute_time(i, now)``
-wall seconds. A restarted actor (Ray's ``max_restarts``) runs this constructor again: its
-minibatch stream starts over from (seed, worker). :class:`ShardWorker` is the worker of the
+wall seconds. A restarted actor (Ray's ``max_restarts``) runs its constructor again and is
+handed the problem again by the driver's probe: its minibatch stream starts over from (seed,
+worker). The problem is not a constructor argument of a restartable actor because Ray 2.60 then
+logs an ERROR on every run ("constructor arguments in the object store and max_restarts > 0":
+the restart would fail if they went out of scope), which cannot happen here (the driver holds
+the reference until the run ends); the message comes from Ray's C++ core, so no logging filter
+could hold it back. :class:`ShardWorker` is the worker of the
 sharded layout (``servers = K ≥ 2``): one long task that talks to the server actors itself.
 """
 
@@ -46,30 +51,40 @@ class GradientWorker:
     """Worker ``worker`` of ``problem``; wrapped by ``ray.remote`` in :mod:`.runtime` (its
     processes are titled ``ray::GradientWorker``)."""
 
-    def __init__(self, problem: Problem, worker: int,
+    def __init__(self, problem: Problem | None, worker: int,
                  shapes: dict[str, tuple[tuple[int, ...], torch.dtype]], speed: Any, seed: int,
                  time_scale: float) -> None:
         torch.set_num_threads(1)
         like: Params = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()}
-        self.problem, self.worker = problem, worker
+        self.worker, self.seed = worker, seed
         self.padding = Padding(speed, worker, time_scale)
-        self.generator = worker_generators(seed, problem.num_workers)[worker]
+        if problem is not None:
+            self._take(problem)
         self.like = like
         self.grad = torch.empty(tree.numel(like), dtype=next(iter(like.values())).dtype)
         self.flat = torch.empty_like(self.grad)  # the model, when it comes in blocks
         self.shared: shm.Segment | None = None
         self.slot = -1
 
-    def ready(self) -> str:
-        """Where this actor runs: its node id."""
+    def _take(self, problem: Problem) -> None:
+        self.problem = problem
+        self.generator = worker_generators(self.seed, problem.num_workers)[self.worker]
+
+    def ready(self, problem: Problem | None = None) -> str:
+        """Where this actor runs: its node id; with ``problem``, its problem first (a started
+        or restarted actor of :class:`~.runtime.RayRuntime`)."""
         import ray
 
+        if problem is not None:
+            self._take(problem)
         return ray.get_runtime_context().get_node_id()
 
-    def connect(self, spec: shm.Spec | None, slot: int) -> bool:
+    def connect(self, spec: shm.Spec | None, slot: int, problem: Problem | None = None) -> bool:
         """Map the driver's shared memory and write gradients into ``slot``, if this actor runs
         on the driver's node and the segment is there; answer whether it does (else the object
-        store it is). A restarted actor is asked again."""
+        store it is). A restarted actor is asked again, and handed its ``problem`` again."""
+        if problem is not None:
+            self._take(problem)
         self.shared = None
         if spec is None or self.ready() != spec.node:
             return False

@@ -27,11 +27,13 @@ and the cluster's token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
 starts inherit the cluster's setting.
 
 A Ray already initialized in this process (a notebook, a test fixture) is used as it is and
-left running; one connected or started here is shut down when the run ends.
+left running; one connected or started here is shut down when the run ends. Which of these a
+run uses is logged (INFO, the ``asyncopt`` logger: the CLI prints it).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -43,6 +45,8 @@ from typing import Any
 
 from asyncopt.errors import ConfigError
 from asyncopt.runtimes.ray import local
+
+log = logging.getLogger(__name__)
 
 FORMS = ("'' (RAY_ADDRESS if set, else a private local Ray), 'local', 'auto' (the running "
          "cluster), 'HOST:PORT' of a Ray head or 'ray://HOST:PORT'")
@@ -130,10 +134,12 @@ def connected(where: Target, num_cpus: int,
             raise ConfigError("runtime_options.runtime_env", dict(runtime_env),
                               "{} when Ray is already initialized in this process: pass the "
                               "runtime_env to your own ray.init")
+        log.info("Ray: the one already initialized in this process")
         yield ray
         return
     if where.private:
         with local.private_ray(num_cpus, runtime_env) as ray:
+            log.info("Ray: a private local Ray on 127.0.0.1 with %d CPUs", num_cpus)
             yield ray
         return
     try:
@@ -143,6 +149,8 @@ def connected(where: Target, num_cpus: int,
         ray.shutdown()
         raise ConfigError(where.field, where.address, f"a Ray cluster this driver may join. "
                           f"{_TOKEN} Ray said: {error}") from error
+    log.info("Ray: joined the cluster at %s (%s = %r)", ray.get_runtime_context().gcs_address,
+             where.field, where.address)
     try:
         yield ray
     finally:

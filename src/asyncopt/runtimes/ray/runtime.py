@@ -110,10 +110,11 @@ class RayRuntime(RealTimeSource):
         remote = ray.remote(actors.GradientWorker)
         options = dict(max_restarts=self.max_restarts, max_task_retries=0)
         # one copy in the object store for every actor, kept alive by this reference until
-        # close: a restarted actor is built from it again
+        # close, handed to each actor by its first `ready` and again after a restart (not to
+        # its constructor: see .actors)
         self._problem_ref = ray.put(self.problem)
         self.workers = [self.place(remote, w, **options).remote(
-            self._problem_ref, w, shapes, self.speed, self.seed, self.time_scale)
+            None, w, shapes, self.speed, self.seed, self.time_scale)
             for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
         if self.transport == "auto":
@@ -156,7 +157,7 @@ class RayRuntime(RealTimeSource):
             self._disconnect()
 
     def _wait_ready(self, ray: Any) -> None:
-        refs = [worker.ready.remote() for worker in self.workers]
+        refs = [worker.ready.remote(self._problem_ref) for worker in self.workers]
         _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.startup_timeout)
         if waiting:
             raise RuntimeError(f"{len(waiting)} of {len(refs)} Ray worker actors did not start "
@@ -164,7 +165,8 @@ class RayRuntime(RealTimeSource):
                                f"(runtime_options.startup_timeout); see `ray status`")
         try:
             self.nodes = ray.get(refs)
-        except ray.exceptions.RayActorError as error:
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+            # its constructor failed, or unpickling the problem that `ready` hands it
             raise RuntimeError(f"a Ray worker actor failed to start (the problem must be "
                                f"importable on every node):\n{error}") from error
 
@@ -262,7 +264,8 @@ class RayRuntime(RealTimeSource):
         for worker, due in list(self._restarting.items()):
             if due is not None and due <= self.now():
                 self._restarting[worker] = None
-                self._pending[self.shm.probe(self.workers[worker], worker)] = (worker, _PROBE)
+                self._pending[self.shm.probe(self.workers[worker], worker,
+                                             self._problem_ref)] = (worker, _PROBE)
 
 
 def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: float,

@@ -83,10 +83,10 @@ class ShardedRuntime(RayRuntime):
             ray.get([server.restore.remote(snapshot) for server, snapshot
                      in zip(self.servers, coordinator.blocks, strict=True)])
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in server.params.items()}
-        shared = ray.put(self.problem)
+        self._problem_ref = ray.put(self.problem)  # handed over by `ready`, as in RayRuntime
         remote = ray.remote(actors.ShardWorker)
         self.workers = [self.place(remote, w, max_restarts=0).remote(
-            shared, w, shapes, self.speed, self.seed, self.time_scale)
+            None, w, shapes, self.speed, self.seed, self.time_scale)
             for w in range(self.problem.num_workers)]
         self._wait_ready(ray)
         # the model's version: the largest least block version that a worker reported

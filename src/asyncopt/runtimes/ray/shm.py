@@ -41,10 +41,10 @@ attached to it exits).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import secrets
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ import torch
 
 from asyncopt.runtimes.common.shared import GradientSlots
 from asyncopt.tree import Params
+
+log = logging.getLogger(__name__)
 
 ROOT = Path("/dev/shm")
 PREFIX = "asyncopt-ray-"
@@ -146,8 +148,8 @@ class SharedTransport:
         try:
             self.segment = Segment.create(node, shapes, len(local))
         except OSError as error:
-            warnings.warn(f"no shared memory for the worker actors on this node ({error}); "
-                          f"they use Ray's object store", RuntimeWarning, stacklevel=3)
+            log.warning("no shared memory for the worker actors on this node (%s); they use "
+                        "Ray's object store", error)
             return
         self.slots = {w: slot for slot, w in enumerate(local)}
         answers = ray.get([workers[w].connect.remote(self.segment.spec, slot)
@@ -164,12 +166,14 @@ class SharedTransport:
         worker writes its slot again at its next job."""
         return self.segment.grads.buffers[self.slots[worker]].clone()
 
-    def probe(self, actor: Any, worker: int) -> Any:
-        """The ``ready`` probe of a restarting worker: one with slots is asked to attach again
-        (its answer says whether it did: a restarted actor may land on another node)."""
+    def probe(self, actor: Any, worker: int, problem: Any) -> Any:
+        """The ``ready`` probe of a restarting worker, which hands it ``problem`` (an object
+        ref) again: one with slots is asked to attach again (its answer says whether it did: a
+        restarted actor may land on another node)."""
         slot = self.slots.get(worker)
-        return actor.ready.remote() if slot is None else actor.connect.remote(self.segment.spec,
-                                                                              slot)
+        if slot is None:
+            return actor.ready.remote(problem)
+        return actor.connect.remote(self.segment.spec, slot, problem)
 
     def close(self) -> None:
         if self.segment is not None:
