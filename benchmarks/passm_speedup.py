@@ -29,15 +29,16 @@ from asyncopt import config as configuration
 from asyncopt.aggregate import time_to_target
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"configs/passm.toml": (0.01, 0.001), "configs/passm_cnn.toml": (0.01, 0.001)}
+SETTINGS = {"configs/passm.toml": (0.001, 0.0001), "configs/passm_cnn.toml": (0.001, 0.0001)}
 
 
-def run_setting(path: str, targets: tuple[float, ...], seeds: int, out: Path) -> list[str]:
+def run_setting(path: str, targets: tuple[float, ...], seeds: int, out: Path,
+                overrides: list[str]) -> list[str]:
     methods = configuration.methods(configuration.read(ROOT / path))
     rows: dict[str, list[dict[str, float]]] = {label: [] for label, _ in methods}
     for seed in range(seeds):  # interleaved
         for label, raw in methods:
-            raw = configuration.apply_overrides(raw, [f"seed={seed}"])
+            raw = configuration.apply_overrides(raw, [*overrides, f"seed={seed}"])
             raw["output"] = {"dir": str(out), "name": f"{Path(path).stem}-{label}-{seed}"}
             result = asyncopt.run(raw)
             history, summary = result.history, result.summary
@@ -86,7 +87,7 @@ def main() -> None:
              "synchronous server waits for them).\n"]
     with tempfile.TemporaryDirectory() as out:
         for path, targets in SETTINGS.items():
-            lines += [*run_setting(path, targets, args.seeds, Path(out)), ""]
+            lines += [*run_setting(path, targets, args.seeds, Path(out), args.set), ""]
     print("\n".join(lines))
     write_section("PASSM+ speed-up (paper 5)",
                   "python benchmarks/passm_speedup.py " + " ".join(sys.argv[1:]),
