@@ -94,16 +94,22 @@ def test_parallel_jobs_give_the_sequential_results_in_the_same_order(tmp_path, c
     assert tuned[0]["rule"] == tuned[1]["rule"]
 
 
-def test_parallel_runs_show_one_progress_bar_over_the_set(capsys):
+def test_parallel_runs_show_one_progress_bar_over_the_set(monkeypatch):
     from asyncopt import config as configuration
-    from asyncopt.jobs import Task, run_all
+    from asyncopt import jobs
 
-    tasks = [Task(configuration.resolve({**RAW, "problem": {"name": "quadratic", "dim": 3},
-                                         "budget": {"steps": 20}, "seed": seed}))
+    bars = []
+    make = jobs._set_bar
+    monkeypatch.setattr(jobs, "_set_bar", lambda total: bars.append(make(total)) or bars[-1])
+    tasks = [jobs.Task(configuration.resolve({**RAW, "problem": {"name": "quadratic", "dim": 3},
+                                              "budget": {"steps": 20}, "seed": seed}))
              for seed in range(3)]
-    outcomes = list(run_all(tasks, 2, progress=True))
-    assert [o.summary["status"] for o in outcomes] == ["completed"] * 3
-    assert "3/3" in capsys.readouterr().err  # the set's bar reached its end
+    counts = []
+    for outcome in jobs.run_all(tasks, 2, progress=True):
+        assert outcome.summary["status"] == "completed"
+        counts.append(bars[0].n)  # at least the runs given back so far
+    assert len(bars) == 1 and bars[0].total == 3
+    assert counts[-1] == 3 and all(n >= k for k, n in enumerate(counts, 1))
 
 
 def test_jobs_zero_is_refused_before_anything_runs(tmp_path, capsys):

@@ -70,16 +70,15 @@ def run_all(tasks: Sequence[Task], jobs: int, *, progress: bool = False) -> Iter
     bar = _set_bar(len(tasks)) if progress else None
     try:
         futures = {i: pool.submit(run_task, tasks[i]) for i in parallel}
-        if bar is not None:
-            for future in futures.values():
-                future.add_done_callback(lambda _: bar.update())
+        here = 0  # runs on a real runtime, made in this process between the others
         for i, task in enumerate(tasks):
             if i in futures:
-                yield _stopped_by_a_signal(futures[i].result())
-                continue
-            outcome = run_task(task, progress=False)  # a real runtime's run, here, between
-            if bar is not None:
-                bar.update()
+                outcome = futures[i].result()
+            else:
+                outcome, here = run_task(task, progress=False), here + 1
+            if bar is not None:  # every run finished so far, in whatever order they finished
+                bar.n = here + sum(future.done() for future in futures.values())
+                bar.refresh()
             yield _stopped_by_a_signal(outcome)
     finally:  # after an error or Ctrl-C, runs not yet started never start
         pool.shutdown(cancel_futures=True)
