@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from test_bad_input import QUADRATIC
 
 from asyncopt.cli import main
 from asyncopt.errors import ConfigError
@@ -17,17 +18,6 @@ from asyncopt.rules.registry import make_rule
 from asyncopt.runtimes.common import resources
 from asyncopt.runtimes.common.resources import Footprint, estimate
 from asyncopt.runtimes.registry import make_runtime
-
-QUADRATIC = """
-workers = 4
-[problem]
-name = "quadratic"
-[rule]
-name = "sgd"
-lr = 0.05
-[budget]
-steps = 20
-"""
 
 
 def _run(tmp_path, *overrides: str) -> int:

@@ -229,12 +229,7 @@ class SpeedModel:
         """Continue the streams where :meth:`state_dict` left them (same spec, workers, seed)."""
         self._blocks = [list(block) for block in state["blocks"]]
         self._pos = list(state["pos"])
-        for worker, saved in enumerate(state["rngs"]):
-            rng = None
-            if saved is not None:
-                rng = np.random.Generator(np.random.PCG64())
-                rng.bit_generator.state = saved
-            self._rngs[worker] = rng
+        self._rngs = restored_streams(state["rngs"])
 
     def base_times(self) -> list[float]:
         """The base τ_w of each worker, after the permutation (without noise or factors)."""
@@ -313,6 +308,19 @@ def _draw(rng: np.random.Generator, noise: str, size: int) -> np.ndarray:
 def _child(seed: int, index: int) -> np.random.SeedSequence:
     """``SeedSequence(seed).spawn(index + 1)[index]``, without spawning the others."""
     return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def restored_streams(saved: list[Any]) -> list[np.random.Generator | None]:
+    """Generators from their saved ``bit_generator.state`` (None: a stream not started yet),
+    as a speed model's ``load_state_dict`` needs them."""
+    streams: list[np.random.Generator | None] = []
+    for state in saved:
+        rng = None
+        if state is not None:
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = state
+        streams.append(rng)
+    return streams
 
 
 def positive_list(field: str, value: Any) -> list[float]:

@@ -42,7 +42,7 @@ import numpy as np
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
-from asyncopt.runtimes.sim.speed import positive_list
+from asyncopt.runtimes.sim.speed import positive_list, restored_streams
 from asyncopt.runtimes.sim.trace_file import Trace, read_trace
 
 MODES = ("resample", "replay")
@@ -186,12 +186,7 @@ class TraceSpeed:
             raise ConfigError("speed.trace", str(self.trace.path), "the trace the checkpoint "
                               "was simulated with (its rows changed since)")
         self._pos, self._blocks = list(state["pos"]), [list(b) for b in state["blocks"]]
-        for k, saved in enumerate(state["rngs"]):
-            rng = None
-            if saved is not None:
-                rng = np.random.Generator(np.random.PCG64())
-                rng.bit_generator.state = saved
-            self._rngs[k] = rng
+        self._rngs = restored_streams(state["rngs"])
 
     def describe(self) -> str:
         spec = self.spec
