@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 
 import pytest
@@ -105,3 +106,29 @@ def test_a_gradient_table_beyond_memory_names_the_workers(tmp_path, capsys):
     assert "workers = 1000 is not allowed: a run that fits in memory" in err
     assert "the protocol's tables and buffers (malenia)" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_private_ray_is_priced_and_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()  # the check below is that the refusal started no Ray
+    problem = make_problem({"name": "mlp", "dataset": "digits"}, 2, 0)
+    engine = make_runtime("ray", problem, None, 0, {})
+    assert (engine.footprint.processes, engine.footprint.problem_copies,
+            engine.footprint.shared_models) == (2, 3, 4)  # 2 actors, 2 slots each in /dev/shm
+    assert engine.ray is None and not ray.is_initialized()  # built, not connected
+    rule = make_rule({"name": "sgd", "lr": 0.1}, 2)
+    protocol = make_protocol({"name": "asgd"}, Server(
+        problem.init_params(torch.Generator().manual_seed(0)), rule), 2)
+    parts = {need.what.split(" (")[0]: need.bytes
+             for need in estimate(problem, protocol, engine.footprint)}
+    assert parts["copies of the problem and its data"] == 3 * len(pickle.dumps(problem))
+    assert make_runtime("ray", problem, None, 0, {"transport": "object_store"}
+                        ).footprint.shared_models == 0
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 50 * 2**20)
+    assert _run(tmp_path, 'runtime="ray"', "workers=2") == 2
+    err = capsys.readouterr().err
+    assert "workers = 2 is not allowed: a run that fits in memory" in err
+    assert "copies of the problem and its data (Ray's object store and actors)" in err
+    assert "more than the 50.0 MiB available" in err
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()

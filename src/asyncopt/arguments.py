@@ -45,7 +45,12 @@ def parser() -> argparse.ArgumentParser:
                    help="the key and its values, e.g. rule.lr=0.001,0.01,0.1")
     _set(t)
     t.add_argument("--seed", type=int, default=0, help="the seed of every run (default 0)")
-    t.add_argument("--metric", default="loss", help="minimized final metric (default: loss)")
+    t.add_argument("--metric", default="loss", metavar="METRIC[,METRIC...]",
+                   help="minimized final metric (default: loss); with several, the first picks "
+                   "the values in tuned.toml and each one's picks are printed")
+    t.add_argument("--method", action="append", default=[], metavar="LABEL",
+                   help="tune only this [[methods]] entry (repeatable; default: every one); "
+                   "the others are copied to tuned.toml unchanged")
     t.add_argument("--out", default="runs/tune", metavar="DIR",
                    help="where tuned.toml goes (default runs/tune)")
     _quiet(t)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncopt import shipped
 from asyncopt.arguments import parser
-from asyncopt.errors import ConfigError, check
+from asyncopt.errors import ConfigError, check, check_choice
 
 if TYPE_CHECKING:
     from asyncopt.api import Result
@@ -176,11 +176,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     key, sep, values = args.grid.partition("=")
     check(bool(sep) and bool(values), "--grid", args.grid, "KEY=V1,V2,... e.g. rule.lr=0.1,0.01")
     grid = [configuration.parse_value(v) for v in values.split(",")]
+    metrics = args.metric.split(",")
+    check(all(metrics), "--metric", args.metric, "metric names separated by commas")
     raw = configuration.read(args.config)
     out = Path(args.out)
     check(not (out / "tuned.toml").exists(), "--out", str(out), "a directory without tuned.toml")
     jobs = jobs_of(args)
     methods = configuration.methods(raw)
+    labels = [label for label, _ in methods]
+    for label in args.method:
+        check_choice("--method", label, labels)
+    methods = [(m, r) for m, r in methods if not args.method or m in args.method]
     tasks = []
     for _, method_raw in methods:
         for value in grid:
@@ -191,23 +197,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
     outcomes = run_all(tasks, jobs, progress=not args.quiet)
     rows = []
     for method, method_raw in methods:
-        scores = {}
+        scores: dict[str, dict[Any, float]] = {metric: {} for metric in metrics}
         for value in grid:
             summary, finals, _ = next(outcomes)
-            final = finals.get(args.metric, float("nan"))
-            scores[value] = final if summary["status"] == "completed" else float("inf")
-            print(f"{method or 'config'} {key}={value}: {summary['status']}, "
-                  f"final {args.metric} {final:.4g}")
-        best = min(scores, key=lambda v: scores[v])
+            for metric in metrics:
+                final = finals.get(metric, float("nan"))
+                scores[metric][value] = final if summary["status"] == "completed" else float("inf")
+            print(f"{method or 'config'} {key}={value}: {summary['status']}, final "
+                  + ", ".join(f"{m} {finals.get(m, float('nan')):.4g}" for m in metrics))
+        picks = {m: min(grid, key=lambda v, m=m: scores[m][v]) for m in metrics}
+        best = picks[metrics[0]]
         configuration.set_in_method(raw, method, key, best)
         rows.append({"method": method or _label(configuration.resolve(method_raw), args.config),
-                     key: best, f"final {args.metric}": scores[best],
-                     **{f"{value}": scores[value] for value in grid}})
+                     **{f"{key} by {m}": picks[m] for m in metrics},
+                     f"final {metrics[0]}": scores[metrics[0]][best],
+                     **{f"{value}": scores[metrics[0]][value] for value in grid}})
     out.mkdir(parents=True, exist_ok=True)
     import tomli_w
 
-    (out / "tuned.toml").write_text(f"# tuned by: asyncopt tune {args.config} --grid "
-                                    f"{args.grid} --seed {args.seed}\n" + tomli_w.dumps(raw))
+    command = " ".join(["asyncopt tune", args.config, "--grid", args.grid, "--seed",
+                        str(args.seed), "--metric", args.metric,
+                        *(f"--method '{m}'" for m in args.method),
+                        *(f"--set {s}" for s in args.set)])
+    (out / "tuned.toml").write_text(f"# tuned by: {command}\n" + tomli_w.dumps(raw))
     print(format_table(rows))
     print(f"tuned config: {out / 'tuned.toml'}  (run them all: asyncopt compare "
           f"{out / 'tuned.toml'})")

@@ -10,7 +10,9 @@ by its ``build`` (absent: nothing to check):
   (:func:`~asyncopt.runtimes.common.serverless.require_serverless`);
 * ``footprint``: what it will hold once started
   (:class:`~asyncopt.runtimes.common.resources.Footprint`), priced against the machine's memory
-  (:func:`~asyncopt.runtimes.common.resources.check_memory`).
+  (:func:`~asyncopt.runtimes.common.resources.check_memory`);
+* ``connect()``: what it must reach before it runs (Ray: join a cluster or start a private
+  one), called after the checks, so that a refused run starts nothing.
 """
 
 from __future__ import annotations
@@ -29,3 +31,6 @@ def preflight(engine: Any, protocol: Protocol, problem: Problem) -> None:
     if serverless is not None:
         require_serverless(protocol, *serverless)
     check_memory(problem, protocol, getattr(engine, "footprint", None))
+    connect = getattr(engine, "connect", None)
+    if connect is not None:
+        connect()

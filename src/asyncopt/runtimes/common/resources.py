@@ -23,8 +23,10 @@ set by its ``build``); :func:`check_memory` prices it.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,9 @@ class Footprint:
     each with torch, its own data (:meth:`Problem.worker_data_bytes`), a model copy and a
     gradient; ``servers``: block-server processes (each with torch and a block);
     ``shared_models``: model-sized buffers in ``/dev/shm`` (shared model, gradient slots);
-    ``shared_state``: the rule's state moves to ``/dev/shm`` too (lock-free workers)."""
+    ``shared_state``: the rule's state moves to ``/dev/shm`` too (lock-free workers);
+    ``problem_copies``: pickled copies of the problem (its data included) made here beyond the
+    one that exists: Ray's object store holds one, and each Ray actor unpickles its own."""
 
     computing: int = 1
     snapshots: int = 0
@@ -58,6 +62,7 @@ class Footprint:
     servers: int = 0
     shared_models: int = 0
     shared_state: bool = False
+    problem_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,9 @@ def estimate(problem: Problem, protocol: Protocol, footprint: Footprint) -> list
                                     + batch * sample), "workers", workers),
         Need("block-server processes", footprint.servers * (PROCESS_BYTES + 2 * model),
              "runtime_options.servers", footprint.servers),
+        Need("copies of the problem and its data (Ray's object store and actors)",
+             footprint.problem_copies * pickled_bytes(problem) if footprint.problem_copies
+             else 0, "workers", workers),
         Need("shared memory (model, gradient slots)", footprint.shared_models * model
              + (state if footprint.shared_state else 0), "workers", workers, shared=True),
     ]
@@ -199,6 +207,35 @@ def held_bytes(obj: Any) -> int:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return total
+
+
+def pickled_bytes(obj: Any) -> int:
+    """The size of ``obj`` pickled (as Ray ships it, by cloudpickle where a plain pickle
+    cannot), counted without keeping the bytes; 0 where it cannot be pickled (then the run
+    fails later, with Ray's own message)."""
+
+    class Counter(io.RawIOBase):
+        count = 0
+
+        def write(self, data: Any) -> int:
+            length = memoryview(data).nbytes
+            self.count += length
+            return length
+
+    sink = Counter()
+    try:
+        pickle.dump(obj, sink, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        try:
+            from ray import cloudpickle
+        except ImportError:
+            return 0
+        sink = Counter()
+        try:
+            cloudpickle.dump(obj, sink, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # whatever stops it pickling: not priced here
+            return 0
+    return sink.count
 
 
 def size(count: float) -> str:

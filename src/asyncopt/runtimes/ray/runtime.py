@@ -51,6 +51,7 @@ from asyncopt import tree
 from asyncopt.errors import ConfigError, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.layout import CUTS
+from asyncopt.runtimes.common.resources import Footprint
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.ray import actors, cluster, local, placement, shm
 from asyncopt.runtimes.source import (
@@ -101,9 +102,11 @@ class RayRuntime(RealTimeSource):
         self._callers_ray = False  # whether Ray was initialized by the caller, not by this run
         self.transport = transport
         self.shm = shm.SharedTransport(problem.num_workers)
+        self.ray: Any = None  # the ray module once connected
 
     def open(self, coordinator: Coordinator) -> None:
         """Reserve the workers' CPUs, start the worker actors, wait until they are ready."""
+        self.connect()
         ray = self.ray
         self._like = coordinator.protocol.server.params  # the layout gradients come back in
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in self._like.items()}
@@ -122,9 +125,12 @@ class RayRuntime(RealTimeSource):
         self.clock.reset(coordinator.now)  # a resumed run goes on on its clock
 
     def connect(self) -> None:
-        """Connect to Ray (or start a private one) until :meth:`close`; called by
-        :func:`build`, before the run writes anything, so a Ray that cannot be joined is a
-        ConfigError that leaves no run directory."""
+        """Connect to Ray (or start a private one) until :meth:`close`. ``train`` calls it
+        through :func:`~asyncopt.runtimes.preflight.preflight`, after the checks (a refused
+        run starts no Ray) and before the run writes anything (a Ray that cannot be joined is
+        a ConfigError that leaves no run directory); :meth:`open` calls it otherwise."""
+        if self.ray is not None:
+            return
         self._callers_ray = local.import_ray().is_initialized()
         self.ray = self._stack.enter_context(cluster.connected(
             self.target, self.num_cpus, self.runtime_env))
@@ -325,5 +331,21 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
         # before Ray starts: a private local Ray has room for the workers, or is refused
         runtime.num_cpus = local.check_fits(problem.num_workers, runtime.worker_cpus,
                                             oversubscribe)
-    runtime.connect()
+    runtime.footprint = footprint(problem.num_workers, servers, target.private,
+                                  options["transport"])
     return runtime
+
+
+def footprint(workers: int, servers: int, private: bool, transport: str) -> Footprint:
+    """What a run holds on this machine, for the memory check made before Ray starts.
+
+    A private local Ray runs every actor here: each worker actor is a process with torch and
+    its own copy of the whole problem (unpickled from the object store, which holds one more),
+    and with ``transport = "auto"`` a model slot and a gradient slot per worker in ``/dev/shm``
+    (:mod:`.shm`); K ≥ 2 block servers are K more processes. On a cluster the actors' memory
+    is on nodes Ray chooses, so only the driver's part (the protocol's tables) is priced."""
+    if not private:
+        return Footprint(computing=0)
+    return Footprint(computing=0, processes=workers, servers=servers if servers > 1 else 0,
+                     problem_copies=workers + 1,
+                     shared_models=2 * workers if transport == "auto" and servers == 1 else 0)

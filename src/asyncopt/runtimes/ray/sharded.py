@@ -73,6 +73,7 @@ class ShardedRuntime(RayRuntime):
         self.layout = layout = Layout(server.params, self.num_servers, self.cut)
         steps = coordinator.budget.steps
         self._max_version = steps if steps is not None else 2**62
+        self.connect()
         ray = self.ray
         flat = tree.flatten(server.params).detach().numpy()
         rule = ray.put(server.rule)
