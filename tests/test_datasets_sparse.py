@@ -165,6 +165,15 @@ def test_a_large_sparse_set_stays_sparse_and_a_small_one_dense(tmp_path, monkeyp
     assert torch.equal(large.y_train, small.y_train)
 
 
+def test_a_set_too_wide_even_for_sparse_rows_is_refused(tmp_path):
+    path = tmp_path / "wide.svm"
+    path.write_text("1 1:1\n-1 99999999999:1\n")
+    with pytest.raises(ConfigError, match=r"at most 8388608 features wide .*99999999999"):
+        load_dataset("libsvm", seed=0, path=str(path))
+    with pytest.raises(ConfigError, match=r"fits densely in 2 GiB"):
+        read_libsvm(path)
+
+
 @pytest.mark.parametrize(("name", "gradient"), [("logistic", "closed_form"),
                                                 ("logistic", "autograd"), ("mlp", "closed_form"),
                                                 ("mlp", "autograd")])

@@ -66,6 +66,9 @@ MAX_DENSE_BYTES = 2 << 30
 """The largest dense data matrix a LIBSVM file may become (a sparse one may be larger)."""
 SPARSE_ABOVE_BYTES = 64 << 20
 """A LIBSVM set whose dense form exceeds this stays sparse, if its CSR form is under half."""
+MAX_SPARSE_WIDTH = 1 << 23
+"""The most features a sparse LIBSVM set may have: the model's first layer and each minibatch
+are dense (8M features: 32 MiB per class row of a logistic model, per sample of a minibatch)."""
 
 
 @dataclass
@@ -113,6 +116,9 @@ def load_dataset(name: str, *, seed: int, test_fraction: float = 0.2, **options:
         X, y, _ = read_libsvm(options["path"], options["num_features"], sparse=True)
         if not _stays_sparse(X):
             X = _densify(X, Path(options["path"]))
+        check(X.shape[1] <= MAX_SPARSE_WIDTH, "path", options["path"],
+              f"a file at most {MAX_SPARSE_WIDTH} features wide (its largest index is "
+              f"{X.shape[1]}): the model's first layer and each minibatch are dense")
     elif name in mnist.IDX_SETS:
         check(options["path"] is not None, "path", None, "the directory of the MNIST IDX files")
         check(isinstance(options["standardize"], bool), "standardize", options["standardize"],
