@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete's global completion looks for this in the first 1 KiB)
 """The command line: ``asyncopt run | compare | tune | sweep | plot | configs | calibrate |
 advise``.
 
@@ -23,6 +24,13 @@ a signal N stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), in a ru
 torch (and Ray) are imported by the commands that need them, not by the parser: ``--help``
 and ``--version`` answer at once.
 
+Shell completion (commands, options, file names) comes from argcomplete where it is installed
+(``pip install "asyncopt[completion]"``, then ``eval "$(register-python-argcomplete
+asyncopt)"``): the shell runs ``asyncopt`` with argcomplete's environment variables, and
+:func:`main` hands the parser to ``argcomplete.autocomplete``, which prints the completions and
+exits before anything runs. argcomplete is imported only then, so other commands do not pay for
+it.
+
 Run events (a worker lost or restarted, a checkpoint written: the ``asyncopt`` logger) are
 printed on stderr from INFO up, above the progress bar; ``--quiet`` silences them too.
 """
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -49,7 +58,10 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (argcomplete's protocol)
+        _complete(root)
+    args = root.parse_args(argv)
     try:
         with run_events(quiet=getattr(args, "quiet", False)):
             return COMMANDS[args.command](args)
@@ -59,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as error:  # outside a run (a run records its own interruption)
         print("asyncopt: interrupted", file=sys.stderr)
         return 128 + getattr(error, "signum", signal.SIGINT)
+
+
+def _complete(root: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request and exit, if argcomplete is installed (without
+    it, the request is ignored and the command line parsed as usual)."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(root)
 
 
 class _Stderr(logging.Handler):

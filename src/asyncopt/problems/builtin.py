@@ -47,6 +47,7 @@ from asyncopt.problems.images import as_images
 from asyncopt.problems.partition import partition
 from asyncopt.problems.pca import PAPER_EIGENVALUES, PCAProblem
 from asyncopt.problems.quadratic import QuadraticProblem
+from asyncopt.problems.sparse import dense
 from asyncopt.problems.supervised import SupervisedProblem
 from asyncopt.problems.vision import model_factory
 
@@ -85,8 +86,9 @@ def mlp(inputs: int, hidden: int, classes: int) -> nn.Module:
 
 def build_cnn(spec: Mapping[str, Any], num_workers: int, seed: int) -> Problem:
     data = _load(spec, seed)
-    data.X_train = as_images(data.X_train, spec["dataset"])
-    data.X_test = as_images(data.X_test, spec["dataset"])
+    # a sparse LIBSVM set is densified: convolutions take dense images
+    data.X_train = as_images(dense(data.X_train), spec["dataset"])
+    data.X_test = as_images(dense(data.X_test), spec["dataset"])
     channels, size = data.X_train.shape[1], data.X_train.shape[2]
     factory = model_factory(spec["model"], channels, size, data.num_classes)
     return _supervised(spec, data, num_workers, seed, factory)

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from asyncopt import tree
 from asyncopt.errors import ConfigError
+from asyncopt.problems import sparse
 from asyncopt.problems.base import Gradient
 from asyncopt.problems.supervised import SupervisedProblem, _build
 from asyncopt.tree import Params
@@ -202,7 +203,7 @@ class ClosedFormProblem(SupervisedProblem):
         classes = self.module.get_parameter(layers[-1][0]).shape[0]
         # the shards stacked, each worker's data a view: k workers' minibatches are one gather
         sizes = [len(y) for _, y in self._shard_data]
-        self._X = torch.cat([X for X, _ in self._shard_data])
+        self._X = sparse.cat([X for X, _ in self._shard_data])
         # −Y/B (see cross_entropy_grad): a minibatch's targets are one gather
         self._T = F.one_hot(torch.cat([y for _, y in self._shard_data]), classes).to(
             self._X.dtype).div_(-self.batch_size)
@@ -217,6 +218,16 @@ class ClosedFormProblem(SupervisedProblem):
                         [names.index(name) for layer in layers for name in layer])
         self._names = names
         self._everything = [True] * len(names)
+
+    def _batch(self, worker: int, picks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The (X, T, picks) that :func:`chain_grad` gathers its minibatch from: the shard's own
+        tensors and ``picks``, or for sparse inputs (which TorchScript cannot take) the
+        minibatch's rows already densified, in order."""
+        X, T = self._shard_data[worker][0], self._targets[worker]
+        if not isinstance(X, sparse.SparseRows):
+            return X, T, picks
+        return (X.index_select(0, picks), T.index_select(0, picks),
+                torch.arange(len(picks), device=picks.device))
 
     def loss_and_grad(self, params: Params, worker: int,
                       generator: torch.Generator) -> tuple[float, Params]:
@@ -234,8 +245,8 @@ class ClosedFormProblem(SupervisedProblem):
             return self._add_l2(loss, list(grads.values()), params), grads
         loss_tensor, flat, leaves = _scripted()(
             [params[weight] for weight, _ in self.layers],
-            [params[bias] for _, bias in self.layers], self._shard_data[worker][0],
-            self._targets[worker], picks, *self._layout, self._everything, 0)
+            [params[bias] for _, bias in self.layers], *self._batch(worker, picks),
+            *self._layout, self._everything, 0)
         value = self._add_l2(loss_tensor.item(), leaves, params)
         return value, tree.FlatParams(flat, dict(zip(params, leaves, strict=True)))
 
@@ -263,8 +274,8 @@ class ClosedFormProblem(SupervisedProblem):
                      if any(name in only for name in layer))
         loss_tensor, _, leaves = _scripted()(
             [params[weight] for weight, _ in self.layers],
-            [params[bias] for _, bias in self.layers], self._shard_data[worker][0],
-            self._targets[worker], picks, *self._layout, wanted, lowest)
+            [params[bias] for _, bias in self.layers], *self._batch(worker, picks),
+            *self._layout, wanted, lowest)
         grads = {name: leaves[self._names.index(name)] for name in only}
         value = self._add_l2(loss_tensor.item(), list(grads.values()), params, only)
         return value, grads

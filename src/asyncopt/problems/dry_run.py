@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from asyncopt.errors import ConfigError, check
 from asyncopt.problems.running_stats import seeded
+from asyncopt.problems.sparse import dense
 
 if TYPE_CHECKING:
     from asyncopt.problems.supervised import SupervisedProblem
@@ -30,7 +31,7 @@ def dry_run(problem: SupervisedProblem) -> bool:
     params = problem.init_params(torch.Generator().manual_seed(0))
     leaves = {k: v.requires_grad_() for k, v in params.items()}
     picks = torch.arange(min(problem.batch_size, 4)) % len(problem.X_train)
-    X, y = problem.X_train[picks], problem.y_train[picks]
+    X, y = dense(problem.X_train[picks]), problem.y_train[picks]
     with seeded(torch.Generator().manual_seed(0)):  # dropout must not draw from the global RNG
         outputs = _call("model", problem.model_factory, "a model that accepts the training "
                         f"inputs ({_shape(X)})",
@@ -57,8 +58,9 @@ def _evaluation(problem: SupervisedProblem, params: dict[str, Tensor]) -> None:
     if problem.metrics and not (held_out and len(problem.X_test) > 0):
         raise ConfigError("metrics", sorted(problem.metrics), "metrics only with a non-empty "
                           "held-out set (eval_data), which they are computed on")
-    X, y = ((problem.X_test[:2], problem.y_test[:2]) if held_out and len(problem.X_test) > 0
-            else (problem.X_train[:2], problem.y_train[:2]))
+    X, y = ((dense(problem.X_test[:2]), problem.y_test[:2])
+            if held_out and len(problem.X_test) > 0
+            else (dense(problem.X_train[:2]), problem.y_train[:2]))
     with torch.no_grad():
         outputs = _call("model", problem.model_factory, "a model that accepts the held-out "
                         f"inputs in evaluation mode ({_shape(X)})",

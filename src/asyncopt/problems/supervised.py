@@ -44,6 +44,7 @@ from asyncopt.errors import ConfigError, check, check_float, check_int
 from asyncopt.problems import batched, bound, running_stats
 from asyncopt.problems.base import Gradient, Problem
 from asyncopt.problems.dry_run import dry_run
+from asyncopt.problems.sparse import SparseRows, dense
 from asyncopt.tree import Params
 
 LossFn = Callable[..., Tensor]
@@ -58,11 +59,14 @@ class SupervisedProblem(Problem):
     (optional) give ``test_loss``, ``accuracy`` (class-index targets and one score per class)
     and each of ``metrics``. ``eval_batch`` bounds how many samples one evaluation pass holds.
     Pickling keeps the factory, the loss and the tensors; a worker process rebuilds the module.
+    The inputs may be :class:`~asyncopt.problems.sparse.SparseRows` (a sparse LIBSVM set): the
+    shards and evaluation chunks stay sparse and each minibatch or chunk is densified when used.
     """
 
-    def __init__(self, model: Callable[[], nn.Module], loss_fn: LossFn, X_train: Tensor,
+    def __init__(self, model: Callable[[], nn.Module], loss_fn: LossFn,
+                 X_train: Tensor | SparseRows,
                  y_train: Tensor, shards: Sequence[np.ndarray], *, batch_size: int,
-                 X_test: Tensor | None = None, y_test: Tensor | None = None,
+                 X_test: Tensor | SparseRows | None = None, y_test: Tensor | None = None,
                  metrics: Mapping[str, Metric] | None = None, l2: float = 0.0,
                  eval_batch: int = 8192, replacement: bool = True) -> None:
         check(len(X_train) == len(y_train) > 0, "y_train", f"{len(y_train)} targets",
@@ -187,7 +191,7 @@ class SupervisedProblem(Problem):
         total = 0.0
         grad = tree.zeros_like(params)
         for X, y, weight in self._eval_chunks:
-            outputs = functional_call(self._eval_module, {**leaves, **buffers}, (X,))
+            outputs = functional_call(self._eval_module, {**leaves, **buffers}, (dense(X),))
             if self.per_sample_loss:
                 loss = (self.loss_fn(outputs, y, reduction="none") * weight).sum()
             else:  # every sample of the chunk has the same weight
@@ -262,7 +266,7 @@ class SupervisedProblem(Problem):
                 if isinstance(output, Tensor):
                     outputs.append(output.numel() * output.element_size())
 
-            X, y = self.X_train[:2], self.y_train[:2]
+            X, y = dense(self.X_train[:2]), self.y_train[:2]
             leaves = [m for m in self._eval_module.modules() if not next(m.children(), None)]
             hooks = [m.register_forward_hook(count) for m in leaves]
             try:
@@ -277,8 +281,8 @@ class SupervisedProblem(Problem):
 
     def worker_data_bytes(self) -> int:
         """Every shard's copy of its samples (:meth:`_setup` gathers them in each process)."""
-        rows = sum(len(shard) for shard in self.shards)
-        return rows * (self.X_train[:1].nbytes + self.y_train[:1].nbytes)
+        rows = sum(len(shard) for shard in self.shards)  # a sparse set: its mean row
+        return rows * (self.X_train.nbytes // len(self.X_train) + self.y_train[:1].nbytes)
 
     def buffers(self, params: Params) -> Params:
         """The running statistics at ``params`` (empty for a model without BatchNorm)."""
@@ -301,9 +305,10 @@ class SupervisedProblem(Problem):
         return module.eval()
 
     @torch.no_grad()
-    def test_metrics(self, state: Params, X_test: Tensor, y_test: Tensor) -> dict[str, float]:
+    def test_metrics(self, state: Params, X_test: Tensor | SparseRows,
+                     y_test: Tensor) -> dict[str, float]:
         """Evaluation-mode outputs on the whole test set, then the loss and every metric."""
-        outputs = torch.cat([functional_call(self._eval_module, state, (X,))
+        outputs = torch.cat([functional_call(self._eval_module, state, (dense(X),))
                              for X in X_test.split(self.eval_batch)])
         metrics = {"test_loss": float(self.loss_fn(outputs, y_test))}
         if not torch.is_floating_point(y_test) and outputs.ndim == y_test.ndim + 1:
@@ -333,8 +338,8 @@ class SupervisedProblem(Problem):
         """(X, y, w) chunks of at most ``eval_batch`` samples with w > 0; each chunk of one
         weight unless the loss gives per-sample values."""
         weights = self._weights()
-        w = torch.from_numpy(weights).to(self.X_train.dtype if torch.is_floating_point(
-            self.X_train) else torch.get_default_dtype())
+        w = torch.from_numpy(weights).to(self.X_train.dtype if self.X_train.dtype.is_floating_point
+                                         else torch.get_default_dtype())
         if self.per_sample_loss:
             groups = [np.flatnonzero(weights)]
         else:
@@ -347,7 +352,7 @@ class SupervisedProblem(Problem):
         """The training samples of f in a fixed random order, cut into near-equal batches."""
         index = np.random.default_rng(0).permutation(np.flatnonzero(self._weights()))
         count = -(-len(index) // self.eval_batch)
-        return [self.X_train[torch.from_numpy(i)] for i in np.array_split(index, count)]
+        return [dense(self.X_train[torch.from_numpy(i)]) for i in np.array_split(index, count)]
 
 
 def _build(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
