@@ -257,3 +257,30 @@ def test_the_progress_bar_shows_the_last_loss_and_the_mean_delay(tmp_path, capsy
     arrivals = history.arrivals
     used = (arrivals["version"] <= int(version)) & np.isin(arrivals["action"], ("step",))
     assert float(delay) == pytest.approx(arrivals["delay"][used].mean(), abs=0.01)
+
+
+def test_compare_reports_time_to_targets_of_any_metric_and_reloads_runs_by_label(tmp_path,
+                                                                                 capsys):
+    path = tmp_path / "methods.toml"
+    path.write_text(METHODS.replace('label = "sync"\nprotocol = { name = "minibatch" }',
+                                    'label = "fast twin"\nprotocol = { name = "asgd" }'))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(path), "--seeds", "2", "--out", str(out), "--quiet",
+                 "--jobs", "1", "--no-plot", "--target", "1e9", "--target",
+                 "grad_norm_sq=1e9"]) == 0
+    first = (out / "compare.md").read_text()
+    loss_table, grad_table = first.split("\n\n")
+    assert "| loss" in loss_table and "| grad_norm_sq" in grad_table
+    assert loss_table.count("2/2") == 2 and grad_table.count("2/2") == 2  # every run reached
+    # the same protocol and rule under two labels: reloaded, they stay two groups
+    runs = sorted(str(p) for p in out.glob("*/seed*"))
+    assert len(runs) == 4
+    assert main(["compare", *runs, "--out", str(tmp_path / "again"), "--no-plot",
+                 "--target", "1e9", "--target", "grad_norm_sq=1e9"]) == 0
+    again = (tmp_path / "again" / "compare.md").read_text()
+    assert again == first
+    for bad in ("loss=", "grad_norm_sq=abc", "a b=1"):
+        assert main(["compare", str(path), "--out", str(tmp_path / "bad"), "--target",
+                     bad]) == 2
+        assert "--target" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

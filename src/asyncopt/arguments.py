@@ -70,7 +70,9 @@ def parser() -> argparse.ArgumentParser:
                    help="output directory (default runs/compare)")
     c.add_argument("--x", choices=("now", "version"), default="now",
                    help="x axis: the runtime's clock or the server version (default now)")
-    c.add_argument("--target", type=float, default=None, help="loss target for time-to-target")
+    c.add_argument("--target", action="append", default=[], metavar="[METRIC=]VALUE",
+                   help="time to reach VALUE of METRIC (default metric: loss), e.g. 0.5 or "
+                   "grad_norm_sq=0.01; repeatable: one table per target")
     _quiet(c)
     _no_plot(c, "no compare.png (the table only)")
     _jobs(c)

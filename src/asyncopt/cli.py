@@ -154,6 +154,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     jobs = jobs_of(args)
+    targets = [_target(text) for text in args.target] or [("loss", None)]
     groups: dict[str, list[History]] = {}
     planned: list[tuple[str, int, Task]] = []  # every run is checked before any starts
     for source in args.inputs:
@@ -166,6 +167,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 overrides = [*args.set, *variation, f"seed={args.seed + seed}"]
                 resolved = configuration.resolve(configuration.apply_overrides(raw, overrides))
                 name = " ".join([method, *variation]).strip() or _label(resolved, source)
+                resolved["output"]["name"] = resolved["output"]["name"] or name.replace("/", "_")
                 run_dir = out / _slug(Path(source).stem + "-" + name) / f"seed{args.seed + seed}"
                 check(not run_dir.exists() and all(run_dir != t.run_dir for *_, t in planned),
                       "--out", str(out),
@@ -178,9 +180,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         assert outcome.history is not None
         groups.setdefault(name, []).append(outcome.history)
     out.mkdir(parents=True, exist_ok=True)
-    table = format_table(compare_table(groups, metric="loss", target=args.target, x=args.x))
-    (out / "compare.md").write_text(table + "\n")
-    print(table)
+    tables = [format_table(compare_table(groups, metric=metric, target=target, x=args.x,
+                                         mode="max" if metric == "accuracy" else "min"))
+              for metric, target in targets]
+    (out / "compare.md").write_text("\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
     if not args.no_plot:
         from asyncopt.plots import plot_compare
 
@@ -397,9 +401,26 @@ def _variations(vary: Sequence[str]) -> list[list[str]]:
 
 
 def _label(resolved: dict[str, Any], source: str) -> str:
+    """A run's name in a comparison: the name it was recorded under (``output.name``, which
+    ``compare`` sets to the method's label), else protocol + rule."""
     from asyncopt import config as configuration
 
-    return configuration.label(resolved) if resolved else Path(source).name
+    if not resolved:
+        return Path(source).name
+    return resolved.get("output", {}).get("name") or configuration.label(resolved)
+
+
+def _target(text: str) -> tuple[str, float]:
+    """``--target``: ``0.5`` (the loss) or ``grad_norm_sq=0.01`` (accuracy: reached from
+    below)."""
+    from asyncopt import config as configuration
+
+    metric, sep, value = text.rpartition("=")
+    number = configuration.parse_value(value)
+    check(isinstance(number, int | float) and not isinstance(number, bool)
+          and (metric.isidentifier() or not sep), "--target", text,
+          "a number (a loss) or METRIC=NUMBER, e.g. grad_norm_sq=0.01")
+    return (metric or "loss"), float(number)
 
 
 def _slug(text: str) -> str:
