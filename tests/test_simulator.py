@@ -145,3 +145,5 @@ def test_a_worker_that_only_sends_nan_stops_a_run_that_waits_for_it(quadratic):
                        budget={"steps": 10})
     assert result.summary["status"] == "diverged"
     assert result.summary["version"] == 0  # Malenia never got worker 1's gradient
+    largest = max(float(v.abs().max()) for v in result.params.values())
+    assert f"the largest parameter is {largest:.3g} in magnitude" in result.summary["reason"]

@@ -289,10 +289,14 @@ class Coordinator:
         if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
             self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
         elif streaks[worker] >= 100:
+            largest = max((float(v.abs().max()) for v in self.protocol.server.params.values()
+                           if v.numel()), default=0.0)
             self.stop(f"diverged: worker {worker} sent {streaks[worker]} NaN/Inf gradients in "
                       f"a row while the others' were finite: its data shard or the gradient "
                       f"computation on it gives them (an overflow, a log of 0, a NaN in the "
-                      f"data), not the step size", status="diverged")
+                      f"data); the largest parameter is {largest:.3g} in magnitude: if that is "
+                      f"large for this model, the step size (rule.lr) made it so",
+                      status="diverged")
 
     def _diverge(self, why: str) -> None:
         """The model itself stopped being finite or exploded: a step-size matter."""
