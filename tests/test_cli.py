@@ -279,6 +279,11 @@ def test_compare_reports_time_to_targets_of_any_metric_and_reloads_runs_by_label
                  "--target", "1e9", "--target", "grad_norm_sq=1e9"]) == 0
     again = (tmp_path / "again" / "compare.md").read_text()
     assert again == first
+    assert main(["compare", str(path), "--seeds", "1", "--out", str(tmp_path / "one"),
+                 "--quiet", "--jobs", "1", "--no-plot", "--method", "fast twin"]) == 0
+    assert [p.name for p in (tmp_path / "one").iterdir() if p.is_dir()] == ["methods-fast_twin"]
+    assert main(["compare", str(path), "--out", str(tmp_path / "bad"), "--method", "fats"]) == 2
+    assert "did you mean 'fast'" in capsys.readouterr().err
     for bad in ("loss=", "grad_norm_sq=abc", "a b=1"):
         assert main(["compare", str(path), "--out", str(tmp_path / "bad"), "--target",
                      bad]) == 2

@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target", action="append", default=[], metavar="[METRIC=]VALUE",
                    help="time to reach VALUE of METRIC (default metric: loss), e.g. 0.5 or "
                    "grad_norm_sq=0.01; repeatable: one table per target")
+    c.add_argument("--method", action="append", default=[], metavar="LABEL",
+                   help="run only this [[methods]] entry of the configs (repeatable; default: "
+                   "every one)")
     _quiet(c)
     _no_plot(c, "no compare.png (the table only)")
     _jobs(c)
