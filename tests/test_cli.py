@@ -289,3 +289,27 @@ def test_compare_reports_time_to_targets_of_any_metric_and_reloads_runs_by_label
                      bad]) == 2
         assert "--target" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_tune_only_the_named_methods_and_report_the_picks_of_each_metric(tmp_path, capsys):
+    path = tmp_path / "methods.toml"
+    path.write_text(METHODS)
+    assert main(["tune", str(path), "--grid", "rule.lr=0.001,0.2", "--out", str(tmp_path / "t"),
+                 "--quiet", "--jobs", "1", "--method", "fast", "--metric",
+                 "grad_norm_sq,loss"]) == 0
+    out = capsys.readouterr().out
+    assert "fast rule.lr=0.2: completed, final grad_norm_sq" in out and ", loss " in out
+    assert "sync rule.lr" not in out  # not tuned
+    assert "rule.lr by grad_norm_sq" in out and "rule.lr by loss" in out
+    text = (tmp_path / "t" / "tuned.toml").read_text()
+    assert text.startswith("# tuned by: asyncopt tune ") and "--method 'fast'" in text
+    by_label = {m["label"]: m for m in tomllib.loads(text)["methods"]}
+    assert by_label["fast"]["rule"]["lr"] == 0.2
+    assert "rule" not in by_label["sync"]  # copied unchanged
+    assert main(["tune", str(path), "--grid", "rule.lr=0.1", "--out", str(tmp_path / "u"),
+                 "--method", "fsat"]) == 2
+    assert "did you mean 'fast'" in capsys.readouterr().err
+    assert main(["tune", str(path), "--grid", "rule.lr=0.1", "--out", str(tmp_path / "u"),
+                 "--metric", "loss,"]) == 2
+    assert "--metric" in capsys.readouterr().err
+    assert not (tmp_path / "u").exists()
