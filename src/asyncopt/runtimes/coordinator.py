@@ -58,6 +58,8 @@ class Coordinator:
         self._last_metrics: dict[str, float] = {}
         self._last_eval_at: dict[str, Any] | None = None  # version, now, arrivals of it
         self._wall_start = time.perf_counter()
+        self.evaluations = 0  # evaluations made (a simulator charges their pauses: eval_time)
+        self._evaluation_wall = 0.0  # their wall seconds
         self.now = 0.0
         self._row_version = 0  # the version of the last row of a step applied elsewhere
         self.signal: str | None = None  # the signal that interrupted the run, if one did
@@ -68,6 +70,8 @@ class Coordinator:
         block servers start from them."""
         self.server_versions: list[int] | None = None
         """With K block servers, each one's version at the end: the summary's ``servers``."""
+        self.cpus: int | None = None
+        """The CPUs the workers and the server shared on one machine: the summary's ``cpus``."""
         self.source_state: dict[str, Any] | None = None
         """An event source's state and the driver's job table restored from a checkpoint:
         the simulator continues from them exactly (:mod:`asyncopt.runtimes.driver`)."""
@@ -75,6 +79,19 @@ class Coordinator:
     @property
     def version(self) -> int:
         return self.protocol.version
+
+    def next_evaluation(self) -> float:
+        """When :meth:`advance` makes its next time-based evaluation: the first due time after
+        the last one, unless that evaluation would be skipped (the model has not changed since
+        the last one; evaluations by steps; the time budget or a stop comes first): then ∞."""
+        limit = self.budget.time if self.budget.time is not None else math.inf
+        if (self.evaluation.unit != "time" or self.stop_reason is not None
+                or self._next_eval > limit or self._evaluation_key() == self._last_eval_key):
+            return math.inf
+        return self._next_eval
+
+    def _evaluation_key(self) -> tuple[int, int]:
+        return self.version, self.arrivals
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -235,6 +252,8 @@ class Coordinator:
             "max_delay": max_delay,
             "wall_seconds": wall,
             "arrivals_per_second": arrivals / wall if wall > 0 else math.nan,
+            "evaluation_wall_seconds": (self._evaluation_wall / self.evaluations
+                                        if self.evaluations else None),
             "final": dict(self._last_metrics),
             "final_at": self._last_eval_at,
         }
@@ -244,17 +263,22 @@ class Coordinator:
             summary["signal"] = self.signal
         if self.server_versions is not None:  # each block server's applied steps
             summary["servers"] = list(self.server_versions)
+        if self.cpus is not None:
+            summary["cpus"] = self.cpus
         self.recorder.finish(summary)
         self.callbacks.end(summary)
         return summary
 
     def _evaluate(self, now: float) -> None:
-        key = (self.version, self.arrivals)
+        key = self._evaluation_key()
         if key == self._last_eval_key:
             return
         self._last_eval_key = key
         self.batch()  # the callbacks see the rows an evaluation follows before it
+        began = time.perf_counter()
         metrics = self.problem.evaluate(self.protocol.server.params)
+        self.evaluations += 1
+        self._evaluation_wall += time.perf_counter() - began
         self._last_metrics = metrics
         self._last_eval_at = {"version": self.version, "now": now, "arrivals": self.arrivals}
         self.recorder.evaluation(now, self.version, self.arrivals, metrics)

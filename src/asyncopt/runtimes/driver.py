@@ -84,6 +84,7 @@ class Driver:
             if self.source.reports_steps:
                 self._drain()
             self.coordinator.server_versions = self.source.server_versions()
+            self.coordinator.cpus = self.source.cpus
         finally:
             self.source.close()
             torch.set_num_threads(threads)

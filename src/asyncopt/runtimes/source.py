@@ -137,6 +137,9 @@ class EventSource:
     """torch's intra-op threads in the driver's process while the run lasts (restored after)."""
     checkpoint_every = 0
     """Write a checkpoint every this many steps (0: never)."""
+    cpus: int | None = None
+    """The CPUs that the workers and the server shared, when they all ran on this machine (set
+    by :meth:`open`; the summary's ``cpus``, which a trace of the run reads)."""
 
     def run(self, coordinator: Coordinator) -> None:
         """Drive ``coordinator`` with this source's events until it says stop."""

@@ -12,7 +12,8 @@ model's ratios exactly (``factors = [3, 1]``: worker 0 is three times slower), a
 ``time_scale = 0`` they run at the machine's own speed. ``now`` is the runtime's clock when the
 job started, so time-varying speed models (slowdowns, stragglers) apply in real time as in the
 simulator. This is the one place that computes it; each runtime only decides how to wait (a
-process worker waits on its pipe so that a cancel interrupts the wait, a Ray actor sleeps).
+process worker waits on its pipe so that a stop interrupts the wait, a Ray actor sleeps). A
+cancel does not: an emulated slow machine finishes its gradient as a real one would.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from typing import Any
 from asyncopt.errors import check, check_choice, check_float, check_int
 from asyncopt.problems.base import Problem
 from asyncopt.runtimes.common.layout import CUTS
-from asyncopt.runtimes.common.resources import Footprint, check_cpus
+from asyncopt.runtimes.common.resources import Footprint, available_cpus, check_cpus
 from asyncopt.runtimes.common.shared import template
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.processes.blocks import BLOCKS
@@ -87,6 +87,7 @@ class ProcessRuntime(RealTimeSource):
                                 self.time_scale), start_method=self.start_method,
                                devices=self.devices)
         self.pool.wait_ready(self.startup_timeout)
+        self.cpus = available_cpus()[0]
         self.clock.reset(coordinator.now)
         self._publish(server.version, server.params)
 

@@ -13,8 +13,11 @@ process's clock, is where the speed model is sampled, as the simulator does at a
 ``CANCEL`` abandons the current job and idles, ``STOP`` exits. Heterogeneity is emulated by
 *padding*: a gradient takes ``max(measured, time_scale × speed.compute_time(i, now))`` wall
 seconds, so with a time scale larger than the real compute time the workers keep the speed
-model's ratios exactly (``factors = [3, 1]``: worker 0 is three times slower). The padding is a
-wait on the pipe, so a newer command (cancel, restart, stop) ends it at once.
+model's ratios exactly (``factors = [3, 1]``: worker 0 is three times slower). An emulated slow
+machine behaves as a real one: a cancel or a restart's new job waits until the gradient and its
+padding are done (a real machine cannot interrupt a gradient's computation either, and the Ray
+actors finish a cancelled task too); the gradient is then dropped, not sent, and the newest
+command taken. The padding is a wait on the pipe, so STOP ends it at once.
 
 Messages back are ``("ready",)``, ``("grad", job, version, loss, compute_time, retries)`` and
 ``("error", traceback)``. SIGINT, SIGTERM and SIGHUP are ignored: they are the main process's to
@@ -78,6 +81,17 @@ def next_command(conn: Connection, parent: int) -> tuple[int, float]:
     return conn.recv()
 
 
+def newest_command(conn: Connection, command: tuple[int, float] | None = None,
+                   ) -> tuple[int, float] | None:
+    """The newest of ``command`` and the commands already waiting on the pipe (a later one
+    supersedes an earlier: a cancel or a restart's new job), or STOP if one of them is."""
+    while conn.poll():
+        command = conn.recv()
+        if command[0] == STOP:
+            break
+    return command
+
+
 class _Worker:
     def __init__(self, worker: int, conn: Connection, problem: Problem, model: SharedModel,
                  slots: GradientSlots, speed: Any, seed: int, time_scale: float) -> None:
@@ -98,15 +112,27 @@ class _Worker:
             command = self._compute(job, now) if job > 0 else self._next_command()
 
     def _next_command(self) -> tuple[int, float]:
-        return next_command(self.conn, self.parent)
+        """The next command; of several already waiting, the newest (superseded jobs are
+        never begun)."""
+        command = newest_command(self.conn, next_command(self.conn, self.parent))
+        assert command is not None
+        return command
 
     def _compute(self, job: int, now: float) -> tuple[int, float]:
-        """Run one job; answer the next command (received early if it superseded this job)."""
+        """Run one job to its end, padding included; answer the next command. A command that
+        came meanwhile (a cancel, or a restart's new job) supersedes the gradient, which is
+        then not sent, and the newest one is answered; only STOP cuts the padding short."""
         start = time.perf_counter()
         version, retries = self.model.read(self.flat)
         loss, grads = self.gradient(self.generator)
-        if not self.padding.wait(start, now, self.conn.poll):
-            return self.conn.recv()  # cancelled, restarted or stopped while padding
+        newest = None
+        while (rest := self.padding.rest(start, now)) > 0.0 and self.conn.poll(rest):
+            newest = self.conn.recv()
+            if newest[0] == STOP:
+                return newest
+        newest = newest_command(self.conn, newest)
+        if newest is not None:
+            return newest
         self.slots.write(self.worker, grads)
         self.conn.send(("grad", job, version, float(loss), time.perf_counter() - start, retries))
         return self._next_command()

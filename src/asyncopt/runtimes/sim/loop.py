@@ -33,6 +33,15 @@ until b + s: the workers its reply starts begin then, and the next arrival waits
 s = 0 (the default) every arrival is handled at its finish time, as before. A worker's
 ``latency`` (speed model) puts its arrival ℓ after the end of its computation.
 
+What the workers share (:mod:`asyncopt.runtimes.sim.machine`, all off by default): with
+``cores`` the jobs, the server's work and its evaluations share the cores by processor sharing
+(a job's latency ℓ is then work before its computation, not travel after it), so a gradient's
+arrival time is known only when its computation ends; with ``cancel = "finish"`` a cancelled
+computation runs to its end before its worker starts the next job (a job started meanwhile
+waits for it, and a newer start replaces a waiting one); with
+``eval_time`` each evaluation the coordinator made pauses the server, charged when the driver
+next waits (after the arrival whose handling it preceded).
+
 Computing ahead (``ahead`` = k ≥ 1): a background thread computes pending gradients in event
 order, at most k ahead of the loop, while the loop runs the protocol, the rule and the recorder
 (:mod:`asyncopt.runtimes.sim.ahead`); the same history, on two cores.
@@ -53,6 +62,7 @@ from asyncopt.runtimes.common.generators import worker_generators
 from asyncopt.runtimes.common.resources import PROCESSES_PER_CPU, Footprint, available_cpus
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.sim.ahead import Ahead
+from asyncopt.runtimes.sim.machine import SharedCores
 from asyncopt.runtimes.sim.speed import SpeedModel
 from asyncopt.runtimes.source import Arrived, Event, EventSource
 from asyncopt.tree import Params
@@ -64,8 +74,10 @@ class _Job:
     order: int
     version: int
     params: Params | None
-    started: float
+    started: float  # when its computation began (later than its start when it waited)
     latency: float = 0.0  # seconds from the end of its computation to its arrival (speed model)
+    compute: float = 0.0  # its computation's seconds (alone on a core, with ``cores``)
+    before: float = 0.0  # with ``cores``: the speed model's latency, as work before computing
     result: tuple[float, Params] | None = None  # evaluated early, in a batch
     state: torch.Tensor | None = None  # the worker's generator state before that evaluation
     stage: int = 0  # computing ahead: queued, running, done or dropped (see sim.ahead)
@@ -88,6 +100,13 @@ class Simulator(EventSource):
         self.speed = speed
         self._server = speed.server_time if getattr(speed, "charges_server", False) else None
         self._latency = getattr(speed, "latency", None)
+        self._finish = getattr(speed, "cancel", "preempt") == "finish"
+        cores = getattr(speed, "cores", None)
+        self._cores = SharedCores(cores, self._finish) if cores else None
+        self._eval_time = float(getattr(speed, "eval_time", 0.0))
+        self._coordinator: Coordinator | None = None
+        self._charged = 0  # the coordinator's evaluations whose pause was charged
+        self._free: dict[int, float] = {}  # worker -> when its dropped computation ends
         self.generators = worker_generators(seed, problem.num_workers)
         self.clock = 0.0
         self.horizon = math.inf  # the time budget: a job that ends later is never computed
@@ -97,6 +116,9 @@ class Simulator(EventSource):
 
     def open(self, coordinator: Coordinator) -> None:
         self.clock = coordinator.now
+        self._coordinator = coordinator
+        if self._cores is not None:
+            self._cores.cores.advance(self.clock)
         if coordinator.budget.time is not None:
             self.horizon = coordinator.budget.time
         if self.ahead:
@@ -111,26 +133,77 @@ class Simulator(EventSource):
         return self.clock
 
     def wait(self, timeout: float) -> list[Event]:
-        """The next finish time on the heap (cancelled computations are skipped): the clock
-        moves there. The gradient is computed only if the driver handles it (:meth:`receive`)."""
-        heap, jobs = self._heap, self._jobs
-        while heap:
-            finish, order, worker = heapq.heappop(heap)
-            job = jobs.get(worker)
-            if job is not None and job.order == order:
-                self.clock = max(finish, self.clock)  # later only if the server was busy
-                return [Arrived(worker, order, job.version,
-                                finish - job.started - job.latency, job)]
-        return []
+        """The next arrival (cancelled computations are skipped): the clock moves to its
+        finish time, or later if the server was busy. The gradient is computed only if the
+        driver handles it (:meth:`receive`). With ``cores``, computations that end first
+        become arrivals; with ``eval_time``, evaluations pause the server first: one that fell
+        due before the arrival (the driver makes it before handling it), and any made since the
+        last call that were not charged (the first, those by steps)."""
+        coordinator = self._coordinator
+        if self._eval_time and coordinator is not None and coordinator.evaluations > (
+                self._charged):
+            self._serve(self._eval_time * (coordinator.evaluations - self._charged))
+            self._charged = coordinator.evaluations
+        heap, jobs, cores = self._heap, self._jobs, self._cores
+        while True:
+            while heap:
+                job = jobs.get(heap[0][2])
+                if job is not None and job.order == heap[0][1]:
+                    break
+                heapq.heappop(heap)
+            arrival = heap[0][0] if heap else math.inf
+            due = self._due_evaluation()
+            if cores is not None and cores.next_end() <= min(arrival, max(due, self.clock)):
+                at, ready = cores.complete()
+                if ready is not None:
+                    self._ready(at, ready)
+                continue
+            if due < max(arrival, self.clock):  # the driver evaluates before it handles
+                self.clock = max(due, self.clock)
+                if cores is not None:
+                    cores.cores.advance(self.clock)
+                self._serve(self._eval_time)
+                self._charged += 1
+                continue
+            if not heap:
+                return []
+            finish, _, worker = heapq.heappop(heap)
+            job = jobs[worker]
+            self.clock = max(finish, self.clock)  # later only if the server was busy
+            if cores is not None:
+                cores.cores.advance(self.clock)
+            return [Arrived(worker, job.order, job.version, finish - job.started - job.latency,
+                            job)]
+
+    def _due_evaluation(self) -> float:
+        """The time of the coordinator's next time-based evaluation whose pause is not yet
+        charged (∞: none, or no ``eval_time``)."""
+        coordinator = self._coordinator
+        if not self._eval_time or coordinator is None:
+            return math.inf
+        due = coordinator.next_evaluation()
+        return due if due < math.inf and self._charged == coordinator.evaluations else math.inf
 
     def receive(self, arrived: Arrived) -> tuple[float, Params]:
         job: _Job = arrived.payload
         del self._jobs[job.worker]
         if self._server is not None:  # the server handles it: busy until then
-            self.clock += self._server(self.clock)
+            self._serve(self._server(self.clock))
         if self._ahead is not None:
             return self._ahead.take(job)
         return job.result if job.result is not None else self._evaluate(job)
+
+    def _serve(self, seconds: float) -> None:
+        """The server works ``seconds`` from now (with ``cores``, seconds alone on a core,
+        sharing them meanwhile): the clock moves to the end of its work."""
+        if self._cores is None:
+            self.clock += seconds
+        else:
+            self.clock = self._cores.serve(seconds, self.clock, self._ready)
+
+    def _ready(self, at: float, job: Any) -> None:
+        """With ``cores``: ``job``'s computation ended at ``at``; its gradient arrives."""
+        heapq.heappush(self._heap, (at, job.order, job.worker))
 
     def _evaluate(self, job: _Job) -> tuple[float, Params]:
         """``job``'s gradient, and with it those of up to ``batch`` − 1 other pending jobs at
@@ -161,6 +234,13 @@ class Simulator(EventSource):
             self._ahead.cancel(pending)
         elif pending.state is not None:  # evaluated early: give the minibatch draw back
             self.generators[worker].set_state(pending.state)
+        if self._cores is not None:
+            self._cores.cancel(pending, self.clock)
+        elif self._finish:  # the worker is busy until its computation's end
+            end = pending.started + pending.compute if self.clock >= pending.started else (
+                pending.started)
+            if end > self.clock:
+                self._free[worker] = end
 
     def state(self) -> dict[str, Any]:
         """Everything the simulation's future depends on besides the coordinator: the clock,
@@ -174,13 +254,15 @@ class Simulator(EventSource):
             job = self._jobs.get(worker)
             if job is None or job.order != order:
                 continue
-            pending.append([worker, order, job.version, job.started, finish, job.latency])
+            pending.append([worker, order, job.version, job.started, finish, job.latency,
+                            job.compute])
             snapshots.setdefault(job.version, job.params)
             if job.state is not None:
                 generators[worker] = job.state
         return {"clock": self.clock, "pending": pending, "generators": generators,
                 "snapshots": [[v, dict(p)] for v, p in snapshots.items()],
-                "speed": self.speed.state_dict()}
+                "speed": self.speed.state_dict(),
+                "free": [[w, end] for w, end in self._free.items()]}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state` (before the driver's loop starts)."""
@@ -189,19 +271,30 @@ class Simulator(EventSource):
             generator.set_state(saved)
         self.speed.load_state_dict(state["speed"])
         snapshots = {int(v): params for v, params in state["snapshots"]}
-        for worker, order, version, started, finish, *latency in state["pending"]:
+        self._charged = self._coordinator.evaluations if self._coordinator is not None else 0
+        self._free = {int(w): float(end) for w, end in state.get("free", [])}
+        for worker, order, version, started, finish, *times in state["pending"]:
             job = self._jobs[worker] = _Job(worker, order, version, snapshots[version], started,
-                                            *latency)
+                                            *times)
             if self.batch > 1:
                 self._waiting.setdefault(version, []).append(job)
             heapq.heappush(self._heap, (finish, order, worker))
 
     def start(self, worker: int, job: int, version: int, params: Params) -> bool:
-        finish = self.clock + self.speed.compute_time(worker, self.clock)
+        compute = self.speed.compute_time(worker, self.clock)
         latency = self._latency(worker, self.clock) if self._latency is not None else 0.0
-        finish += latency
         # the server never changes a version's params in place: the reference is the snapshot
-        pending = self._jobs[worker] = _Job(worker, job, version, params, self.clock, latency)
+        pending = self._jobs[worker] = _Job(worker, job, version, params, self.clock, latency,
+                                            compute)
+        if self._cores is not None:  # the finish time is known only when it completes
+            pending.before, pending.latency = latency, 0.0
+            self._cores.start(pending, self.clock)
+            if self.batch > 1:
+                self._waiting.setdefault(version, []).append(pending)
+            return True
+        if self._finish:
+            pending.started = max(self.clock, self._free.pop(worker, self.clock))
+        finish = pending.started + compute + latency
         if finish <= self.horizon:  # else it never arrives: nothing computes it early
             if self._ahead is not None:
                 self._ahead.submit(pending, finish)
@@ -237,6 +330,10 @@ def build(problem: Problem, speed: SpeedModel, seed: int, threads: int = 1,
         raise ConfigError("runtime_options.ahead", ahead,
                           "0 when runtime_options.batch > 1 (one or the other)")
     checkpoint_every = check_int("runtime_options.checkpoint_every", checkpoint_every, 0)
+    if getattr(speed, "cores", None) and (ahead or checkpoint_every):
+        raise ConfigError("speed.cores", speed.cores, "left out with runtime_options.ahead or "
+                          "checkpoint_every (computations sharing cores are neither computed "
+                          "ahead nor checkpointed yet)")
     if ahead and checkpoint_every:
         raise ConfigError("runtime_options.ahead", ahead, "0 when runtime_options."
                           "checkpoint_every > 0 (a checkpoint of gradients computed ahead is not "

@@ -30,9 +30,11 @@ add random noise per call. This module builds that model, and the time-varying o
 Two costs besides the computation, both simulator-only and 0 by default: ``latency`` ℓ_w (a
 number, or one per worker), seconds from the end of a computation to the gradient's arrival at
 the server; ``server_time`` s, the server's seconds per handled arrival, during which it handles
-nothing else (:mod:`~asyncopt.runtimes.sim.loop`): the server's saturation. ``trace = "RUN_DIR"``
-replaces the parametric model by measured times (:mod:`~asyncopt.runtimes.sim.trace`);
-``asyncopt calibrate`` fits this model to them (:mod:`asyncopt.calibrate`).
+nothing else (:mod:`~asyncopt.runtimes.sim.loop`): the server's saturation. ``cores``,
+``cancel`` and ``eval_time`` say what the workers share (:mod:`~asyncopt.runtimes.sim.machine`).
+``trace = "RUN_DIR"`` replaces the parametric model by measured times
+(:mod:`~asyncopt.runtimes.sim.trace`); ``asyncopt calibrate`` fits this model to them
+(:mod:`asyncopt.calibrate`).
 
 Randomness: with ``seeding = "spawn"`` (the default) worker w draws from its own generator,
 ``SeedSequence(seed).spawn(n + 1)[w]`` (built lazily as ``SeedSequence(seed, spawn_key=(w,))``,
@@ -63,6 +65,8 @@ from asyncopt.errors import (
     check_keys,
     check_seed,
 )
+from asyncopt.runtimes.sim.machine import KEYS as MACHINE_KEYS
+from asyncopt.runtimes.sim.machine import describe_machine, resolve_machine
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
 
 PROFILES = ("constant", "linear", "sqrt")
@@ -75,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "straggler_probability": 0.0, "straggler_factor": 10.0, "slowdowns": [], "periodic": [],
 }
 """Every key with its default; ``times`` and ``factors`` (one value per worker) have none."""
-KEYS = (*DEFAULTS, "times", "factors", "latency", "server_time", "trace")
+KEYS = (*DEFAULTS, "times", "factors", "latency", "server_time", "trace", *MACHINE_KEYS)
 _FIRST_BLOCK, _MAX_BLOCK = 8, 128  # blocks grow, so 6000 rarely used workers cost little memory
 
 
@@ -125,6 +129,7 @@ def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         from asyncopt.runtimes.sim.trace import resolve_server_time
 
         out["server_time"] = resolve_server_time(spec["server_time"], trace=False)
+    out.update(resolve_machine(spec, trace=False))
     return out
 
 
@@ -188,6 +193,10 @@ class SpeedModel:
         self._server_time = spec.get("server_time", 0.0)
         self.charges_server = self._server_time > 0.0
         """Whether the simulator charges a server time per arrival (:meth:`server_time`)."""
+        self.cores: int | None = spec.get("cores")
+        self.cancel: str = spec.get("cancel", "preempt")
+        self.eval_time: float = spec.get("eval_time", 0.0)
+        """What the workers share (:mod:`~asyncopt.runtimes.sim.machine`)."""
 
     def compute_time(self, worker: int, now: float) -> float:
         """Seconds that ``worker`` needs for one gradient started at virtual time ``now``."""
@@ -261,7 +270,7 @@ class SpeedModel:
             words += f"; latency {_short(self._latency)} s"
         if self.charges_server:
             words += f"; server time {self._server_time:g} s per arrival"
-        return words
+        return words + describe_machine(self.cores, self.cancel, self.eval_time)
 
     def __repr__(self) -> str:
         return f"SpeedModel({self.describe()}; seed = {self.seed})"

@@ -27,7 +27,15 @@ alike; replay then walks the pooled samples in handling order).
 
 The server (:mod:`~asyncopt.runtimes.sim.loop` charges it per handled arrival): ``server_time``
 a number of seconds, or ``"trace"``, resampled from the trace's measured server times (the
-default when the trace has them, else 0), from stream ``spawn_key=(n,)``.
+default when the trace has them, else 0), from stream ``spawn_key=(n,)``; ``eval_time`` a
+number, or ``"trace"``, the trace run's mean seconds per evaluation (the default when it has
+one, else 0). What the workers share (:mod:`~asyncopt.runtimes.sim.machine`): ``cancel``
+defaults to ``"finish"`` here, as on the real workers the trace was measured on, and ``cores``
+to the CPUs the trace run's processes shared on one machine without padding (its summary's
+``cpus``; a padded worker sleeps rather than computes, so a padded run gets none); with ``cores``
+every measured time is first taken back to its seconds alone on a core (:meth:`~asyncopt.
+runtimes.sim.trace_file.Trace.alone`, ℓ_j as work before the computation), and the simulator
+shares the cores again.
 
 Deterministic per seed: a worker's times depend only on (trace, spec, n, seed) and on how many
 gradients it started; :meth:`TraceSpeed.state_dict` saves the streams for a checkpoint.
@@ -41,6 +49,8 @@ from typing import Any
 import numpy as np
 
 from asyncopt.errors import ConfigError, check, check_choice, check_float
+from asyncopt.runtimes.sim.machine import KEYS as MACHINE_KEYS
+from asyncopt.runtimes.sim.machine import describe_machine, resolve_machine
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
 from asyncopt.runtimes.sim.speed import positive_list, restored_streams
 from asyncopt.runtimes.sim.trace_file import Trace, read_trace
@@ -48,7 +58,7 @@ from asyncopt.runtimes.sim.trace_file import Trace, read_trace
 MODES = ("resample", "replay")
 MAPPINGS = ("same", "modulo", "pooled")
 KEYS = ("trace", "trace_mode", "trace_window", "trace_workers", "trace_any_problem", "factors",
-        "slowdowns", "periodic", "server_time")
+        "slowdowns", "periodic", "server_time", *MACHINE_KEYS)
 _BLOCK = 64
 
 
@@ -78,6 +88,7 @@ def resolve_trace_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["periodic"] = resolve_periodic(spec.get("periodic", []))
     if "server_time" in spec:
         out["server_time"] = resolve_server_time(spec["server_time"], trace=True)
+    out.update(resolve_machine(spec, trace=True))
     return out
 
 
@@ -117,13 +128,17 @@ class TraceSpeed:
         if mapping == "same" and n != m:
             raise ConfigError("workers", n, f"{m}, the trace's worker count ({trace.path}), or "
                               'speed.trace_workers = "modulo" or "pooled" to map them')
+        self.cores: int | None = spec.get("cores", trace.cpus)
+        self.cancel: str = spec["cancel"]
+        """What the workers share (:mod:`~asyncopt.runtimes.sim.machine`)."""
+        times = trace.alone(self.cores) if self.cores else trace  # less the contention
         if mapping == "pooled":
-            order = np.argsort(np.concatenate(trace.start), kind="stable")
-            pooled = [np.concatenate(a)[order] for a in (trace.compute, trace.latency,
-                                                         trace.start)]
+            order = np.argsort(np.concatenate(times.start), kind="stable")
+            pooled = [np.concatenate(a)[order] for a in (times.compute, times.latency,
+                                                         times.start)]
             sources = [tuple(pooled)] * n
         else:
-            sources = [(trace.compute[w % m], trace.latency[w % m], trace.start[w % m])
+            sources = [(times.compute[w % m], times.latency[w % m], times.start[w % m])
                        for w in range(n)]
         self._compute = [s[0] for s in sources]
         self._latency_of = [s[1] for s in sources]
@@ -137,9 +152,16 @@ class TraceSpeed:
         if server == "trace" and not len(trace.server):
             raise ConfigError("speed.server_time", "trace", f"a number: {trace.path} has no "
                               "measured server times (recorded by runs of this version on)")
-        self._server = trace.server if server == "trace" else None
+        self._server = times.server if server == "trace" else None
         self._server_constant = 0.0 if server == "trace" else float(server)
         self.charges_server = self._server is not None or self._server_constant > 0
+        evaluation = spec.get("eval_time", "trace" if times.eval_time is not None else 0.0)
+        if evaluation == "trace" and times.eval_time is None:
+            raise ConfigError("speed.eval_time", "trace", f"a number: {trace.path} has no "
+                              "measured evaluation time (a run of a real runtime records it in "
+                              "summary.json from this version on)")
+        self.eval_time: float = times.eval_time if evaluation == "trace" else float(
+            evaluation)
         self._pos = [0] * (n + 1)  # worker n: the server's stream
         self._blocks: list[list[float]] = [[] for _ in range(n + 1)]
         self._rngs: list[np.random.Generator | None] = [None] * (n + 1)
@@ -196,7 +218,7 @@ class TraceSpeed:
         if self.charges_server:
             words += "; server time " + ("resampled from the trace" if self._server is not None
                                          else f"{self._server_constant:g} s per arrival")
-        return words
+        return words + describe_machine(self.cores, self.cancel, self.eval_time)
 
     def __repr__(self) -> str:
         return f"TraceSpeed({self.describe()}; seed = {self.seed})"

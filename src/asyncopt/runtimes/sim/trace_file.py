@@ -14,8 +14,19 @@ A **run directory** of a real run (processes, Ray) gives, for each gradient the 
   of L_j; it gets ℓ_j = min(L_j, the median ℓ of its worker's rows that found the server idle),
   or, for a worker that never found it idle, L_j less the busy seconds within L_j. Evaluations
   pause the server too but are not in s_i: their wait stays in ℓ_j;
-* the job's **start** on the run's clock, now_j − L_j − c_j (for windows in time);
-* the server's times s_j, for ``server_time = "trace"``.
+* the job's **start** on the run's clock, now_j − ℓ_j − c_j (for windows in time);
+* the server's times s_j, for ``server_time = "trace"``, and the times it began them;
+* from ``summary.json`` (runs of a real runtime): the mean wall seconds of the run's
+  evaluations, for ``eval_time = "trace"``, and the CPUs its processes shared (``cpus``), the
+  default of ``cores`` when its workers did not pad (``time_scale = 0``).
+
+On a machine with C cores shared by the workers and the server (``[speed] cores``), every
+measured time is stretched by the others that ran beside it. :meth:`Trace.alone` takes each
+job [start_j, start_j + ℓ_j + c_j] (on one machine ℓ_j is mostly a woken process waiting for a
+core, not communication, so it is taken to come first) and each handling [now_i, now_i + s_i]
+as busy intervals, k(t) the number in progress at t, and gives each part its seconds alone on
+a core, ∫ min(1, C/k(t)) dt over it: the inverse of the simulator's processor sharing
+(:mod:`asyncopt.runtimes.sim.machine`). The evaluations' time is scaled as the handlings'.
 
 Histories written before ``latency`` and ``server_time`` were recorded give ℓ = 0 and no server
 times. A **CSV file** has a header with ``worker`` and ``compute_time``, and may have
@@ -30,10 +41,12 @@ value.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +75,13 @@ class Trace:
     start: list[np.ndarray]
     server: np.ndarray
     config: dict[str, Any] = field(default_factory=dict)
+    handled: np.ndarray = field(default_factory=lambda: np.array([]))
+    """When the server began each of ``server`` (the run's clock)."""
+    eval_time: float | None = None
+    """The run's mean wall seconds per evaluation (a real run's summary), or None."""
+    cpus: int | None = None
+    """The cores its workers and server shared while computing on one machine (a real run's
+    summary ``cpus``, when it did not pad: a padded worker sleeps), or None."""
 
     @property
     def num_workers(self) -> int:
@@ -70,6 +90,37 @@ class Trace:
     def fingerprint(self) -> list[float]:
         """Rows and sums per worker: a checkpoint refuses a trace that changed since."""
         return [float(len(c)) for c in self.compute] + [float(c.sum()) for c in self.compute]
+
+    def alone(self, cores: int) -> Trace:
+        """This trace with its compute times, latencies, server times and evaluation time as
+        seconds alone on a core, on a machine of ``cores`` cores (see the module docstring);
+        jobs that ended after some worker's last handled gradient are left out (they ran beside
+        computations that the run cut off, which no row records)."""
+        ends = [s + ell + c for s, ell, c in zip(self.start, self.latency, self.compute,
+                                                 strict=True)]
+        begins = np.concatenate([*self.start, self.handled])
+        times = np.concatenate([begins, *ends, self.handled + self.server])
+        steps = np.concatenate([np.ones(len(begins)), -np.ones(len(begins))])
+        order = np.argsort(times, kind="stable")
+        times, k = times[order], np.cumsum(steps[order])  # k on [times[i], times[i + 1])
+        rate = np.minimum(1.0, cores / np.maximum(k[:-1], 1.0))
+        work = np.concatenate([[0.0], np.cumsum(rate * np.diff(times))])  # ∫ rate up to times
+
+        def alone(begin: np.ndarray, end: np.ndarray, least: float) -> np.ndarray:
+            done = np.interp(end, times, work) - np.interp(begin, times, work)
+            return np.maximum(done, least * (end - begin))  # a compute time stays > 0
+
+        cut = min(float(e.max()) for e in ends)
+        kept = [np.flatnonzero(e <= cut) if (e <= cut).any() else np.arange(1) for e in ends]
+        server = alone(self.handled, self.handled + self.server, 0.0)
+        scale = float(server.sum() / self.server.sum()) if self.server.sum() > 0 else 1.0
+        return replace(
+            self, start=[s[i] for s, i in zip(self.start, kept, strict=True)],
+            latency=[alone(s[i], s[i] + ell[i], 0.0) for s, ell, i in zip(
+                self.start, self.latency, kept, strict=True)],
+            compute=[alone(e[i] - c[i], e[i], 1e-12) for e, c, i in zip(
+                ends, self.compute, kept, strict=True)],
+            server=server, eval_time=None if self.eval_time is None else self.eval_time * scale)
 
 
 def read_trace(path: str | Path) -> Trace:
@@ -112,8 +163,18 @@ def _read_run(run_dir: Path) -> Trace:
         server = _times(path, columns, "server_time", lines, 0.0)
         latency = _travel(workers, now, latency, server)
     count = int(config.get("workers", int(workers.max()) + 1 if len(workers) else 0))
-    return _split(path, workers, compute, latency, now - latency - compute, count, server,
-                  config)
+    trace = _split(path, workers, compute, latency, now - latency - compute, count, server,
+                   config)
+    summary: dict[str, Any] = {}
+    if config.get("runtime", "sim") != "sim" and (run_dir / "summary.json").is_file():
+        with contextlib.suppress(ValueError, UnicodeDecodeError):  # unreadable: as missing
+            summary = json.loads((run_dir / "summary.json").read_text())
+    seconds, cpus = summary.get("evaluation_wall_seconds"), summary.get("cpus")
+    padded = float(config.get("runtime_options", {}).get("time_scale", 0.0)) > 0.0
+    return replace(trace, handled=now if len(server) else np.array([]),
+                   eval_time=float(seconds) if isinstance(seconds, (int, float)) and (
+                       math.isfinite(seconds) and seconds >= 0) else None,
+                   cpus=cpus if isinstance(cpus, int) and cpus >= 1 and not padded else None)
 
 
 def _travel(workers: np.ndarray, now: np.ndarray, latency: np.ndarray,
