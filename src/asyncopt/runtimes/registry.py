@@ -19,7 +19,7 @@ from asyncopt.problems.base import Problem
 from asyncopt.runtimes.source import EventSource
 
 RUNTIMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sim": ("asyncopt.runtimes.sim.loop", {"threads": 1, "batch": 1, "ahead": 0,
+    "sim": ("asyncopt.runtimes.sim.runtime", {"threads": 1, "batch": 1, "ahead": 0,
                                            "checkpoint_every": 0}),
     "processes": ("asyncopt.runtimes.processes.runtime",
                   {"start_method": "spawn", "time_scale": 0.0, "startup_timeout": 120.0,
