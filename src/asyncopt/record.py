@@ -34,6 +34,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -233,26 +234,43 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
                           f"({error})") from error
     if text and not text.endswith("\n"):  # a killed run may leave a cut last line
         text = text[: text.rfind("\n") + 1]
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
+    head, _, body = text.partition("\n")
+    if not head:
         return {}
-    rows = [row for row in reader if len(row) == len(header)]
-    out: dict[str, np.ndarray] = {}
-    for index, name in enumerate(header):
-        values = [row[index] for row in rows]
-        out[name] = _parse_column(values)
-    return out
+    columns = _split_columns(head, body) if '"' not in text and "\r" not in text else None
+    if columns is None:  # quoted fields or rows of another length: the csv module's way
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader)
+        rows = [row for row in reader if len(row) == len(header)]
+        columns = dict(zip(header, zip(*rows, strict=True) if rows else [()] * len(header),
+                           strict=True))
+    return {name: _parse_column(values) for name, values in columns.items()}
 
 
-def _parse_column(values: list[str]) -> np.ndarray:
+def _split_columns(head: str, body: str) -> dict[str, list[str]] | None:
+    """The columns of an unquoted table whose every row has the header's length, split in
+    one pass (the recorder's own files: millions of rows in seconds); None otherwise."""
+    names = head.split(",")
+    lines = body.count("\n")
+    fields = body.replace("\n", ",").split(",")[:-1] if lines else []
+    if len(fields) != lines * len(names):
+        return None
+    return {name: fields[k::len(names)] for k, name in enumerate(names)}
+
+
+def _parse_column(values: Sequence[str]) -> np.ndarray:
+    """A column as int64 (every value an integer), float64 (numbers, "" as NaN) or objects;
+    ``int`` and ``float`` mapped in C over the column, so a history reads back bit-identical
+    and fast."""
+    for kind, dtype in ((int, np.int64), (float, np.float64)):
+        try:
+            return np.array(list(map(kind, values)), dtype=dtype)
+        except ValueError:
+            pass  # not every value is of this kind ("" included): try the next
     try:
-        numbers = [float(v) if v != "" else math.nan for v in values]
+        return np.array([float(v) if v != "" else math.nan for v in values], dtype=np.float64)
     except ValueError:
         return np.array(values, dtype=object)
-    if all(v.lstrip("-").isdigit() for v in values):
-        return np.array(numbers, dtype=np.int64)
-    return np.array(numbers, dtype=np.float64)
 
 
 def _text(value: Any) -> str:
