@@ -17,7 +17,8 @@ Settings (digits MLP, closed-form gradients, batch 32, plain SGD at one step siz
 
 * *emulated*: 3 workers with speed factors 1, 1, 4 through ``time_scale``, chosen so that the
   padding is at most half of the slow worker's time per gradient;
-* *machine*: 4 workers on the 2 cores, no padding: the heterogeneity is the machine's own.
+* *machine*: more workers than cores (4 processes, or 3 Ray actors, on the 2 cores), no
+  padding: the heterogeneity is the machine's own.
 
 Goal: the predicted ranking equals the measured one and each predicted median time is within
 20 % of the measured one. Evaluations run in the driver every ``every`` s of the setting; a run
@@ -34,24 +35,33 @@ import argparse
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from results import write_section
 
 import asyncopt
 from asyncopt.aggregate import time_to_target
+from asyncopt.config import dumps
 from asyncopt.runtimes.sim.speed import make_speed_model
 
 METHODS = ("asgd", "minibatch", "rennala", "ringmaster")
 PROBLEM = {"name": "mlp", "dataset": "digits", "hidden": 32, "batch_size": 32,
            "gradient": "closed_form"}
 TARGET, BUDGET, PROBE = 0.05, 15.0, 4.0
-SETTINGS = {  # workers, [speed], time_scale, evaluations every (s)
-    "emulated: 3 workers, factors 1, 1, 4": (3, {"factors": [1.0, 1.0, 4.0]}, 0.0005, 0.1),
-    "machine: 4 workers on 2 cores, no padding": (4, {}, 0.0, 0.05),
+SETTINGS = {  # workers (processes, Ray), [speed], time_scale, evaluations every (s)
+    "emulated": ((3, 3), {"factors": [1.0, 1.0, 4.0]}, 0.0005, 0.1),
+    "machine": ((4, 3), {}, 0.0, 0.05),
 }
+
+
+def title(setting: str, workers: int) -> str:
+    if setting == "emulated":
+        return f"emulated: {workers} workers, factors 1, 1, 4"
+    return f"machine: {workers} workers on {os.cpu_count()} cores, no padding"
 
 
 def base(workers: int, speed: dict, time_scale: float, every: float, runtime: str) -> dict:
@@ -63,8 +73,10 @@ def base(workers: int, speed: dict, time_scale: float, every: float, runtime: st
 
 
 def measure(setting: str, runtime: str, seeds: int, out: Path) -> list[str]:
-    workers, speed, time_scale, every = SETTINGS[setting]
+    counts, speed, time_scale, every = SETTINGS[setting]
+    workers = counts[runtime == "ray"]
     config = base(workers, speed, time_scale, every, runtime)
+    setting = title(setting, workers)
     probe = asyncopt.run({**config, "protocol": {"name": "asgd"}, "seed": 100,
                           "budget": {"time": PROBE},
                           "output": {"dir": str(out), "name": f"probe-{runtime}-{workers}"}})
@@ -82,6 +94,7 @@ def measure(setting: str, runtime: str, seeds: int, out: Path) -> list[str]:
             print(f"{setting} {runtime} {method} seed {seed}: measured "
                   f"{measured[method][-1]:.3g} s, predicted {predicted[method][-1]:.3g} s",
                   flush=True)
+    lines_tools = tools(config, probe.run_dir, out)
     rows = {m: (statistics.median(predicted[m]), statistics.median(measured[m])) for m in METHODS}
     rank_p = sorted(METHODS, key=lambda m: rows[m][0])
     rank_m = sorted(METHODS, key=lambda m: rows[m][1])
@@ -99,8 +112,28 @@ def measure(setting: str, runtime: str, seeds: int, out: Path) -> list[str]:
                  if math.isfinite(rows[m][0]) and math.isfinite(rows[m][1]) and rows[m][1] > 0)
     lines.append(f"\nRanking {'equal' if rank_p == rank_m else 'differs'} "
                  f"(predicted {', '.join(rank_p)}; measured {', '.join(rank_m)}); "
-                 f"{within} of {len(METHODS)} medians within 20 %.\n")
+                 f"{within} of {len(METHODS)} medians within 20 %. {lines_tools}\n")
     return lines
+
+
+def tools(config: dict, probe: Path, out: Path) -> str:
+    """How long ``asyncopt calibrate`` of the probe and ``asyncopt advise`` from it take."""
+    path = out / f"{probe.name}.toml"
+    path.write_text(dumps({**config, "budget": {"time": BUDGET}}))  # tuned by final loss
+    command = [str(Path(sys.executable).parent / "asyncopt")]
+    began = time.perf_counter()
+    subprocess.run([*command, "calibrate", str(probe)], check=True, capture_output=True)
+    calibrate = time.perf_counter() - began
+    began = time.perf_counter()
+    advice = subprocess.run([*command, "advise", str(path), "--speed", str(probe), "--target",
+                             str(TARGET), "--jobs", "2", "--quiet"], check=True,
+                            capture_output=True, text=True).stdout
+    advise = time.perf_counter() - began
+    ranked = [line.split("|")[2].strip() for line in advice.splitlines()
+              if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    return (f"`asyncopt calibrate` of the probe took {calibrate:.1f} s; `asyncopt advise` "
+            f"(4 methods × 5 step sizes, then 3 seeds each, --jobs 2) {advise:.0f} s and "
+            f"ranked, with each method's own tuned step size: {', '.join(ranked)}.")
 
 
 def main() -> None:

@@ -57,6 +57,22 @@ def test_replay_goes_through_a_workers_times_in_order_and_starts_over(tmp_path):
     assert _draws(model, 1, 3) == [10.0, 20.0, 10.0]
 
 
+def test_a_fresh_worker_replays_its_slow_first_gradients_then_resamples_the_rest(tmp_path):
+    times = [9.0, 5.0, 1.0, 2.0, 8.0, 1.0, 2.0]  # 9 and 5 lead, slower than twice the median
+    trace = _csv(tmp_path, "worker,compute_time,latency\n" + "".join(
+        f"0,{t},{k}\n" for k, t in enumerate(times)))
+    model = make_speed_model({"trace": trace}, 1, 0)
+    first = [(model.compute_time(0, 0.0), model.latency(0, 0.0)) for _ in range(2)]
+    assert first == [(9.0, 0.0), (5.0, 1.0)]  # in order, each with its own latency
+    assert set(_draws(model, 0, 300)) == {1.0, 2.0, 8.0}  # a later 8 is no warm-up
+    assert _draws(make_speed_model({"trace": trace, "trace_warmup": 3}, 1, 0), 0, 3) == [
+        9.0, 5.0, 1.0]
+    assert 9.0 in set(_draws(make_speed_model({"trace": trace, "trace_warmup": 0}, 1, 0), 0,
+                             300))
+    with pytest.raises(ConfigError, match=r'speed.trace_warmup = 2 .*trace_mode = "replay"'):
+        make_speed_model({"trace": trace, "trace_mode": "replay", "trace_warmup": 2}, 1, 0)
+
+
 def test_windows_resample_within_the_time_the_job_started(tmp_path):
     # worker 0 is fast (1 s) for its first 10 jobs, then slow (5 s): starts 0..9, then 10, 15, ..
     times = [1.0] * 10 + [5.0] * 10

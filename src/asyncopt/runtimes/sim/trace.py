@@ -19,6 +19,13 @@ with c_w the ``factors`` and m_w(now) the ``slowdowns`` and ``periodic`` waves o
 * ``"replay"``: σ(w)'s samples in their order, starting over after the last (the trace's own
   time variation, exactly; no window).
 
+A fresh worker process is slow at first (its first calls compile and allocate: the first
+gradients of a digits MLP took 20 times the steady time, and a real run made a fifth of its
+steady progress in its first 0.2 s). With ``trace_warmup = "auto"`` (the default in resample
+mode), simulated worker w's first gradients are σ(w)'s leading samples, in order, as long as
+their compute time exceeds twice σ(w)'s median; later draws leave them out (except from a
+window or a pooled trace). An integer K replays the first K samples instead, 0 none.
+
 Mapping when the simulation has n workers and the trace m (``trace_workers``):
 ``"same"`` (default) σ(w) = w and n must equal m (refused otherwise: no mapping is assumed);
 ``"modulo"`` σ(w) = w mod m (n > m repeats the trace's workers in turn, n < m takes the first
@@ -48,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncopt.errors import ConfigError, check, check_choice, check_float
+from asyncopt.errors import ConfigError, check, check_choice, check_float, check_int
 from asyncopt.runtimes.sim.machine import KEYS as MACHINE_KEYS
 from asyncopt.runtimes.sim.machine import describe_machine, resolve_machine
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
@@ -57,8 +64,8 @@ from asyncopt.runtimes.sim.trace_file import Trace, read_trace
 
 MODES = ("resample", "replay")
 MAPPINGS = ("same", "modulo", "pooled")
-KEYS = ("trace", "trace_mode", "trace_window", "trace_workers", "trace_any_problem", "factors",
-        "slowdowns", "periodic", "server_time", *MACHINE_KEYS)
+KEYS = ("trace", "trace_mode", "trace_window", "trace_workers", "trace_any_problem",
+        "trace_warmup", "factors", "slowdowns", "periodic", "server_time", *MACHINE_KEYS)
 _BLOCK = 64
 
 
@@ -79,6 +86,12 @@ def resolve_trace_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
           out["trace_window"], '0 with trace_mode = "replay" (replay keeps the order itself)')
     out["trace_workers"] = check_choice("speed.trace_workers",
                                         spec.get("trace_workers", "same"), MAPPINGS)
+    warmup = spec.get("trace_warmup", "auto" if out["trace_mode"] == "resample" else 0)
+    if warmup != "auto":
+        warmup = check_int("speed.trace_warmup", warmup, 0)
+        check(warmup == 0 or out["trace_mode"] == "resample", "speed.trace_warmup", warmup,
+              '0 with trace_mode = "replay" (replay starts with the first samples anyway)')
+    out["trace_warmup"] = warmup
     any_problem = spec.get("trace_any_problem", False)
     check(isinstance(any_problem, bool), "speed.trace_any_problem", any_problem, "true or false")
     out["trace_any_problem"] = any_problem
@@ -143,6 +156,12 @@ class TraceSpeed:
         self._compute = [s[0] for s in sources]
         self._latency_of = [s[1] for s in sources]
         self._windows = [_windows(s[2], spec["trace_window"]) for s in sources]
+        warmup = [_warmup(times.compute[w % m], spec["trace_warmup"]) for w in range(n)]
+        self._warmup = [times.compute[w % m][:k] for w, k in enumerate(warmup)]
+        self._warmup_latency = [times.latency[w % m][:k] for w, k in enumerate(warmup)]
+        self._steady = [np.arange(k, len(self._compute[w])) if k and mapping != "pooled"
+                        else None for w, k in enumerate(warmup)]
+        self._begun = [0] * n  # gradients each worker started
         self._replay = spec["trace_mode"] == "replay"
         self._factors = list(spec.get("factors", [1.0] * n))
         check(len(self._factors) == n, "speed.factors", self._factors,
@@ -171,18 +190,27 @@ class TraceSpeed:
         """Seconds of computation for ``worker``'s gradient started at virtual time ``now``;
         :meth:`latency` then gives the same sample's travel time."""
         compute = self._compute[worker]
+        begun = self._begun[worker]
+        self._begun[worker] = begun + 1
+        if begun < len(self._warmup[worker]):  # a fresh worker's first gradients
+            self._last[worker] = float(self._warmup_latency[worker][begun])
+            return self._scaled(worker, float(self._warmup[worker][begun]), now)
         if self._replay:
             j = self._pos[worker] % len(compute)
             self._pos[worker] += 1
         else:
             window = self._windows[worker]
             pool = window[min(int(now // self.spec["trace_window"]), len(window) - 1)] if (
-                window is not None) else None
+                window is not None) else self._steady[worker]
             size = len(compute) if pool is None else len(pool)
             j = min(int(self._uniform(worker) * size), size - 1)
             j = j if pool is None else int(pool[j])
         self._last[worker] = float(self._latency_of[worker][j])
-        time = float(compute[j]) * self._factors[worker]
+        return self._scaled(worker, float(compute[j]), now)
+
+    def _scaled(self, worker: int, time: float, now: float) -> float:
+        """A sample's compute time under the ``factors``, ``slowdowns`` and ``periodic``."""
+        time *= self._factors[worker]
         varying = self._varying[worker]
         return time * varying.factor(now) if varying is not None else time
 
@@ -200,7 +228,7 @@ class TraceSpeed:
 
     def state_dict(self) -> dict[str, Any]:
         return {"trace": self.trace.fingerprint(), "pos": list(self._pos),
-                "blocks": [list(b) for b in self._blocks],
+                "blocks": [list(b) for b in self._blocks], "begun": list(self._begun),
                 "rngs": [None if r is None else r.bit_generator.state for r in self._rngs]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,6 +236,7 @@ class TraceSpeed:
             raise ConfigError("speed.trace", str(self.trace.path), "the trace the checkpoint "
                               "was simulated with (its rows changed since)")
         self._pos, self._blocks = list(state["pos"]), [list(b) for b in state["blocks"]]
+        self._begun = list(state.get("begun", [0] * self.num_workers))
         self._rngs = restored_streams(state["rngs"])
 
     def describe(self) -> str:
@@ -234,6 +263,14 @@ class TraceSpeed:
             pos = 0
         self._pos[stream] = pos + 1
         return block[pos]
+
+
+def _warmup(compute: np.ndarray, warmup: int | str) -> int:
+    """How many leading samples a fresh worker replays (see the module docstring)."""
+    if warmup != "auto":
+        return min(int(warmup), len(compute) - 1)
+    slow = compute > 2.0 * np.median(compute)
+    return int(np.argmin(slow)) if not slow.all() else 0
 
 
 def _windows(start: np.ndarray, width: float) -> list[np.ndarray] | None:
