@@ -123,6 +123,52 @@ def test_a_signal_on_the_command_line_leaves_a_readable_run(tmp_path, name, code
         history.summary["version"]  # the final evaluation was made at the end
 
 
+def _session(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (from /proc: field 6 of each stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_runs_in_parallel_stop_when_their_main_process_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = _config(tmp_path)
+    command = [sys.executable, "-m", "asyncopt.cli", "compare", str(config), "--seeds", "2",
+               "--jobs", "2", "--quiet", "--no-plot", "--out", str(tmp_path / "set"),
+               "--set", "budget.steps=100000000", "--set", "eval.every=1000"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(list(
+                (tmp_path / "set").glob("*/seed*/arrivals.csv"))) < 2:
+            time.sleep(0.2)
+        assert len(list((tmp_path / "set").glob("*/seed*/arrivals.csv"))) == 2
+        process.kill()  # the main process alone, with no chance to stop its workers
+        process.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and _session(process.pid):
+            time.sleep(0.2)
+        assert not _session(process.pid), "pool workers outlived their main process"
+    finally:
+        for pid in _session(process.pid):
+            os.kill(pid, signal.SIGKILL)
+    for run_dir in (tmp_path / "set").glob("*/seed*"):  # each ended as a SIGTERM ends a run
+        assert load(run_dir).summary["status"] == "interrupted"
+
+
 METHODS = CONFIG + """
 [[methods]]
 label = "fast"

@@ -184,7 +184,13 @@ def test_a_trace_of_a_real_run_gives_its_cores_and_its_evaluation_time(tmp_path)
         {**summary, "cpus": 3, "evaluation_wall_seconds": 0.02}))
     model = make_speed_model({"trace": str(source.run_dir)}, 2, 0)
     assert (model.cores, model.cancel, model.eval_time) == (3, "finish", 0.02)
+    assert model.mapping == "pooled"  # alike workers, scheduled by the operating system
     assert make_speed_model({"trace": str(source.run_dir), "cores": 0}, 2, 0).cores == 0
+    (source.run_dir / "config.toml").write_text(config.replace(
+        'runtime = "sim"', 'runtime = "processes"').replace(
+        "[runtime_options]\n", "[runtime_options]\ntime_scale = 0.01\n"))
+    model = make_speed_model({"trace": str(source.run_dir)}, 2, 0)  # its workers slept
+    assert (model.cores, model.mapping) == (None, "same")
     with pytest.raises(ConfigError, match=r"speed.eval_time = 'trace'.*has no measured"):
         make_speed_model({"trace": str(_run(tmp_path, "sim", 2, {}).run_dir),
                           "eval_time": "trace"}, 2, 0)

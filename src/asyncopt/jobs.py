@@ -10,12 +10,21 @@ Only simulated runs go to the pool. A run on the ``processes`` or ``ray`` runtim
 worker processes and its wall clock is what it measures (speed-ups), so such runs go one at a
 time in this process, whatever ``jobs`` says. Worker processes are started with ``spawn``: a
 forked child of a process whose PyTorch thread pool already ran can hang.
+
+A signal to the whole process group (Ctrl-C, ``timeout``, a scheduler) reaches every worker: its
+run ends as interrupted and the set stops (:func:`.runtimes.signals.reraise`). A worker whose
+main process is gone without stopping it (``kill`` of that process alone, SIGKILL, a crash)
+stops its run the same way within a second, as if it had received SIGTERM, and exits: no run
+goes on orphaned.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -66,10 +75,11 @@ def run_all(tasks: Sequence[Task], jobs: int, *, progress: bool = False) -> Iter
             yield _stopped_by_a_signal(run_task(task, progress))
         return
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(parallel)), mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(parallel)), mp_context=context,
+                               initializer=watch_parent)
     bar = _set_bar(len(tasks)) if progress else None
     try:
-        futures = {i: pool.submit(run_task, tasks[i]) for i in parallel}
+        futures = {i: pool.submit(_pooled, tasks[i]) for i in parallel}
         here = 0  # runs on a real runtime, made in this process between the others
         for i, task in enumerate(tasks):
             if i in futures:
@@ -84,6 +94,33 @@ def run_all(tasks: Sequence[Task], jobs: int, *, progress: bool = False) -> Iter
         pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
+
+
+_parent: int | None = None  # in a pool worker: the main process
+
+
+def watch_parent(every: float = 1.0) -> None:
+    """In a pool worker: a daemon thread that sends this process SIGTERM once its parent is
+    gone (see the module docstring)."""
+    global _parent
+    parent = _parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="asyncopt-watch-parent", daemon=True).start()
+
+
+def _pooled(task: Task) -> Outcome:
+    """:func:`run_task` in a pool worker. Once the main process is gone the outcome is not sent
+    back (nobody reads it, and the sibling workers hold the result pipe open, so sending a big
+    history would block forever): the run has written its directory, the worker exits."""
+    outcome = run_task(task)
+    if os.getppid() != _parent:
+        os._exit(128 + signal.SIGTERM)
+    return outcome
 
 
 def _set_bar(total: int) -> Any:

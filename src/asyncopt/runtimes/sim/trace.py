@@ -23,14 +23,19 @@ A fresh worker process is slow at first (its first calls compile and allocate: t
 gradients of a digits MLP took 20 times the steady time, and a real run made a fifth of its
 steady progress in its first 0.2 s). With ``trace_warmup = "auto"`` (the default in resample
 mode), simulated worker w's first gradients are σ(w)'s leading samples, in order, as long as
-their compute time exceeds twice σ(w)'s median; later draws leave them out (except from a
-window or a pooled trace). An integer K replays the first K samples instead, 0 none.
+their compute time exceeds twice σ(w)'s median; later draws leave them out (but a window's
+draws). An integer K replays the first K samples instead, 0 none.
 
 Mapping when the simulation has n workers and the trace m (``trace_workers``):
-``"same"`` (default) σ(w) = w and n must equal m (refused otherwise: no mapping is assumed);
+``"same"`` σ(w) = w and n must equal m (refused otherwise: no mapping is assumed);
 ``"modulo"`` σ(w) = w mod m (n > m repeats the trace's workers in turn, n < m takes the first
 n); ``"pooled"``: every worker draws from all m workers' samples together (workers taken as
-alike; replay then walks the pooled samples in handling order).
+alike; replay then walks the pooled samples in handling order). The default is ``"same"``,
+except for a trace of workers that shared one machine's cores without padding (its summary's
+``cpus``, below): they ran the same program on the same cores, so their differences in the
+trace are the operating system's scheduling of that run, not theirs, and a method that loads
+the machine otherwise is scheduled otherwise; they are pooled, and the simulator's processor
+sharing treats them alike.
 
 The server (:mod:`~asyncopt.runtimes.sim.loop` charges it per handled arrival): ``server_time``
 a number of seconds, or ``"trace"``, resampled from the trace's measured server times (the
@@ -84,8 +89,9 @@ def resolve_trace_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["trace_window"] = check_float("speed.trace_window", spec.get("trace_window", 0.0), 0.0)
     check(out["trace_window"] == 0.0 or out["trace_mode"] == "resample", "speed.trace_window",
           out["trace_window"], '0 with trace_mode = "replay" (replay keeps the order itself)')
-    out["trace_workers"] = check_choice("speed.trace_workers",
-                                        spec.get("trace_workers", "same"), MAPPINGS)
+    if "trace_workers" in spec:
+        out["trace_workers"] = check_choice("speed.trace_workers", spec["trace_workers"],
+                                            MAPPINGS)
     warmup = spec.get("trace_warmup", "auto" if out["trace_mode"] == "resample" else 0)
     if warmup != "auto":
         warmup = check_int("speed.trace_warmup", warmup, 0)
@@ -137,7 +143,9 @@ class TraceSpeed:
                  seed: int) -> None:
         n, m = num_workers, trace.num_workers
         self.spec, self.trace, self.num_workers, self.seed = dict(spec), trace, n, seed
-        mapping = spec["trace_workers"]
+        # workers that shared one machine's cores unpadded are alike: their differences are
+        # the scheduler's, which the simulator's processor sharing gives them afresh
+        mapping = self.mapping = spec.get("trace_workers", "pooled" if trace.cpus else "same")
         if mapping == "same" and n != m:
             raise ConfigError("workers", n, f"{m}, the trace's worker count ({trace.path}), or "
                               'speed.trace_workers = "modulo" or "pooled" to map them')
@@ -145,22 +153,22 @@ class TraceSpeed:
         self.cancel: str = spec["cancel"]
         """What the workers share (:mod:`~asyncopt.runtimes.sim.machine`)."""
         times = trace.alone(self.cores) if self.cores else trace  # less the contention
+        warm = [_warmup(c, spec["trace_warmup"]) for c in times.compute]  # per trace worker
+        self._warmup = [times.compute[w % m][:warm[w % m]] for w in range(n)]
+        self._warmup_latency = [times.latency[w % m][:warm[w % m]] for w in range(n)]
+        steady = [np.arange(len(c)) >= k for c, k in zip(times.compute, warm, strict=True)]
         if mapping == "pooled":
             order = np.argsort(np.concatenate(times.start), kind="stable")
             pooled = [np.concatenate(a)[order] for a in (times.compute, times.latency,
-                                                         times.start)]
+                                                         times.start, steady)]
             sources = [tuple(pooled)] * n
         else:
-            sources = [(times.compute[w % m], times.latency[w % m], times.start[w % m])
-                       for w in range(n)]
+            sources = [(times.compute[w % m], times.latency[w % m], times.start[w % m],
+                        steady[w % m]) for w in range(n)]
         self._compute = [s[0] for s in sources]
         self._latency_of = [s[1] for s in sources]
         self._windows = [_windows(s[2], spec["trace_window"]) for s in sources]
-        warmup = [_warmup(times.compute[w % m], spec["trace_warmup"]) for w in range(n)]
-        self._warmup = [times.compute[w % m][:k] for w, k in enumerate(warmup)]
-        self._warmup_latency = [times.latency[w % m][:k] for w, k in enumerate(warmup)]
-        self._steady = [np.arange(k, len(self._compute[w])) if k and mapping != "pooled"
-                        else None for w, k in enumerate(warmup)]
+        self._steady = [None if s[3].all() else np.flatnonzero(s[3]) for s in sources]
         self._begun = [0] * n  # gradients each worker started
         self._replay = spec["trace_mode"] == "replay"
         self._factors = list(spec.get("factors", [1.0] * n))
@@ -242,7 +250,7 @@ class TraceSpeed:
     def describe(self) -> str:
         spec = self.spec
         words = (f"{self.num_workers} workers with times measured in {spec['trace']} "
-                 f"({spec['trace_mode']}, workers {spec['trace_workers']}")
+                 f"({spec['trace_mode']}, workers {self.mapping}")
         words += f", windows of {spec['trace_window']:g} s)" if spec["trace_window"] else ")"
         if self.charges_server:
             words += "; server time " + ("resampled from the trace" if self._server is not None
