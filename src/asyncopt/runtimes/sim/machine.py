@@ -15,9 +15,9 @@ speed model, :mod:`.trace`, is their main user; every default keeps the papers' 
   a cancelled computation stops at once and its worker starts its next job; ``"finish"`` (the
   default of trace speeds): the worker first finishes the computation it was told to drop, as
   on a real machine, where a gradient's computation cannot be interrupted (the processes and
-  Ray runtimes finish it, then drop it; a job superseded before its worker began it is never
-  begun). Ringmaster and Rennala cancel; on real workers a cancel saves no computation begun,
-  only the transfer.
+  Ray runtimes finish it, then drop it). A job superseded while it waited is never begun here,
+  as in the processes runtime (a Ray actor runs every task it was sent). Ringmaster and Rennala
+  cancel; on real workers a cancel saves no computation begun, only the transfer.
 * ``eval_time`` (seconds ≥ 0, default 0; with a trace also ``"trace"``, the trace run's mean):
   each evaluation the coordinator makes pauses the server that long, as an evaluation in a real
   runtime's driver does. The pause is charged when the driver next waits for an event, so it
