@@ -20,6 +20,7 @@ from asyncopt.errors import ConfigError
 from asyncopt.problems.registry import make_problem
 from asyncopt.runtimes.common.shared import GradientSlots, SharedModel, template
 from asyncopt.runtimes.processes.worker import STOP, _Worker
+from asyncopt.runtimes.sim.loop import Simulator
 from asyncopt.runtimes.sim.machine import Cores, SharedCores
 from asyncopt.runtimes.sim.speed import make_speed_model, resolve_speed_spec
 from asyncopt.runtimes.sim.trace_file import Trace, read_trace
@@ -55,34 +56,71 @@ def _job(worker: int, order: int, compute: float, before: float = 0.0) -> Simple
                            started=None)
 
 
-@pytest.mark.parametrize("finish", [True, False])
-def test_a_cancelled_computation_runs_to_its_end_only_when_it_must_finish(finish):
-    shared = SharedCores(1, finish)
+@pytest.mark.parametrize("cancel", ["finish", "preempt", "queue"])
+def test_a_cancelled_computation_runs_to_its_end_unless_preempted(cancel):
+    shared = SharedCores(1, cancel)
     first, second = _job(0, 1, 2.0), _job(0, 2, 1.0)
     shared.start(first, 0.0)
     shared.cancel(first, 1.0)  # in its computation
     shared.start(second, 1.0)
-    if finish:  # the worker ends the dropped gradient first; the new job waits for it
+    if cancel == "preempt":
+        assert shared.complete() == (2.0, second) and second.started == 1.0
+    else:  # the worker ends the dropped gradient first; the new job waits for it
         assert shared.complete() == (2.0, None)
         assert shared.complete() == (3.0, second) and second.started == 2.0
-    else:
-        assert shared.complete() == (2.0, second) and second.started == 1.0
-    woken = _job(1, 3, 5.0, before=1.0)  # its time before computing: a cancel drops it
-    shared.start(woken, 3.0)
+    woken = _job(1, 3, 5.0, before=1.0)  # its time before computing: a cancel drops it,
+    shared.start(woken, 3.0)  # unless every job sent runs
     shared.cancel(woken, 3.5)
+    if cancel == "queue":
+        assert shared.complete() == (4.0, None) and shared.complete() == (9.0, None)
     assert shared.next_end() == float("inf")
 
 
-def test_a_newer_job_replaces_one_waiting_for_a_dropped_computation():
-    shared = SharedCores(1, finish=True)
+@pytest.mark.parametrize("cancel", ["finish", "queue"])
+def test_a_newer_job_replaces_one_waiting_for_a_dropped_computation_unless_all_run(cancel):
+    shared = SharedCores(1, cancel)
     first, waiting, newest = _job(0, 1, 2.0), _job(0, 2, 1.0), _job(0, 3, 1.0)
     shared.start(first, 0.0)
     shared.cancel(first, 0.5)
     shared.start(waiting, 0.5)
-    shared.cancel(waiting, 1.0)  # never begun: nothing to finish
+    shared.cancel(waiting, 1.0)  # not begun: dropped, or run in its turn (as a Ray actor does)
     shared.start(newest, 1.0)
     assert shared.complete() == (2.0, None)
-    assert shared.complete() == (3.0, newest)
+    if cancel == "queue":
+        assert shared.complete() == (3.0, None)
+    assert shared.complete() == ((4.0 if cancel == "queue" else 3.0), newest)
+
+
+@pytest.mark.parametrize("cancel, arrival", [("preempt", 3.0), ("finish", 4.0), ("queue", 6.0)])
+def test_what_a_cancel_costs_a_worker_with_a_processor_of_its_own(cancel, arrival):
+    problem = make_problem(QUADRATIC, 2, 0)
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    simulator = Simulator(problem, make_speed_model({"times": [2.0, 0.5], "cancel": cancel},
+                                                    2, 0), seed=0)
+    simulator.open(SimpleNamespace(now=0.0, budget=SimpleNamespace(time=None)))
+    job = iter(range(1, 100))
+
+    def fast_arrives() -> None:
+        (event,) = simulator.wait(1.0)
+        assert event.worker == 1
+        simulator.receive(event)
+        simulator.start(1, next(job), 0, params)
+
+    simulator.start(0, next(job), 0, params)  # 2 s, begun at 0
+    simulator.start(1, next(job), 0, params)
+    for _ in range(2):  # at 0.5 and at 1: worker 0's job is cancelled and it is restarted
+        fast_arrives()
+        simulator.cancel(0, 0)
+        simulator.start(0, next(job), 0, params)
+    # preempt: the last restart begins at 1; finish: at 2, once the first computation ends
+    # (the one started at 0.5 had not begun: dropped); queue: at 4, after that one too
+    while True:
+        (event,) = simulator.wait(1.0)
+        if event.worker == 0:
+            break
+        simulator.receive(event)
+        simulator.start(1, next(job), 0, params)
+    assert simulator.now() == arrival and event.compute_time == 2.0
 
 
 def test_more_workers_than_cores_stretch_every_gradient(tmp_path):
@@ -191,6 +229,9 @@ def test_a_trace_of_a_real_run_gives_its_cores_and_its_evaluation_time(tmp_path)
         "[runtime_options]\n", "[runtime_options]\ntime_scale = 0.01\n"))
     model = make_speed_model({"trace": str(source.run_dir)}, 2, 0)  # its workers slept
     assert (model.cores, model.mapping) == (None, "same")
+    (source.run_dir / "config.toml").write_text(config.replace('runtime = "sim"',
+                                                               'runtime = "ray"'))
+    assert make_speed_model({"trace": str(source.run_dir)}, 2, 0).cancel == "queue"
     with pytest.raises(ConfigError, match=r"speed.eval_time = 'trace'.*has no measured"):
         make_speed_model({"trace": str(_run(tmp_path, "sim", 2, {}).run_dir),
                           "eval_time": "trace"}, 2, 0)

@@ -38,7 +38,8 @@ What the workers share (:mod:`asyncopt.runtimes.sim.machine`, all off by default
 (a job's latency ℓ is then work before its computation, not travel after it), so a gradient's
 arrival time is known only when its computation ends; with ``cancel = "finish"`` a cancelled
 computation runs to its end before its worker starts the next job (a job started meanwhile
-waits for it, and a newer start replaces a waiting one); with
+waits for it, and a newer start replaces a waiting one), with ``"queue"`` every job started
+runs in turn; with
 ``eval_time`` each evaluation the coordinator made pauses the server, charged when the driver
 next waits (after the arrival whose handling it preceded).
 
@@ -98,9 +99,9 @@ class Simulator(EventSource):
         self.speed = speed
         self._server = speed.server_time if getattr(speed, "charges_server", False) else None
         self._latency = getattr(speed, "latency", None)
-        self._finish = getattr(speed, "cancel", "preempt") == "finish"
+        self._cancel = getattr(speed, "cancel", "preempt")
         cores = getattr(speed, "cores", None)
-        self._cores = SharedCores(cores, self._finish) if cores else None
+        self._cores = SharedCores(cores, self._cancel) if cores else None
         self._eval_time = float(getattr(speed, "eval_time", 0.0))
         self._coordinator: Coordinator | None = None
         self._charged = 0  # the coordinator's evaluations whose pause was charged
@@ -234,9 +235,10 @@ class Simulator(EventSource):
             self.generators[worker].set_state(pending.state)
         if self._cores is not None:
             self._cores.cancel(pending, self.clock)
-        elif self._finish:  # the worker is busy until its computation's end
-            end = pending.started + pending.compute if self.clock >= pending.started else (
-                pending.started)
+        elif self._cancel != "preempt":  # the worker is busy until its computation's end
+            end = pending.started + pending.compute
+            if self._cancel == "finish" and self.clock < pending.started:
+                end = pending.started  # it waited: never begun
             if end > self.clock:
                 self._free[worker] = end
 
@@ -290,7 +292,7 @@ class Simulator(EventSource):
             if self.batch > 1:
                 self._waiting.setdefault(version, []).append(pending)
             return True
-        if self._finish:
+        if self._cancel != "preempt":
             pending.started = max(self.clock, self._free.pop(worker, self.clock))
         finish = pending.started + compute + latency
         if finish <= self.horizon:  # else it never arrives: nothing computes it early

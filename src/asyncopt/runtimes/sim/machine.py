@@ -13,11 +13,13 @@ speed model, :mod:`.trace`, is their main user; every default keeps the papers' 
   0) every worker has a processor of its own, and the server too.
 * ``cancel``: ``"preempt"`` (the papers' model, and the default of the parametric speed model):
   a cancelled computation stops at once and its worker starts its next job; ``"finish"`` (the
-  default of trace speeds): the worker first finishes the computation it was told to drop, as
-  on a real machine, where a gradient's computation cannot be interrupted (the processes and
-  Ray runtimes finish it, then drop it). A job superseded while it waited is never begun here,
-  as in the processes runtime (a Ray actor runs every task it was sent). Ringmaster and Rennala
-  cancel; on real workers a cancel saves no computation begun, only the transfer.
+  default of a trace of the processes runtime): the worker first finishes the computation it
+  was told to drop, as on a real machine, where a gradient's computation cannot be interrupted,
+  and a job superseded while it waited is never begun, as a processes worker does; ``"queue"``
+  (the default of a trace of a Ray run): every job sent runs, in the order sent, a cancelled one
+  too, whether it had begun or still waited, as a Ray actor runs every task it was sent.
+  Ringmaster and Rennala cancel; on real workers a cancel saves no computation begun, only the
+  transfer.
 * ``eval_time`` (seconds ≥ 0, default 0; with a trace also ``"trace"``, the trace run's mean):
   each evaluation the coordinator makes pauses the server that long, as an evaluation in a real
   runtime's driver does. The pause is charged when the driver next waits for an event, so it
@@ -29,7 +31,8 @@ in progress has received since a fixed origin. A computation of work w added at 
 when W reaches W₀ + w; between events the rate is constant, so the next completion time is
 exact (no time steps). :class:`SharedCores` runs jobs on it: a job's ``before`` (its worker's
 time before the computation: on one machine mostly a woken process waiting for a core, which a
-cancel drops at once), then its ``compute`` (which ``cancel = "finish"`` lets run to its end).
+cancel drops at once, unless ``cancel = "queue"``), then its ``compute`` (which ``cancel =
+"finish"`` lets run to its end).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, Protocol
 
 from asyncopt.errors import check, check_choice, check_float, check_int
 
-CANCELS = ("preempt", "finish")
+CANCELS = ("preempt", "finish", "queue")
 KEYS = ("cores", "cancel", "eval_time")
 
 
@@ -52,8 +55,8 @@ def resolve_machine(spec: Mapping[str, Any], trace: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if spec.get("cores") is not None:
         out["cores"] = check_int("speed.cores", spec["cores"], 0)
-    out["cancel"] = check_choice("speed.cancel", spec.get("cancel", "finish" if trace
-                                                          else "preempt"), CANCELS)
+    if "cancel" in spec or not trace:  # a trace's default is its runtime's (trace.py)
+        out["cancel"] = check_choice("speed.cancel", spec.get("cancel", "preempt"), CANCELS)
     value = spec.get("eval_time", None if trace else 0.0)
     if value is not None and not (trace and value == "trace"):
         check(isinstance(value, (int, float)) and not isinstance(value, bool), "speed.eval_time",
@@ -67,7 +70,8 @@ def resolve_machine(spec: Mapping[str, Any], trace: bool) -> dict[str, Any]:
 def describe_machine(cores: int | None, cancel: str, eval_time: float) -> str:
     """The machine options in words ("" for the defaults of the papers' model)."""
     words = f"; {cores} shared cores" if cores else ""
-    words += "; a cancelled gradient is finished first" if cancel == "finish" else ""
+    words += {"finish": "; a cancelled gradient is finished first",
+              "queue": "; every job sent runs, cancelled or not"}.get(cancel, "")
     return words + (f"; {eval_time:g} s per evaluation" if eval_time > 0 else "")
 
 
@@ -135,10 +139,6 @@ class Cores:
         del self._ends[key]
         return at, key
 
-    def remaining(self) -> dict[Hashable, float]:
-        """Each computation's work still to do (for a checkpoint)."""
-        return {key: end - self.work for key, end in self._ends.items()}
-
 
 class Job(Protocol):
     """What :class:`SharedCores` reads and sets on a simulator's job."""
@@ -154,35 +154,42 @@ SERVER = -1  # the server's key among the computations sharing the cores
 
 
 class SharedCores:
-    """Jobs and the server's work on ``cores`` shared cores (see the module docstring); with
-    ``finish`` a cancelled computation runs to its end and its worker's next job waits for it
-    (a newer job replaces a waiting one)."""
+    """Jobs and the server's work on ``cores`` shared cores (see the module docstring). What a
+    cancel does is ``cancel``'s: ``"preempt"`` drops the job; ``"finish"`` lets its computation
+    run to its end, its worker's next job waiting for it (a cancelled job that still waits is
+    dropped); ``"queue"`` runs every job, cancelled or not, in the order it was started."""
 
-    def __init__(self, cores: int, finish: bool) -> None:
+    def __init__(self, cores: int, cancel: str) -> None:
         self.cores = Cores(cores)
-        self.finish = finish
+        self.cancel_mode = cancel
         self._running: dict[int, tuple[Job, bool]] = {}  # order -> (job, in its computation)
-        self._waiting: dict[int, Job] = {}  # worker -> its next job, waiting for it
-        self._dropped: set[int] = set()  # workers finishing a cancelled computation
+        self._busy: dict[int, int] = {}  # worker -> the order of the job it runs
+        self._waiting: dict[int, list[Job]] = {}  # worker -> its jobs waiting for it, in order
+        self._dropped: set[int] = set()  # orders of cancelled jobs that run all the same
 
     def start(self, job: Job, now: float) -> None:
         """``job`` is started at ``now`` (it begins once its worker is free)."""
-        if job.worker in self._dropped:
-            self._waiting[job.worker] = job
+        if job.worker in self._busy:
+            self._waiting.setdefault(job.worker, []).append(job)
         else:
             self._begin(job, now)
 
     def cancel(self, job: Job, now: float) -> None:
-        """``job`` is cancelled at ``now``: dropped, unless its computation is to finish."""
-        if self._waiting.get(job.worker) is job:
-            del self._waiting[job.worker]
+        """``job`` is cancelled at ``now`` (see the class docstring)."""
+        waiting = self._waiting.get(job.worker, [])
+        if any(other is job for other in waiting):
+            if self.cancel_mode == "queue":
+                self._dropped.add(job.order)
+            else:
+                waiting.remove(job)
         elif job.order in self._running:
-            if self.finish and self._running[job.order][1]:
-                self._dropped.add(job.worker)
-                self._running[job.order] = (job, True)
+            computing = self._running[job.order][1]
+            if self.cancel_mode == "queue" or (self.cancel_mode == "finish" and computing):
+                self._dropped.add(job.order)
             else:
                 del self._running[job.order]
                 self.cores.remove(job.order, now)
+                self._next(job.worker, now)
 
     def next_end(self) -> float:
         return self.cores.next_end()
@@ -197,13 +204,11 @@ class SharedCores:
             self._running[order] = (job, True)
             self.cores.add(order, job.compute, at)
             return at, None
-        if job.worker not in self._dropped:
-            return at, job
-        self._dropped.discard(job.worker)
-        waiting = self._waiting.pop(job.worker, None)
-        if waiting is not None:
-            self._begin(waiting, at)
-        return at, None
+        self._next(job.worker, at)
+        if job.order in self._dropped:
+            self._dropped.discard(job.order)
+            return at, None
+        return at, job
 
     def serve(self, seconds: float, now: float, ready: Callable[[float, Job], None]) -> float:
         """The server works ``seconds`` (alone on a core) from ``now``; computations that end
@@ -215,7 +220,15 @@ class SharedCores:
                 ready(at, job)
         return self.cores.pop()[0]
 
+    def _next(self, worker: int, now: float) -> None:
+        """``worker`` is free at ``now``: its first waiting job begins."""
+        del self._busy[worker]
+        waiting = self._waiting.get(worker)
+        if waiting:
+            self._begin(waiting.pop(0), now)
+
     def _begin(self, job: Job, now: float) -> None:
+        self._busy[job.worker] = job.order
         if job.before > 0.0:
             self._running[job.order] = (job, False)
             self.cores.add(job.order, job.before, now)

@@ -42,7 +42,8 @@ a number of seconds, or ``"trace"``, resampled from the trace's measured server 
 default when the trace has them, else 0), from stream ``spawn_key=(n,)``; ``eval_time`` a
 number, or ``"trace"``, the trace run's mean seconds per evaluation (the default when it has
 one, else 0). What the workers share (:mod:`~asyncopt.runtimes.sim.machine`): ``cancel``
-defaults to ``"finish"`` here, as on the real workers the trace was measured on, and ``cores``
+defaults to what the trace's runtime does (``"queue"`` for Ray, whose actors run every task
+sent, else ``"finish"``), and ``cores``
 to the CPUs the trace run's processes shared on one machine without padding (its summary's
 ``cpus``; a padded worker sleeps rather than computes, so a padded run gets none); with ``cores``
 every measured time is first taken back to its seconds alone on a core (:meth:`~asyncopt.
@@ -150,7 +151,8 @@ class TraceSpeed:
             raise ConfigError("workers", n, f"{m}, the trace's worker count ({trace.path}), or "
                               'speed.trace_workers = "modulo" or "pooled" to map them')
         self.cores: int | None = spec.get("cores", trace.cpus)
-        self.cancel: str = spec["cancel"]
+        self.cancel: str = spec.get("cancel", "queue" if trace.config.get("runtime") == "ray"
+                                    else "finish")
         """What the workers share (:mod:`~asyncopt.runtimes.sim.machine`)."""
         times = trace.alone(self.cores) if self.cores else trace  # less the contention
         warm = [_warmup(c, spec["trace_warmup"]) for c in times.compute]  # per trace worker
