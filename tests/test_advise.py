@@ -92,3 +92,13 @@ def test_the_winner_runs_where_its_speeds_were_measured(files):
     resolved = advise.winner_config(files / "exp.toml", measured, winner)
     assert resolved["runtime"] == "processes" and resolved["runtime_options"]["time_scale"] == 0.01
     assert resolved["protocol"]["name"] == "minibatch" and resolved["rule"]["lr"] == 0.2
+
+
+def test_the_table_gives_a_range_only_over_seeds_that_reached_the_target():
+    inf = math.inf
+    table = advise.format_advice([advise.Prediction("asgd", 0.1, [3.0, 5.0, inf], [1.0] * 3),
+                                  advise.Prediction("rennala", 0.3, [inf] * 3, [2.0] * 3)],
+                                 target=1.5)
+    rows = table.splitlines()[3:]
+    assert rows[0] == "| 1 | asgd | 0.1 | 5 | 3–not reached | 2/3 | 1 |"
+    assert rows[1] == "| 2 | rennala | 0.3 | not reached | — | 0/3 | 2 |"

@@ -157,9 +157,9 @@ def format_advice(predictions: Sequence[Prediction], target: float) -> str:
              "|---|---|---|---|---|---|---|"]
     for rank, p in enumerate(predictions, 1):
         reached = sum(math.isfinite(t) for t in p.times)
+        spread = f"{_time(min(p.times))}–{_time(max(p.times))}" if reached else "—"
         lines.append(f"| {rank} | {p.method} | {p.lr:.4g} | {_time(p.median_time)} | "
-                     f"{_time(min(p.times))}–{_time(max(p.times))} | {reached}/{len(p.times)} "
-                     f"| {p.median_final:.4g} |")
+                     f"{spread} | {reached}/{len(p.times)} | {p.median_final:.4g} |")
     return "\n".join(lines)
 
 
