@@ -77,19 +77,22 @@ def measure(setting: str, runtime: str, seeds: int, out: Path) -> list[str]:
     workers = counts[runtime == "ray"]
     config = base(workers, speed, time_scale, every, runtime)
     setting = title(setting, workers)
-    probe = asyncopt.run({**config, "protocol": {"name": "asgd"}, "seed": 100,
+    probe = whole(asyncopt.run({**config, "protocol": {"name": "asgd"}, "seed": 100,
                           "budget": {"time": PROBE},
-                          "output": {"dir": str(out), "name": f"probe-{runtime}-{workers}"}})
+                          "output": {"dir": str(out), "name": f"probe-{runtime}-{workers}"}}))
     model = make_speed_model({"trace": str(probe.run_dir)}, workers, 0)
     predicted: dict[str, list[float]] = {m: [] for m in METHODS}
     measured: dict[str, list[float]] = {m: [] for m in METHODS}
     for seed in range(seeds):
         for method in METHODS:
-            real = asyncopt.run({**config, "protocol": {"name": method}, "seed": seed}, save=False)
+            real = whole(asyncopt.run({**config, "protocol": {"name": method}, "seed": seed},
+                                      save=False))
             measured[method].append(time_to_target(real.history, "loss", TARGET))
-            simulated = asyncopt.run({**config, "protocol": {"name": method}, "seed": seed,
-                                      "runtime": "sim", "runtime_options": {},
-                                      "speed": {"trace": str(probe.run_dir)}}, save=False)
+            simulated = whole(asyncopt.run({**config, "protocol": {"name": method},
+                                            "seed": seed, "runtime": "sim",
+                                            "runtime_options": {},
+                                            "speed": {"trace": str(probe.run_dir)}},
+                                           save=False))
             predicted[method].append(time_to_target(simulated.history, "loss", TARGET))
             print(f"{setting} {runtime} {method} seed {seed}: measured "
                   f"{measured[method][-1]:.3g} s, predicted {predicted[method][-1]:.3g} s",
@@ -114,6 +117,16 @@ def measure(setting: str, runtime: str, seeds: int, out: Path) -> list[str]:
                  f"(predicted {', '.join(rank_p)}; measured {', '.join(rank_m)}); "
                  f"{within} of {len(METHODS)} medians within 20 %. {lines_tools}\n")
     return lines
+
+
+def whole(result: asyncopt.Result) -> asyncopt.Result:
+    """``result``, unless its run was interrupted (a signal) or failed: then the benchmark
+    stops here and writes nothing, since its medians would mix in a run cut short."""
+    status = result.summary["status"]
+    if status in ("interrupted", "failed"):
+        raise SystemExit(f"a run ended with status {status!r} "
+                         f"({result.summary['reason']}): stopped, RESULTS.md left as it was")
+    return result
 
 
 def tools(config: dict, probe: Path, out: Path) -> str:

@@ -10,7 +10,8 @@ import pytest
 
 from asyncopt.calibrate import calibrate, fit_noise
 from asyncopt.cli import main
-from asyncopt.runtimes.sim.speed import make_speed_model, resolve_speed_spec
+from asyncopt.runtimes.sim.speed import make_speed_model
+from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 
 TRUTH = {"times": [1.0, 2.0], "noise": "exponential", "noise_scale": 0.5,
          "straggler_probability": 0.05, "straggler_factor": 5.0,

@@ -45,7 +45,7 @@ from asyncopt.problems import builtin, datasets, images, mnist
 from asyncopt.protocols.registry import PROTOCOLS
 from asyncopt.rules.registry import GENERIC, RULES
 from asyncopt.runtimes.registry import RUNTIMES
-from asyncopt.runtimes.sim import speed
+from asyncopt.runtimes.sim import speed_spec as speed
 
 LONG = os.environ.get("ASYNCOPT_FUZZ") == "long"
 

@@ -22,7 +22,8 @@ from asyncopt.runtimes.common.shared import GradientSlots, SharedModel, template
 from asyncopt.runtimes.processes.worker import STOP, _Worker
 from asyncopt.runtimes.sim.loop import Simulator
 from asyncopt.runtimes.sim.machine import Cores, SharedCores
-from asyncopt.runtimes.sim.speed import make_speed_model, resolve_speed_spec
+from asyncopt.runtimes.sim.speed import make_speed_model
+from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 from asyncopt.runtimes.sim.trace_file import Trace, read_trace
 
 QUADRATIC = {"name": "quadratic", "dim": 4, "noise": 0.1}

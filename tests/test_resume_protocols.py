@@ -209,7 +209,8 @@ def test_the_resumed_coordinator_keeps_the_initial_loss_and_evaluates_nothing_tw
     fresh.begin(fresh.now)
     assert len(fresh.recorder._evaluations) == rows  # not a second row at version 10
     # divergence is judged against the first run's initial loss, not the loss at the resume
-    assert fresh._initial_loss == original._initial_loss > fresh._last_metrics["loss"]
+    initial = original.divergence.initial_loss
+    assert fresh.divergence.initial_loss == initial > fresh._last_metrics["loss"]
 
 
 def _corrupt(run_dir: Path, change: Any) -> None:

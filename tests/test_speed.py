@@ -11,7 +11,8 @@ import pytest
 import tomli_w
 
 from asyncopt.errors import ConfigError
-from asyncopt.runtimes.sim.speed import SpeedModel, make_speed_model, resolve_speed_spec
+from asyncopt.runtimes.sim.speed import SpeedModel, make_speed_model
+from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 
 NOISY = {"profile": "sqrt", "permute": True, "noise": "half_normal", "noise_grows": True,
          "straggler_probability": 0.1, "straggler_factor": 3.0,

@@ -18,7 +18,8 @@ from asyncopt.api import resume_run
 from asyncopt.errors import ConfigError
 from asyncopt.problems.datasets import DataFileError
 from asyncopt.record import load
-from asyncopt.runtimes.sim.speed import make_speed_model, resolve_speed_spec
+from asyncopt.runtimes.sim.speed import make_speed_model
+from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 from asyncopt.runtimes.sim.trace_file import read_trace
 from tests.conftest import simulate
 

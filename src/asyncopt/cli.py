@@ -158,7 +158,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit the speed model to a run (:mod:`asyncopt.calibrate`); write speed.toml."""
     from asyncopt.calibrate import calibrate, dumps_speed, format_fits
-    from asyncopt.runtimes.sim.speed import resolve_speed_spec
+    from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 
     check((args.trace is None) != (args.probe is None), "calibrate", args.trace,
           "a run directory (or CSV trace), or --probe CONFIG, one of the two")

@@ -53,7 +53,7 @@ from asyncopt.problems.registry import resolve_problem_spec
 from asyncopt.protocols.registry import resolve_protocol_spec
 from asyncopt.rules.registry import resolve_rule_spec
 from asyncopt.runtimes.registry import resolve_runtime_options, runtime_names
-from asyncopt.runtimes.sim.speed import resolve_speed_spec
+from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 
 
 @dataclass(frozen=True)

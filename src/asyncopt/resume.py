@@ -223,7 +223,7 @@ def restore(coordinator: Coordinator, state: dict[str, Any], history: History) -
     coordinator.arrivals = int(state["arrival_budget_count"])
     coordinator.now = float(state["now"])
     coordinator._next_eval = float(state["next_eval"])
-    coordinator._initial_loss = float(state["initial_loss"])
+    coordinator.divergence.initial_loss = float(state["initial_loss"])
     e, last = history.evaluations, int(state["evaluation_rows"]) - 1
     if 0 <= last < len(e.get("now", ())) and (int(e["version"][last]), int(
             e["arrivals"][last])) == (server.version, coordinator.arrivals):

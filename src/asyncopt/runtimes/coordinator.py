@@ -33,6 +33,7 @@ from asyncopt.config import Budget, Evaluation
 from asyncopt.problems.base import Problem
 from asyncopt.protocols.base import Action, Arrival, Protocol, Reply
 from asyncopt.record import Recorder
+from asyncopt.runtimes.divergence import Divergence
 
 
 class Coordinator:
@@ -40,21 +41,18 @@ class Coordinator:
 
     def __init__(self, problem: Problem, protocol: Protocol, recorder: Recorder, budget: Budget,
                  evaluation: Evaluation, *, progress: Any = None,
-                 divergence_factor: float = 1e6, callbacks: Callbacks | None = None) -> None:
+                 callbacks: Callbacks | None = None) -> None:
         self.problem, self.protocol, self.recorder = problem, protocol, recorder
         self.budget, self.evaluation = budget, evaluation
         self.progress = progress
         self.callbacks = callbacks or Callbacks()
         self._batched = 0  # history rows already sent to the callbacks (set at the start)
-        self.divergence_factor = divergence_factor
+        self.divergence = Divergence(protocol.num_workers)
         self.stop_reason: str | None = None
         self.status = "completed"
         self.arrivals = 0  # for the budget; the summary counts the recorded rows
-        self._consecutive_rejects = 0
-        self._reject_streaks: dict[int, int] = {}
         self._next_eval = evaluation.every
         self._last_eval_key: tuple[int, int] | None = None
-        self._initial_loss = math.nan
         self._last_metrics: dict[str, float] = {}
         self._last_eval_at: dict[str, Any] | None = None  # version, now, arrivals of it
         self._wall_start = time.perf_counter()
@@ -101,8 +99,8 @@ class Coordinator:
     def begin(self, now: float = 0.0) -> Reply:
         self._batched = len(self.recorder.rows)  # a resumed run's rows were sent before
         self._evaluate(now)
-        if math.isnan(self._initial_loss):  # else restored from a checkpoint (resume.restore)
-            self._initial_loss = self._last_metrics.get("loss", math.nan)
+        if math.isnan(self.divergence.initial_loss):  # else restored (resume.restore)
+            self.divergence.initial_loss = self._last_metrics.get("loss", math.nan)
         return self.protocol.begin()
 
     def proceed(self) -> Reply:
@@ -159,8 +157,10 @@ class Coordinator:
         self.arrivals += 1
         self.recorder.arrival(now, worker, version, delay, loss, action, compute_time, latency,
                               server_time)
-        if action == "reject" or self._reject_streaks:
-            self._check_rejects(worker, action == "reject")
+        if self.divergence.watches(action == "reject"):
+            why = self.divergence.arrival(worker, action == "reject", self.protocol.server.params)
+            if why is not None:
+                self.stop(why, status="diverged")
         if self.progress is not None and self.arrivals % 64 == 0:
             self.progress.update(self)
         if self.evaluation.unit == "steps" and self.version >= self._next_eval:
@@ -285,46 +285,11 @@ class Coordinator:
         self.callbacks.evaluation(Evaluated(now, self.version, self.arrivals, dict(metrics),
                                             time.perf_counter() - self._wall_start))
         loss = metrics.get("loss", math.nan)
-        if not math.isfinite(loss) and tree.all_finite(self.protocol.server.params):
-            self.stop(f"diverged: the loss became {loss} at version {self.version} although "
-                      f"every parameter is finite: the model's forward pass, the loss function "
-                      f"or the data gives it (an overflow, a log of 0, a NaN in the data), "
-                      f"not only the step size; check them at this model (result.params)",
-                      status="diverged")
-        elif not math.isfinite(loss):
-            self._diverge(f"the loss became {loss} at version {self.version}")
-        elif loss > self.divergence_factor * max(abs(self._initial_loss), 1e-12):
-            self._diverge(f"the loss grew to {loss:.4g}, more than {self.divergence_factor:g}×"
-                          f" its initial value {self._initial_loss:.4g}")
+        why = self.divergence.evaluation(loss, self.protocol.server.params, self.version)
+        if why is not None:
+            self.stop(why, status="diverged")
         elif self.budget.target_loss is not None and loss <= self.budget.target_loss:
             self.stop(f"target loss {self.budget.target_loss:g} reached (loss {loss:.4g})")
-
-    def _check_rejects(self, worker: int, rejected: bool) -> None:
-        """Stop when gradients keep coming back non-finite: from everyone (the model diverged),
-        or from one worker (its data or its computation is broken, and protocols that wait for
-        every worker, like Malenia or Ringleader, would wait forever)."""
-        streaks = self._reject_streaks
-        if not rejected:  # only non-zero streaks are kept, so most arrivals skip this method
-            streaks.pop(worker, None)
-            self._consecutive_rejects = 0
-            return
-        streaks[worker] = streaks.get(worker, 0) + 1
-        self._consecutive_rejects += 1
-        if self._consecutive_rejects >= max(100, 10 * self.protocol.num_workers):
-            self._diverge(f"the last {self._consecutive_rejects} gradients were all NaN or Inf")
-        elif streaks[worker] >= 100:
-            largest = max((float(v.abs().max()) for v in self.protocol.server.params.values()
-                           if v.numel()), default=0.0)
-            self.stop(f"diverged: worker {worker} sent {streaks[worker]} NaN/Inf gradients in "
-                      f"a row while the others' were finite: its data shard or the gradient "
-                      f"computation on it gives them (an overflow, a log of 0, a NaN in the "
-                      f"data); the largest parameter is {largest:.3g} in magnitude: if that is "
-                      f"large for this model, the step size (rule.lr) made it so",
-                      status="diverged")
-
-    def _diverge(self, why: str) -> None:
-        """The model itself stopped being finite or exploded: a step-size matter."""
-        self.stop(f"diverged: {why}; lower the step size (rule.lr)", status="diverged")
 
     def _check_budget(self) -> None:
         if self.budget.steps is not None and self.version >= self.budget.steps:

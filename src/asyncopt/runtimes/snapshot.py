@@ -76,7 +76,7 @@ def save(coordinator: Coordinator, path: Path, copy: Copy | None = None,
         "arrival_rows": len(recorder._arrivals),
         "evaluation_rows": len(recorder._evaluations),
         "next_eval": coordinator._next_eval,
-        "initial_loss": coordinator._initial_loss,  # the divergence test's reference
+        "initial_loss": coordinator.divergence.initial_loss,  # the divergence test's reference
         "blocks": blocks,
         "worker_states": copy.worker_states,
         "source": source,

@@ -72,7 +72,7 @@ class GradientWorker:
 
     def ready(self, problem: Problem | None = None) -> str:
         """Where this actor runs: its node id; with ``problem``, its problem first (a started
-        or restarted actor of :class:`~.runtime.RayRuntime`)."""
+        or restarted actor of :class:`~.central.RayRuntime`)."""
         import ray
 
         if problem is not None:

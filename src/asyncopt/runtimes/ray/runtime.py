@@ -12,6 +12,7 @@ from asyncopt.runtimes.common.layout import CUTS
 from asyncopt.runtimes.common.resources import Footprint
 from asyncopt.runtimes.ray import cluster, local
 from asyncopt.runtimes.ray.central import RayRuntime
+from asyncopt.runtimes.ray.sharded import ShardedRuntime
 
 TRANSPORTS = ("auto", "object_store")
 
@@ -63,8 +64,6 @@ def build(problem: Problem, speed: Any, seed: int, *, address: str, time_scale: 
     if servers == 1:
         runtime = RayRuntime(problem, speed, seed, **options)
     else:
-        from asyncopt.runtimes.ray.sharded import ShardedRuntime
-
         runtime = ShardedRuntime(problem, speed, seed, servers=servers,
                                  layout=check_choice("runtime_options.layout", layout, CUTS),
                                  **options)

@@ -46,7 +46,7 @@ from asyncopt.runtimes.common.layout import Layout
 from asyncopt.runtimes.common.serverless import require_serverless
 from asyncopt.runtimes.coordinator import Coordinator
 from asyncopt.runtimes.ray import actors
-from asyncopt.runtimes.ray.runtime import RayRuntime
+from asyncopt.runtimes.ray.central import RayRuntime
 from asyncopt.runtimes.ray.servers import BlockServer
 from asyncopt.runtimes.source import Applied, Copy, Ended, Event, Failed, Lost
 from asyncopt.tree import Params

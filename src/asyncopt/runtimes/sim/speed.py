@@ -56,81 +56,12 @@ from typing import Any
 
 import numpy as np
 
-from asyncopt.errors import (
-    ConfigError,
-    check,
-    check_choice,
-    check_float,
-    check_int,
-    check_keys,
-    check_seed,
-)
-from asyncopt.runtimes.sim.machine import KEYS as MACHINE_KEYS
-from asyncopt.runtimes.sim.machine import describe_machine, resolve_machine
-from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
+from asyncopt.errors import ConfigError, check, check_int, check_seed
+from asyncopt.runtimes.sim.machine import describe_machine
+from asyncopt.runtimes.sim.slowdown import Varying, per_worker
+from asyncopt.runtimes.sim.speed_spec import resolve_speed_spec
 
-PROFILES = ("constant", "linear", "sqrt")
-NOISES = ("none", "half_normal", "exponential", "lognormal")
-NOISE_INDICES = ("profile", "worker")
-SEEDINGS = ("spawn", "offset")
-DEFAULTS: dict[str, Any] = {
-    "profile": "constant", "scale": 1.0, "permute": False, "noise": "none", "noise_scale": 1.0,
-    "noise_grows": False, "noise_index": "profile", "seeding": "spawn",
-    "straggler_probability": 0.0, "straggler_factor": 10.0, "slowdowns": [], "periodic": [],
-}
-"""Every key with its default; ``times`` and ``factors`` (one value per worker) have none."""
-KEYS = (*DEFAULTS, "times", "factors", "latency", "server_time", "trace", *MACHINE_KEYS)
 _FIRST_BLOCK, _MAX_BLOCK = 8, 128  # blocks grow, so 6000 rarely used workers cost little memory
-
-
-def resolve_speed_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``[speed]`` spec validated, with every default filled in (idempotent).
-
-    Lengths of ``times`` and ``factors`` are checked against the worker count by
-    :func:`make_speed_model`, which knows it.
-    """
-    check(isinstance(spec, Mapping), "speed", spec, "a table, e.g. [speed]")
-    if "trace" in spec:
-        from asyncopt.runtimes.sim.trace import resolve_trace_spec
-
-        return resolve_trace_spec(spec)
-    check_keys("speed", spec, KEYS)
-    out: dict[str, Any] = {}
-    if "times" in spec:
-        for key in ("profile", "scale"):
-            check(key not in spec, f"speed.{key}", spec.get(key),
-                  "left out when speed.times is given (times are the base times)")
-        out["times"] = positive_list("speed.times", spec["times"])
-    else:
-        out["profile"] = check_choice("speed.profile", spec.get("profile", "constant"), PROFILES)
-        out["scale"] = check_float("speed.scale", spec.get("scale", 1.0), 0.0,
-                                   strict_minimum=True)
-    out["permute"] = _bool("speed.permute", spec.get("permute", False))
-    out["noise"] = check_choice("speed.noise", spec.get("noise", "none"), NOISES)
-    out["noise_scale"] = check_float("speed.noise_scale", spec.get("noise_scale", 1.0), 0.0)
-    out["noise_grows"] = _bool("speed.noise_grows", spec.get("noise_grows", False))
-    out["noise_index"] = check_choice("speed.noise_index", spec.get("noise_index", "profile"),
-                                      NOISE_INDICES)
-    out["seeding"] = check_choice("speed.seeding", spec.get("seeding", "spawn"), SEEDINGS)
-    if "factors" in spec:
-        out["factors"] = positive_list("speed.factors", spec["factors"])
-    out["straggler_probability"] = check_float(
-        "speed.straggler_probability", spec.get("straggler_probability", 0.0), 0.0, 1.0)
-    out["straggler_factor"] = check_float("speed.straggler_factor",
-                                          spec.get("straggler_factor", 10.0), 1.0)
-    out["slowdowns"] = resolve_slowdowns(spec.get("slowdowns", []))
-    out["periodic"] = resolve_periodic(spec.get("periodic", []))
-    if "latency" in spec:
-        value = spec["latency"]
-        out["latency"] = [check_float(f"speed.latency[{k}]", v, 0.0) for k, v in enumerate(
-            value)] if isinstance(value, (list, tuple)) else check_float("speed.latency", value,
-                                                                         0.0)
-    if "server_time" in spec:
-        from asyncopt.runtimes.sim.trace import resolve_server_time
-
-        out["server_time"] = resolve_server_time(spec["server_time"], trace=False)
-    out.update(resolve_machine(spec, trace=False))
-    return out
 
 
 def make_speed_model(spec: Mapping[str, Any], num_workers: int, seed: int,
@@ -332,21 +263,10 @@ def restored_streams(saved: list[Any]) -> list[np.random.Generator | None]:
     return streams
 
 
-def positive_list(field: str, value: Any) -> list[float]:
-    check(isinstance(value, (list, tuple)) and len(value) > 0, field, value,
-          "a non-empty list of numbers > 0, one per worker")
-    return [check_float(f"{field}[{k}]", v, 0.0, strict_minimum=True) for k, v in enumerate(value)]
-
-
 def _per_worker(field: str, values: list[float], num_workers: int) -> list[float]:
     check(len(values) == num_workers, field, values,
           f"a list of {num_workers} numbers, one per worker (workers = {num_workers})")
     return list(values)
-
-
-def _bool(field: str, value: Any) -> bool:
-    check(isinstance(value, bool), field, value, "true or false")
-    return value
 
 
 def _short(values: list[float]) -> str:

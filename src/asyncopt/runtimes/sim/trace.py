@@ -65,7 +65,8 @@ from asyncopt.errors import ConfigError, check, check_choice, check_float, check
 from asyncopt.runtimes.sim.machine import KEYS as MACHINE_KEYS
 from asyncopt.runtimes.sim.machine import describe_machine, resolve_machine
 from asyncopt.runtimes.sim.slowdown import Varying, per_worker, resolve_periodic, resolve_slowdowns
-from asyncopt.runtimes.sim.speed import positive_list, restored_streams
+from asyncopt.runtimes.sim.speed import restored_streams
+from asyncopt.runtimes.sim.speed_spec import positive_list
 from asyncopt.runtimes.sim.trace_file import Trace, read_trace
 
 MODES = ("resample", "replay")
