@@ -53,7 +53,7 @@ class Divergence:
         if streaks[worker] >= _WORKER_STREAK:
             largest = max((float(v.abs().max()) for v in params.values() if v.numel()),
                           default=0.0)
-            return (f"diverged: worker {worker} sent {streaks[worker]} NaN/Inf gradients in a "
+            return (f"worker {worker} sent {streaks[worker]} NaN/Inf gradients in a "
                     f"row while the others' were finite: its data shard or the gradient "
                     f"computation on it gives them (an overflow, a log of 0, a NaN in the "
                     f"data); the largest parameter is {largest:.3g} in magnitude: if that is "
@@ -63,7 +63,7 @@ class Divergence:
     def evaluation(self, loss: float, params: Params, version: int) -> str | None:
         """After an evaluation at ``version`` whose loss is ``loss``."""
         if not math.isfinite(loss) and tree.all_finite(params):
-            return (f"diverged: the loss became {loss} at version {version} although every "
+            return (f"the loss became {loss} at version {version} although every "
                     f"parameter is finite: the model's forward pass, the loss function or the "
                     f"data gives it (an overflow, a log of 0, a NaN in the data), not only the "
                     f"step size; check them at this model (result.params)")
@@ -77,4 +77,4 @@ class Divergence:
 
 def _step_size(why: str) -> str:
     """The model itself stopped being finite or exploded: a step-size matter."""
-    return f"diverged: {why}; lower the step size (rule.lr)"
+    return f"{why}; lower the step size (rule.lr)"
