@@ -22,6 +22,15 @@ def test_a_non_finite_loss_with_non_finite_parameters_blames_the_step_size():
     assert why == "the loss became inf at version 3; lower the step size (rule.lr)"
 
 
+def test_a_non_finite_loss_with_huge_finite_parameters_blames_the_step_size():
+    # a tuning run ended so: IA²SGD at lr 0.2, weights near 2e19, finite, yet the loss NaN
+    why = Divergence(4).evaluation(math.nan, params(2e19), version=5)
+    assert why == ("the loss became nan at version 5 (a parameter is 4e+19 in magnitude); "
+                   "lower the step size (rule.lr)")
+    assert Divergence(4).evaluation(math.nan, params(1e7), version=5).startswith(
+        "the loss became nan at version 5 although every parameter")
+
+
 def test_the_loss_may_grow_to_factor_times_its_initial_value_and_no_further():
     divergence = Divergence(4, factor=100.0)
     divergence.initial_loss = 2.0

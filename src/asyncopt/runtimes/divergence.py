@@ -2,9 +2,10 @@
 
 A run stops with status ``diverged`` when
 
-* an evaluation's loss is not finite. With every parameter finite, the model's forward pass,
-  the loss function or the data made it so (an overflow, a log of 0, a NaN in the data), not
-  the step size; otherwise the step size did;
+* an evaluation's loss is not finite. With every parameter finite and none larger than
+  ``_HUGE`` (10⁸) in magnitude, the model's forward pass, the loss function or the data made it
+  so (an overflow, a log of 0, a NaN in the data), not the step size; otherwise the step size
+  did (parameters of 10¹⁹ are finite in float32, but the forward pass overflows on them);
 * the loss grew past ``factor`` (10⁶) times its initial value f(x⁰), the first evaluation's
   (a resumed run keeps its own, :mod:`asyncopt.resume`);
 * the protocol rejected the last max(100, 10·n) gradients as non-finite (the model diverged), or
@@ -22,6 +23,7 @@ from asyncopt import tree
 from asyncopt.tree import Params
 
 _WORKER_STREAK = 100  # one worker's NaN/Inf gradients in a row that stop the run
+_HUGE = 1e8  # a parameter this large in magnitude is the step size's doing, not a trained value
 
 
 class Divergence:
@@ -51,8 +53,7 @@ class Divergence:
         if self._consecutive >= max(100, 10 * self.num_workers):
             return _step_size(f"the last {self._consecutive} gradients were all NaN or Inf")
         if streaks[worker] >= _WORKER_STREAK:
-            largest = max((float(v.abs().max()) for v in params.values() if v.numel()),
-                          default=0.0)
+            largest = _largest(params)
             return (f"worker {worker} sent {streaks[worker]} NaN/Inf gradients in a "
                     f"row while the others' were finite: its data shard or the gradient "
                     f"computation on it gives them (an overflow, a log of 0, a NaN in the "
@@ -62,13 +63,15 @@ class Divergence:
 
     def evaluation(self, loss: float, params: Params, version: int) -> str | None:
         """After an evaluation at ``version`` whose loss is ``loss``."""
-        if not math.isfinite(loss) and tree.all_finite(params):
+        if not math.isfinite(loss) and tree.all_finite(params) and _largest(params) <= _HUGE:
             return (f"the loss became {loss} at version {version} although every "
                     f"parameter is finite: the model's forward pass, the loss function or the "
                     f"data gives it (an overflow, a log of 0, a NaN in the data), not only the "
                     f"step size; check them at this model (result.params)")
         if not math.isfinite(loss):
-            return _step_size(f"the loss became {loss} at version {version}")
+            largest = _largest(params)
+            size = f" (a parameter is {largest:.3g} in magnitude)" if math.isfinite(largest) else ""
+            return _step_size(f"the loss became {loss} at version {version}{size}")
         if loss > self.factor * max(abs(self.initial_loss), 1e-12):
             return _step_size(f"the loss grew to {loss:.4g}, more than {self.factor:g}× its "
                               f"initial value {self.initial_loss:.4g}")
@@ -78,3 +81,8 @@ class Divergence:
 def _step_size(why: str) -> str:
     """The model itself stopped being finite or exploded: a step-size matter."""
     return f"{why}; lower the step size (rule.lr)"
+
+
+def _largest(params: Params) -> float:
+    """The largest parameter's magnitude (inf or nan where one is not finite)."""
+    return max((float(v.abs().max()) for v in params.values() if v.numel()), default=0.0)
