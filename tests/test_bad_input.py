@@ -89,7 +89,8 @@ def test_a_non_finite_loss_at_a_finite_model_does_not_blame_the_step_size():
 # --- item 3: what summary.final is -------------------------------------------------------------
 
 def test_final_says_when_it_is_not_the_end_of_the_run(tmp_path):
-    assert _run(tmp_path, "rule.lr=1e300", "budget.steps=1000") == 1
+    with pytest.warns(RuntimeWarning, match="run diverged: the last 100 gradients"):
+        assert _run(tmp_path, "rule.lr=1e300", "budget.steps=1000") == 1
     (run_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["version"] > 0
