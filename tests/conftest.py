@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import pytest
@@ -9,6 +12,17 @@ import pytest
 from asyncopt.api import Result, train
 from asyncopt.problems.registry import make_problem
 from asyncopt.rules.registry import make_rule
+
+# The Rays the tests start (in this process and in the CLI's subprocesses) keep their session
+# files (logs, sockets) under a directory of the test session's own, removed at its end, not
+# under /tmp/ray, where Ray leaves them for good. A short path: Ray's socket paths must stay
+# under 108 characters.
+_RAY_TMP = tempfile.mkdtemp(prefix="aotest-")
+os.environ["RAY_TMPDIR"] = _RAY_TMP
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)
 
 
 def simulate(problem: dict[str, Any], rule: dict[str, Any], protocol: Any = "asgd", *,

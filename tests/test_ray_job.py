@@ -3,10 +3,12 @@
 
 Both clusters listen on loopback only: they run with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
 in their own environment (Ray's loopback mode, see ``asyncopt/runtimes/ray/local.py``), every
-port is a free one (other Rays may run on this machine), and ``RAY_TMPDIR`` is a directory of
-the test's own. Each cluster runs in its own session and is stopped by its process group
-(SIGTERM, then SIGKILL), with whatever of its descendants left that group (Ray runs a job's
-entrypoint in a session of its own), whatever happens, within a bounded time.
+port is a free one (other Rays may run on this machine), and ``RAY_TMPDIR`` and ``TMPDIR`` are
+a directory of the test's own (the cluster's processes are killed, so what they would have
+removed at exit, such as multiprocessing's ``pymp-*`` directories, goes with it). Each cluster
+runs in its own session and is stopped by its process group (SIGTERM, then SIGKILL), with
+whatever of its descendants left that group (Ray runs a job's entrypoint in a session of its
+own), whatever happens, within a bounded time.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _environment(ray_tmp: Path) -> dict[str, str]:
     of anyone else's, asyncopt from this checkout."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(ROOT / "src"))
+               RAY_TMPDIR=str(ray_tmp), TMPDIR=str(ray_tmp), PYTHONPATH=str(ROOT / "src"))
     return env
 
 
