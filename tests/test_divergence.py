@@ -20,6 +20,10 @@ def test_a_non_finite_loss_with_finite_parameters_blames_the_model_not_the_step_
 def test_a_non_finite_loss_with_non_finite_parameters_blames_the_step_size():
     why = Divergence(4).evaluation(math.inf, params(math.inf), version=3)
     assert why == "the loss became inf at version 3; lower the step size (rule.lr)"
+    # a nan after finite parameters is seen too (max() alone would drop it)
+    mixed = {"a": torch.tensor([1.0]), "b": torch.tensor([math.nan, 2.0])}
+    why = Divergence(4).evaluation(math.nan, mixed, version=3)
+    assert why == "the loss became nan at version 3; lower the step size (rule.lr)"
 
 
 def test_a_non_finite_loss_with_huge_finite_parameters_blames_the_step_size():

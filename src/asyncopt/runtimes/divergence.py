@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-from asyncopt import tree
 from asyncopt.tree import Params
 
 _WORKER_STREAK = 100  # one worker's NaN/Inf gradients in a row that stop the run
@@ -63,13 +62,13 @@ class Divergence:
 
     def evaluation(self, loss: float, params: Params, version: int) -> str | None:
         """After an evaluation at ``version`` whose loss is ``loss``."""
-        if not math.isfinite(loss) and tree.all_finite(params) and _largest(params) <= _HUGE:
-            return (f"the loss became {loss} at version {version} although every "
-                    f"parameter is finite: the model's forward pass, the loss function or the "
-                    f"data gives it (an overflow, a log of 0, a NaN in the data), not only the "
-                    f"step size; check them at this model (result.params)")
         if not math.isfinite(loss):
             largest = _largest(params)
+            if largest <= _HUGE:  # False for inf and nan
+                return (f"the loss became {loss} at version {version} although every "
+                        f"parameter is finite: the model's forward pass, the loss function or "
+                        f"the data gives it (an overflow, a log of 0, a NaN in the data), not "
+                        f"only the step size; check them at this model (result.params)")
             size = f" (a parameter is {largest:.3g} in magnitude)" if math.isfinite(largest) else ""
             return _step_size(f"the loss became {loss} at version {version}{size}")
         if loss > self.factor * max(abs(self.initial_loss), 1e-12):
@@ -84,5 +83,7 @@ def _step_size(why: str) -> str:
 
 
 def _largest(params: Params) -> float:
-    """The largest parameter's magnitude (inf or nan where one is not finite)."""
-    return max((float(v.abs().max()) for v in params.values() if v.numel()), default=0.0)
+    """The largest parameter's magnitude: inf where one is infinite, nan where one is nan
+    (Python's ``max`` would drop a nan that is not first)."""
+    magnitudes = [float(v.abs().max()) for v in params.values() if v.numel()]
+    return math.nan if any(map(math.isnan, magnitudes)) else max(magnitudes, default=0.0)
